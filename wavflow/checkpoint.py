@@ -1,0 +1,148 @@
+"""wavflow checkpoints: plain tensors and plain Python values, written atomically, read without running code.
+
+Layout of a native checkpoint (every value loads under `torch.load(weights_only=True)`):
+
+    {"format": "wavflow", "version": 1,
+     "model_type": "waveglow" | "wavenet" | "student",
+     "model_config": {...},          # the model's config dataclass as a dict
+     "mel_config": {...},            # MelConfig as a dict: synthesis checks the input against it
+     "state_dict": {name: tensor},
+     "step": int,                    # training steps done
+     # training state, absent from inference-only files:
+     "optimizer": ..., "scaler": ..., "rng": {...}, "train_config": {...},
+     # the student only:
+     "teacher_sha256": str}
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import WavflowError
+
+FORMAT = "wavflow"
+VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
+
+    A crash (even SIGKILL) at any moment leaves either the previous complete file or the new complete file
+    under `path`, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file with `torch.load(weights_only=True)`: no code from the file ever runs.
+
+    Returns the raw dictionary (native wavflow layout, or a foreign layout for `wavflow.nvidia` to convert).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise WavflowError(f"{path}: no such checkpoint file")
+    if path.is_dir():
+        raise WavflowError(f"{path}: is a directory, expected a checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise WavflowError(f"{path}: not a torch checkpoint (truncated, corrupt, or another kind of file)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any global it does not know: that is how a code-running payload is stopped.
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise WavflowError(f"{path}: refused to load: the file needs code execution to unpickle ({first[:200]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        raise WavflowError(f"{path}: cannot read checkpoint (truncated or corrupt: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(obj, dict):
+        raise WavflowError(f"{path}: checkpoint holds a {type(obj).__name__}, expected a dictionary")
+    return obj
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_payload(model: torch.nn.Module, step: int = 0, **extra: Any) -> dict[str, Any]:
+    """The inference part of a native checkpoint for `model` (a wavflow model with .config and .mel_config)."""
+    from .models import config_to_dict
+
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_type": model.model_type,
+        "model_config": config_to_dict(model.config),
+        "mel_config": model.mel_config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "step": int(step),
+        **extra,
+    }
+
+
+def is_native(obj: dict[str, Any]) -> bool:
+    return obj.get("format") == FORMAT
+
+
+def model_from_payload(obj: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
+    """Build the model a native checkpoint describes and load its weights (strictly)."""
+    from .melspec import MelConfig
+    from .models import build_model
+
+    for key in ("model_type", "model_config", "mel_config", "state_dict"):
+        if key not in obj:
+            raise WavflowError(f"{source}: wavflow checkpoint lacks '{key}'")
+    if obj.get("version", VERSION) > VERSION:
+        raise WavflowError(f"{source}: checkpoint version {obj['version']} is newer than this wavflow reads ({VERSION})")
+    model = build_model(obj["model_type"], obj["model_config"], MelConfig.from_dict(obj["mel_config"]))
+    try:
+        model.load_state_dict(obj["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise WavflowError(f"{source}: weights do not fit a {obj['model_type']} of the stored config "
+                           f"({str(e).splitlines()[0][:200]})") from None
+    return model
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load any checkpoint wavflow understands as a model in eval mode on `device`.
+
+    Native wavflow checkpoints, and NVIDIA's WaveGlow files in their three layouts (see wavflow.nvidia).
+    The returned model carries `.config`, `.mel_config` and `.model_type`.
+    """
+    obj = read_checkpoint(path)
+    if is_native(obj):
+        model = model_from_payload(obj, str(path))
+    else:
+        from . import nvidia
+
+        model = nvidia.model_from_checkpoint(obj, str(path))
+    return model.to(device).eval()
