@@ -125,44 +125,75 @@ def mel_spectrogram(audio: torch.Tensor, config: MelConfig = MelConfig()) -> tor
 MAX_FRAMES = 600 * 22050 // 256  # ten minutes of audio per file: more is refused rather than risking memory
 
 
-def load_mel(path: str | os.PathLike, n_mels: int = 80, max_frames: int = MAX_FRAMES) -> np.ndarray:
-    """Read a mel .npy as float32 [n_mels, F], accepting the layouts TTS models write.
+def _mel_frames(shape: tuple[int, ...], dtype: np.dtype, n_mels: int, max_frames: int, name: str) -> int:
+    """Check a mel's dtype and layout from its shape alone (so a file's header is judged before its data is
+    read) and return its frame count."""
+    if not np.issubdtype(dtype, np.floating):
+        raise WavflowError(f"{name}: mel has dtype {dtype}, expected a floating-point array (float32)")
+    shape = tuple(int(n) for n in shape)
+    if len(shape) == 3 and shape[0] == 1 and shape[1] == n_mels:
+        frames = shape[2]
+    elif len(shape) == 2 and shape[0] == n_mels:
+        frames = shape[1]
+    elif len(shape) == 2 and shape[1] == n_mels:
+        frames = shape[0]
+    else:
+        raise WavflowError(f"{name}: mel has shape {shape}; accepted shapes are "
+                           f"({n_mels}, F), (F, {n_mels}) or (1, {n_mels}, F)")
+    if frames == 0:
+        raise WavflowError(f"{name}: mel has zero frames")
+    if frames > max_frames:
+        raise WavflowError(f"{name}: mel has {frames} frames, more than the limit of {max_frames} "
+                           f"({max_frames * 256 / 22050:.0f} s of audio); split it into shorter pieces")
+    return frames
 
-    Accepted: (n_mels, F) (Tacotron 2, wavflow), (F, n_mels) and (1, n_mels, F) (ParallelWaveGAN, HiFi-GAN).
-    The file is read with allow_pickle=False, so a .npy holding a pickled object is refused, never executed.
+
+def check_mel(mel: np.ndarray, n_mels: int = 80, max_frames: int = MAX_FRAMES, name: str = "mel") -> np.ndarray:
+    """Validate an in-memory mel and return it as contiguous float32 [n_mels, F].
+
+    Accepted layouts: (n_mels, F) (Tacotron 2, wavflow), (F, n_mels) and (1, n_mels, F) (ParallelWaveGAN,
+    HiFi-GAN); a square (n_mels, n_mels) array is read as (n_mels, F). `name` starts every error message.
+    """
+    _mel_frames(mel.shape, mel.dtype, n_mels, max_frames, name)
+    if mel.ndim == 3:
+        mel = mel[0]
+    elif mel.shape[0] != n_mels:
+        mel = mel.T
+    if not np.all(np.isfinite(mel)):
+        raise WavflowError(f"{name}: mel contains NaN or infinite values")
+    return np.ascontiguousarray(mel, dtype=np.float32)
+
+
+def load_mel(path: str | os.PathLike, n_mels: int = 80, max_frames: int = MAX_FRAMES) -> np.ndarray:
+    """Read a mel .npy as float32 [n_mels, F], accepting the layouts TTS models write (see check_mel).
+
+    The header is checked before any data is read: a pickled object is refused without being unpickled
+    (never allow_pickle), and a shape above `max_frames` is refused before memory is allocated for it.
     """
     path = Path(path)
     if not path.exists():
         raise WavflowError(f"{path}: no such file")
     if path.is_dir():
         raise WavflowError(f"{path}: is a directory, expected a .npy mel")
+    if not path.is_file():  # reading a FIFO or a device could block forever
+        raise WavflowError(f"{path}: not a regular file, expected a .npy mel")
+    fmt = np.lib.format
     try:
-        mel = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise WavflowError(f"{path}: holds a pickled Python object; a mel must be a plain numeric array") from None
-        raise WavflowError(f"{path}: not a .npy array file ({e})") from None
-    except (OSError, EOFError) as e:
-        raise WavflowError(f"{path}: cannot read as a .npy array file ({e})") from None
-    if not isinstance(mel, np.ndarray):
-        raise WavflowError(f"{path}: holds an archive of several arrays, expected one mel array")
-    if not np.issubdtype(mel.dtype, np.floating):
-        raise WavflowError(f"{path}: mel has dtype {mel.dtype}, expected a floating-point array (float32)")
-    accepted = f"({n_mels}, F), (F, {n_mels}) or (1, {n_mels}, F)"
-    shape = tuple(mel.shape)
-    if mel.ndim == 3 and shape[0] == 1 and shape[1] == n_mels:
-        mel = mel[0]
-    elif mel.ndim == 2 and shape[0] == n_mels:
-        pass
-    elif mel.ndim == 2 and shape[1] == n_mels:
-        mel = mel.T
-    else:
-        raise WavflowError(f"{path}: mel has shape {shape}; accepted shapes are {accepted}")
-    if mel.shape[1] == 0:
-        raise WavflowError(f"{path}: mel has zero frames")
-    if mel.shape[1] > max_frames:
-        raise WavflowError(f"{path}: mel has {mel.shape[1]} frames, more than the limit of {max_frames} "
-                           f"({max_frames * 256 / 22050:.0f} s of audio); split it into shorter pieces")
-    if not np.all(np.isfinite(mel)):
-        raise WavflowError(f"{path}: mel contains NaN or infinite values")
-    return np.ascontiguousarray(mel, dtype=np.float32)
+        with open(path, "rb") as f:
+            try:
+                version = fmt.read_magic(f)
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran_order, dtype = read_header(f)
+            except (ValueError, EOFError, SyntaxError, TypeError) as e:
+                raise WavflowError(f"{path}: not a .npy array file ({str(e).splitlines()[0][:120]})") from None
+            if dtype.hasobject:
+                raise WavflowError(f"{path}: holds a pickled Python object; a mel must be a plain numeric array")
+            _mel_frames(shape, dtype, n_mels, max_frames, str(path))
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            data = f.read(nbytes)
+    except OSError as e:
+        raise WavflowError(f"{path}: cannot read ({e.strerror or e})") from None
+    if len(data) != nbytes:
+        raise WavflowError(f"{path}: truncated .npy file ({len(data)} of {nbytes} data bytes)")
+    mel = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+    return check_mel(mel, n_mels, max_frames, str(path))
