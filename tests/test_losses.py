@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from wavflow.audio import load_audio
-from wavflow.losses import (GAUSSIAN_ENTROPY, base_entropy, base_log_prob, gaussian_reverse_kl,
+from wavflow.losses import (GAUSSIAN_ENTROPY, base_entropy, base_log_prob, gaussian_cross_entropy, gaussian_reverse_kl,
                             log_scale_regularizer, logistic_mixture_log_pdf, mixture_cross_entropy,
-                            mixture_reverse_kl, sample_base, stft_loss)
+                            log_spectral_distance, mixture_reverse_kl, sample_base, stft_loss)
 
 D = torch.float64
 
@@ -41,6 +41,20 @@ def test_gaussian_kl_zero_iff_equal_and_regularizer():
     reg = log_scale_regularizer(ls, ls + 0.1)
     assert torch.allclose(reg, torch.full_like(reg, 4 * 0.01))
     assert torch.allclose(log_scale_regularizer(ls, ls - 0.3, weight=2.0), torch.full_like(reg, 2 * 0.09))
+
+
+@pytest.mark.parametrize("base", ["gaussian", "logistic"])
+def test_gaussian_cross_entropy_matches_integration_and_kl(base):
+    m, log_s, mu_p, log_sp = 0.02, -3.5, -0.01, -3.0
+    s = math.exp(log_s)
+    x = torch.linspace(m - 60 * s, m + 60 * s, 400_001, dtype=D)
+    q = torch.exp(base_log_prob((x - m) / s, base)) / s
+    reference = -torch.trapezoid(q * _gauss_logpdf(x, mu_p, log_sp), x).item()
+    args = [torch.tensor(v, dtype=D) for v in (m, log_s, mu_p, log_sp)]
+    ce = gaussian_cross_entropy(*args, base=base)
+    assert abs(ce.item() - reference) < 1e-7 * max(1.0, abs(reference))
+    if base == "gaussian":  # H(q, p) - H(q) is the closed-form KL
+        assert torch.allclose(ce - base_entropy(args[1], base), gaussian_reverse_kl(*args), atol=1e-12)
 
 
 def test_base_entropy_constants():
@@ -138,3 +152,9 @@ def test_stft_loss_positive_with_gradients(speech):
     sc, mag = stft_loss(0.5 * speech, speech)
     assert abs(sc.item() - 0.5) < 1e-5
     assert abs(mag.item() - math.log(2)) < 0.02
+
+
+def test_log_spectral_distance(speech):
+    assert log_spectral_distance(speech, speech).abs().max().item() == 0.0
+    lsd = log_spectral_distance(0.5 * speech, speech)  # every unfloored bin 6.02 dB down
+    assert lsd.shape == (1,) and 5.0 < lsd.item() <= 20 * math.log10(2) + 1e-4
