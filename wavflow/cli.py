@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from .errors import WavflowError
@@ -39,9 +41,77 @@ def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None], argv:
         if debug:
             raise
         fail(prog, str(e))
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
-        if debug:
+    except OSError as e:
+        # An OS error about a named path (missing, not writable, disk full, read-only file system) is the
+        # user's to fix; one without a path is not, and keeps its traceback.
+        if debug or e.filename is None:
             raise
         what = e.strerror or type(e).__name__
         fail(prog, f"{e.filename}: {what}" if e.filename else str(e))
     raise SystemExit(code or 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs and outputs of the file-to-file commands (mel, synthesize): everything is resolved and checked before
+# the first output is written, so a bad argument never leaves half a run behind.
+
+def expand_inputs(paths: Sequence[str | os.PathLike], suffixes: Sequence[str], what: str) -> list[Path]:
+    """The files to process: each path as given, a directory standing for its files ending in one of `suffixes`
+    (sorted by name, not recursive). Whether a file exists and parses is left to its loader."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in suffixes and q.is_file())
+            if not found:
+                raise WavflowError(f"{p}: directory holds no {what} files ({', '.join(suffixes)})")
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+def output_paths(inputs: Sequence[Path], out: str | os.PathLike | None, suffix: str,
+                 default_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where each input's result goes, as `<stem><suffix>`.
+
+    `out` ending in `suffix` (and not an existing directory) names the output file of a single input; any other
+    `out` is a directory. Without `out` the files go to `default_dir`, or next to their inputs when that is None.
+    Two inputs that would write the same file are refused.
+    """
+    if out is not None and Path(out).suffix.lower() == suffix and not Path(out).is_dir():
+        if len(inputs) != 1:
+            raise WavflowError(f"-o {out} names one file but {len(inputs)} inputs were given; give a directory")
+        targets = [Path(out)]
+    elif out is not None or default_dir is not None:
+        directory = Path(out if out is not None else default_dir)  # type: ignore[arg-type]
+        targets = [directory / (p.stem + suffix) for p in inputs]
+    else:
+        targets = [p.with_suffix(suffix) for p in inputs]
+    seen: dict[Path, Path] = {}
+    for src, dst in zip(inputs, targets):
+        key = Path(os.path.abspath(dst))
+        if key in seen:
+            raise WavflowError(f"{seen[key]} and {src} would both be written to {dst}")
+        seen[key] = src
+    return targets
+
+
+def check_writable_dir(directory: str | os.PathLike) -> None:
+    """Refuse, before any work is done, a directory that cannot take new files.
+
+    The directory need not exist yet: its nearest existing ancestor must be a directory in which a file can
+    be created. The check creates and removes a temporary file, the only test that holds for root and for
+    read-only file systems alike.
+    """
+    directory = Path(directory)
+    d = directory
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    if not d.is_dir():
+        raise WavflowError(f"{directory}: cannot write there: {d} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".wavflow-write-test.", dir=d)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise WavflowError(f"{directory}: cannot write there ({e.strerror or e})") from None

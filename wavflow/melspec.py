@@ -197,3 +197,21 @@ def load_mel(path: str | os.PathLike, n_mels: int = 80, max_frames: int = MAX_FR
         raise WavflowError(f"{path}: truncated .npy file ({len(data)} of {nbytes} data bytes)")
     mel = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
     return check_mel(mel, n_mels, max_frames, str(path))
+
+
+def save_mel(path: str | os.PathLike, mel: np.ndarray | torch.Tensor) -> None:
+    """Write a mel [n_mels, F] as a float32 .npy, under a temporary name renamed into place (never half a file)."""
+    import tempfile
+
+    path = Path(path)
+    arr = mel.detach().cpu().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel)
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
