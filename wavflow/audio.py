@@ -55,8 +55,15 @@ def save_wav(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_r
     try:
         with os.fdopen(fd, "wb") as f:
             sf.write(f, pcm, sample_rate, subtype="PCM_16", format="WAV")
+        _umask_mode(tmp)  # mkstemp makes 0600 files; give the result the mode any new file gets
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask_mode(path: str) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

@@ -210,8 +210,15 @@ def save_mel(path: str | os.PathLike, mel: np.ndarray | torch.Tensor) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr, allow_pickle=False)
+        _umask_mode(tmp)  # mkstemp makes 0600 files; give the result the mode any new file gets
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask_mode(path: str) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
