@@ -1,0 +1,103 @@
+"""`python -m wavflow.mel`: audio files to the Tacotron 2 mel spectrograms every wavflow model reads.
+
+    python -m wavflow.mel speech.wav                      # speech.npy next to speech.wav
+    python -m wavflow.mel speech.flac -o mel.npy          # any format soundfile reads, any sample rate
+    python -m wavflow.mel a.wav b.wav wavs/ -o mels/      # several files (a directory stands for its audio)
+
+Each output is float32 .npy shaped (80, F) with F = T // 256 + 1 for T samples at 22050 Hz (SPEC section 1):
+exactly the mel `wavflow.mel_spectrogram` gives, so Tacotron 2 output and these files are interchangeable.
+Audio at another rate is resampled to 22050 Hz first. Every input is checked (readable, long enough, within
+the length limit) before the first file is written, and each file is written under a temporary name and
+renamed, so a failure never leaves a partial .npy behind.
+
+This module is an entry point only: inside the package use wavflow.melspec.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .audio import load_audio
+from .cli import ArgumentParser, check_writable_dir, expand_inputs, output_paths, run_cli
+from .errors import WavflowError
+from .melspec import MAX_FRAMES, MelConfig, mel_spectrogram, save_mel
+
+PROG = "python -m wavflow.mel"
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+
+
+def check_audio_file(path: Path, config: MelConfig = MelConfig(), max_frames: int = MAX_FRAMES) -> int:
+    """Check from the file's header alone that it gives a mel within limits; return its frame count.
+
+    Run on every input before any work, so one bad file in a list stops the run before anything is written.
+    """
+    if not path.exists():
+        raise WavflowError(f"{path}: no such file")
+    if path.is_dir():
+        raise WavflowError(f"{path}: is a directory, expected an audio file")
+    if not path.is_file():  # reading a FIFO or a device could block forever
+        raise WavflowError(f"{path}: not a regular file, expected an audio file")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as e:
+        raise WavflowError(f"{path}: not a readable audio file ({str(e).splitlines()[0][:160]})") from None
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise WavflowError(f"{path}: the audio file holds no samples")
+    samples = math.ceil(info.frames * config.sample_rate / info.samplerate)  # after resampling
+    if samples <= config.n_fft // 2:
+        raise WavflowError(f"{path}: {info.frames / info.samplerate * 1000:.1f} ms of audio is too short for a mel "
+                           f"(need more than {config.n_fft // 2} samples at {config.sample_rate} Hz)")
+    frames = config.num_frames(samples)
+    if frames > max_frames:
+        raise WavflowError(f"{path}: {info.frames / info.samplerate:.0f} s of audio gives {frames} mel frames, more "
+                           f"than the limit of {max_frames} ({max_frames * config.hop_length / config.sample_rate:.0f} s); "
+                           f"split it into shorter pieces")
+    return frames
+
+
+def audio_to_mel(path: str | Path, config: MelConfig = MelConfig()) -> np.ndarray:
+    """The mel of an audio file as float32 [n_mels, F], resampling to config.sample_rate when needed."""
+    path = Path(path)
+    check_audio_file(path, config)
+    audio = load_audio(path, config.sample_rate)
+    if not torch.isfinite(audio).all():
+        raise WavflowError(f"{path}: audio contains NaN or infinite samples")
+    return mel_spectrogram(audio.unsqueeze(0), config)[0].numpy()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog=PROG, description="Compute Tacotron 2 log-mel spectrograms (80 bands, hop 256, "
+                            "22050 Hz) of audio files and write them as float32 .npy arrays shaped (80, F).")
+    parser.add_argument("inputs", nargs="+", metavar="AUDIO",
+                        help="audio files (WAV, FLAC, anything soundfile reads; other sample rates are resampled) "
+                             "or directories of them")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="output .npy file (one input) or directory (created if needed); "
+                             "default: next to each input, with the suffix .npy")
+    parser.add_argument("-q", "--quiet", action="store_true", help="do not list the files written")
+    args = parser.parse_args(argv)
+
+    config = MelConfig()
+    inputs = expand_inputs(args.inputs, AUDIO_SUFFIXES, "audio")
+    for path in inputs:
+        check_audio_file(path, config)
+    targets = output_paths(inputs, args.output, ".npy")
+    for directory in sorted({t.parent for t in targets}):
+        check_writable_dir(directory)
+
+    for src, dst in zip(inputs, targets):
+        mel = audio_to_mel(src, config)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        save_mel(dst, mel)
+        if not args.quiet:
+            print(f"{src} -> {dst}  ({mel.shape[0]}, {mel.shape[1]})")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(PROG, main)
