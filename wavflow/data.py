@@ -1,0 +1,181 @@
+"""LJSpeech-layout datasets: a fixed train/validation split, random fixed-length crops, whole utterances.
+
+A dataset root holds `metadata.csv` (lines `ID|transcription|normalized transcription`, the LJSpeech format) and
+`wavs/ID.wav` (or `wavs/ID.flac`). The split depends on nothing but the order of metadata.csv: the LAST
+`n_valid` lines are the validation set, every earlier line is training data. So the 335-clip mini set and the
+full 13,100-clip LJSpeech-1.1 both split the same way with no prepared file lists, and every tool (trainer,
+evaluate, recipes) that says "validation" means the same clips.
+
+Training items are fixed-length crops of raw audio [segment_length], at random offsets, zero-padded at the end
+when a clip is shorter. Mels are NOT computed here: the trainer computes them on the training device from the
+crop (wavflow.melspec.mel_spectrogram), so the mel of a crop is exactly the mel the model will see at inference
+for that audio, and the STFT runs on the GPU. `return_mel=True` gives (audio, mel) pairs for other uses.
+
+The crop offset is a pure function of (seed, epoch, clip index) when the item comes from `CropSampler`, so a run
+resumed from a checkpoint sees the very same batches as an uninterrupted one (see wavflow.train).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from .audio import load_audio
+from .errors import WavflowError
+from .melspec import MelConfig, mel_spectrogram
+
+AUDIO_EXTENSIONS = (".wav", ".flac")
+
+
+def read_metadata(root: str | os.PathLike) -> list[tuple[str, str]]:
+    """(ID, normalized transcription) for each line of ROOT/metadata.csv, in file order.
+
+    LJSpeech lines are `ID|text|normalized text`; two-field lines `ID|text` (common in derived datasets) are
+    accepted too. Blank lines are skipped; anything else malformed is refused with its line number.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise WavflowError(f"{root}: dataset root does not exist")
+    if not root.is_dir():
+        raise WavflowError(f"{root}: dataset root is not a directory")
+    meta = root / "metadata.csv"
+    if not meta.is_file():
+        raise WavflowError(f"{meta}: missing; an LJSpeech-layout root holds metadata.csv (ID|text|normalized) and wavs/")
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise WavflowError(f"{meta}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    items: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        clip_id = fields[0].strip()
+        if len(fields) < 2 or not clip_id or "/" in clip_id or clip_id in (".", ".."):
+            raise WavflowError(f"{meta}:{n}: malformed line, expected 'ID|text|normalized text': {line[:80]!r}")
+        if clip_id in seen:
+            raise WavflowError(f"{meta}:{n}: clip ID {clip_id} appears twice")
+        seen.add(clip_id)
+        items.append((clip_id, fields[-1].strip()))
+    if not items:
+        raise WavflowError(f"{meta}: lists no clips")
+    return items
+
+
+def find_audio(root: Path, clip_id: str) -> Path:
+    """ROOT/wavs/ID.wav, else ROOT/wavs/ID.flac; a clear error naming the file when neither exists."""
+    for ext in AUDIO_EXTENSIONS:
+        path = root / "wavs" / f"{clip_id}{ext}"
+        if path.is_file():
+            return path
+    raise WavflowError(f"{root / 'wavs' / (clip_id + '.wav')}: missing (metadata.csv lists {clip_id}; "
+                       f"looked for {' and '.join(AUDIO_EXTENSIONS)})")
+
+
+def split_ids(items: list[tuple[str, str]], split: str, n_valid: int) -> list[tuple[str, str]]:
+    """The deterministic split: validation = the last n_valid lines of metadata.csv, training = the rest."""
+    if split not in ("train", "valid"):
+        raise WavflowError(f"unknown split '{split}'; expected 'train' or 'valid'")
+    if not 0 <= n_valid < len(items):
+        raise WavflowError(f"n_valid={n_valid} must be at least 0 and leave training clips "
+                           f"(metadata.csv lists {len(items)})")
+    cut = len(items) - n_valid
+    return items[:cut] if split == "train" else items[cut:]
+
+
+class LJSpeech(Dataset):
+    """Clips of an LJSpeech-layout root, as float32 audio in [-1, 1] at `mel_config.sample_rate`.
+
+    split="train": item i is a crop of `segment_length` samples [T] from training clip i (random offset;
+        zero-padded at the end when the clip is shorter). Index with an int (offset drawn from torch's global
+        RNG) or with the (index, seed, epoch) triples `CropSampler` yields (offset fixed by those three).
+    split="valid": item i is validation clip i whole, [T_i].
+    return_mel=True makes each item (audio [T], log-mel [n_mels, T // hop + 1]) instead.
+    cache=True keeps decoded audio in memory (each DataLoader worker holds its own copy; about 190 MB for
+        the 36-minute mini set, 7.6 GB for the full dataset, so leave it off there).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: Literal["train", "valid"] = "train", n_valid: int = 20,
+                 segment_length: int = 16000, mel_config: MelConfig = MelConfig(), return_mel: bool = False,
+                 cache: bool = False):
+        self.root = Path(root)
+        self.split = split
+        self.n_valid = n_valid
+        if split == "train" and segment_length <= mel_config.n_fft // 2:
+            raise WavflowError(f"segment_length={segment_length} is too short for a mel; need more than "
+                               f"{mel_config.n_fft // 2} samples")
+        self.segment_length = segment_length
+        self.mel_config = mel_config
+        self.return_mel = return_mel
+        self.items = split_ids(read_metadata(self.root), split, n_valid)
+        # Resolve every file now: a missing clip should stop a run before it starts, not 3 hours in.
+        self.paths = [find_audio(self.root, clip_id) for clip_id, _ in self.items]
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    @property
+    def ids(self) -> list[str]:
+        return [clip_id for clip_id, _ in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> torch.Tensor:
+        """Whole clip `index` of this split, [T] float32 at the mel config's sample rate."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        audio = load_audio(self.paths[index], self.mel_config.sample_rate)
+        if self._cache is not None:
+            self._cache[index] = audio
+        return audio
+
+    def crop(self, audio: torch.Tensor, offset_rng: np.random.Generator | None) -> torch.Tensor:
+        """A [segment_length] window of `audio`: uniform offset, or the zero-padded clip when it is shorter."""
+        n = self.segment_length
+        if audio.shape[0] <= n:
+            return torch.nn.functional.pad(audio, (0, n - audio.shape[0]))
+        span = audio.shape[0] - n + 1
+        offset = int(offset_rng.integers(span)) if offset_rng is not None else int(torch.randint(span, ()).item())
+        return audio[offset:offset + n]
+
+    def __getitem__(self, item: int | tuple[int, int, int]):
+        if isinstance(item, (tuple, list)):
+            index, seed, epoch = item
+            rng = np.random.default_rng([int(seed), int(epoch), int(index)])
+        else:
+            index, rng = int(item), None
+        audio = self.load(index)
+        if self.split == "train":
+            audio = self.crop(audio, rng)
+        if self.return_mel:
+            return audio, mel_spectrogram(audio.unsqueeze(0), self.mel_config)[0]
+        return audio
+
+
+class CropSampler(DistributedSampler):
+    """DistributedSampler whose items also carry (seed, epoch), so `LJSpeech` crops are a function of them.
+
+    Each process of a distributed run gets its own 1/world_size share of each shuffled epoch (batch size is
+    per process). `start` skips the first samples of this process's share of the current epoch: that is how a
+    resumed run picks up mid-epoch at the batch where the checkpoint was written. Works without an initialised
+    process group when num_replicas and rank are given (single-process training).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_state(self, epoch: int, start: int) -> None:
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        indices = list(super().__iter__())[self.start:]
+        return iter([(i, self.seed, self.epoch) for i in indices])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
