@@ -121,9 +121,24 @@ def model_from_payload(obj: dict[str, Any], source: str = "checkpoint") -> torch
     for key in ("model_type", "model_config", "mel_config", "state_dict"):
         if key not in obj:
             raise WavflowError(f"{source}: wavflow checkpoint lacks '{key}'")
+    # The file is untrusted: a wrong type in any field must be a clear refusal, not a crash deep in a constructor.
+    if not isinstance(obj["model_type"], str):
+        raise WavflowError(f"{source}: 'model_type' is a {type(obj['model_type']).__name__}, expected a string")
+    for key in ("model_config", "mel_config", "state_dict"):
+        if not isinstance(obj[key], dict):
+            raise WavflowError(f"{source}: '{key}' is a {type(obj[key]).__name__}, expected a dictionary")
+    bad = [k for k, v in obj["state_dict"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WavflowError(f"{source}: 'state_dict' entry {bad[0]!r} is not a named tensor")
+    if not isinstance(obj.get("version", VERSION), int):
+        raise WavflowError(f"{source}: 'version' is not an integer")
     if obj.get("version", VERSION) > VERSION:
         raise WavflowError(f"{source}: checkpoint version {obj['version']} is newer than this wavflow reads ({VERSION})")
-    model = build_model(obj["model_type"], obj["model_config"], MelConfig.from_dict(obj["mel_config"]))
+    try:
+        model = build_model(obj["model_type"], obj["model_config"], MelConfig.from_dict(obj["mel_config"]))
+    except (TypeError, ValueError) as e:  # a config value of the wrong type or range
+        raise WavflowError(f"{source}: the stored model config is not valid for a {obj['model_type']} "
+                           f"({str(e).splitlines()[0][:200]})") from None
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as e:
