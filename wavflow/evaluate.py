@@ -1,0 +1,540 @@
+"""Evaluate vocoders on held-out LJSpeech clips: likelihood, copy-synthesis distances, Griffin-Lim as the floor.
+
+    python -m wavflow.evaluate checkpoints/waveglow.pt checkpoints/wavenet.pt --data-root LJSpeech-1.1 \\
+        --json eval.json --plot eval.png --metrics pesq,stoi,dnsmos
+
+For every checkpoint, on the validation clips (the last --n-valid clips of metadata.csv, as wavflow.data splits):
+
+  nll         held-out negative log-likelihood, nats per audio sample on the scale of SPEC section 2
+              (model.log_likelihood: exact for WaveGlow and the WaveNet teacher; the IAF student inverts its
+              flows step by step, so cap the audio with --nll-max-seconds). Pooled: total nats / total samples.
+  copy-synthesis from the ground-truth mel (model.infer), scored against the real recording, mean over clips:
+    logmel_l1     mean |log-mel(vocoded) - log-mel(real)| over bands and frames (natural log, SPEC 1 mel)
+    mrstft_sc     spectral convergence, multi-resolution (wavflow.losses.stft_loss, 3 resolutions)
+    mrstft_logmag L1 distance of log STFT magnitudes, same resolutions; mrstft = sc + logmag
+    pesq_wb       PESQ wide band (ITU-T P.862.2), both signals resampled to 16 kHz        [--metrics pesq]
+    stoi          short-time objective intelligibility at 22.05 kHz                        [--metrics stoi]
+    dnsmos_*      DNSMOS P.835 (sig, bak, ovrl) and P.808 of the vocoded audio alone        [--metrics dnsmos]
+
+Two reference rows come first: the real recordings themselves (the ceiling: distances 0, their own DNSMOS) and
+Griffin-Lim from the same mel (the floor a neural vocoder has to beat): the log-mel is inverted to a linear
+magnitude with librosa's non-negative least squares against the Slaney mel basis, then --griffin-lim-iters
+iterations of Griffin-Lim (hop 256, window 1024) estimate the phase.
+
+The optional metrics need `pip install 'wavflow[metrics]'` (pesq, pystoi, speechmos + onnxruntime; DNSMOS's
+ONNX models ship inside speechmos, so everything runs offline).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .audio import load_audio
+from .checkpoint import file_sha256, is_native, load as load_checkpoint, model_from_payload, read_checkpoint
+from .cli import ArgumentParser, run_cli
+from .errors import WavflowError
+from .losses import stft_loss
+from .melspec import MelConfig, mel_spectrogram
+
+OPTIONAL_METRICS = ("pesq", "stoi", "dnsmos")
+DNSMOS_KEYS = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
+# Every per-clip and per-system metric key, in table order; a metric that was not asked for is null in the JSON.
+METRIC_KEYS = ("logmel_l1", "mrstft", "mrstft_sc", "mrstft_logmag", "pesq_wb", "stoi", *DNSMOS_KEYS)
+PESQ_RATE = 16000  # PESQ wide band and DNSMOS are defined at 16 kHz
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation clips
+
+@dataclass
+class Clip:
+    id: str
+    path: Path
+    audio: torch.Tensor  # [T] float32, cropped to a whole number of hops
+    full_samples: int  # length of the recording before any cropping
+
+
+def load_clips(root: Path, n_valid: int, max_clips: int | None, max_seconds: float | None,
+               mel_config: MelConfig) -> list[Clip]:
+    """The validation clips (wavflow.data's split: the last `n_valid` lines of metadata.csv, never trained on),
+    read at the mel config's rate, each cropped to at most `max_seconds` and to a whole number of hops."""
+    from .data import LJSpeech
+
+    data = LJSpeech(root, split="valid", n_valid=n_valid, mel_config=mel_config)
+    hop = mel_config.hop_length
+    count = len(data) if max_clips is None else min(len(data), max_clips)
+    clips = []
+    for i in range(count):
+        audio = data.load(i)
+        n = audio.shape[0]
+        if max_seconds is not None:
+            n = min(n, int(max_seconds * mel_config.sample_rate))
+        n = n // hop * hop  # F = n / hop + 1 frames vocode to n + hop samples, of which the first n are compared
+        if n < 4 * hop:
+            raise WavflowError(f"{data.paths[i]}: {audio.shape[0]} samples, too short to evaluate (need {4 * hop})")
+        clips.append(Clip(data.ids[i], data.paths[i], audio[:n].contiguous(), audio.shape[0]))
+    return clips
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics
+
+def _missing(package: str, metric: str) -> WavflowError:
+    return WavflowError(f"the {metric} metric needs the '{package}' package: pip install 'wavflow[metrics]'")
+
+
+def require_metrics(metrics: Sequence[str]) -> dict[str, Callable]:
+    """Import the optional metric packages up front, so a missing one is reported before any work is done."""
+    fns: dict[str, Callable] = {}
+    for m in metrics:
+        if m == "pesq":
+            try:
+                from pesq import pesq
+            except ImportError:
+                raise _missing("pesq", "pesq") from None
+            fns[m] = pesq
+        elif m == "stoi":
+            try:
+                from pystoi import stoi
+            except ImportError:
+                raise _missing("pystoi", "stoi") from None
+            fns[m] = stoi
+        elif m == "dnsmos":
+            try:
+                import onnxruntime  # noqa: F401  (speechmos imports it only when scoring)
+            except ImportError:
+                raise _missing("onnxruntime", "dnsmos") from None
+            try:
+                from speechmos import dnsmos
+            except ImportError:
+                raise _missing("speechmos", "dnsmos") from None
+            fns[m] = dnsmos.run
+    return fns
+
+
+def logmel_l1(estimate: torch.Tensor, reference: torch.Tensor, mel_config: MelConfig = MelConfig()) -> float:
+    """Mean |log-mel(estimate) - log-mel(reference)| over bands and frames; both [T] of the same length."""
+    if estimate.shape != reference.shape:
+        raise ValueError(f"logmel_l1: estimate {tuple(estimate.shape)} and reference {tuple(reference.shape)} differ")
+    pair = torch.stack([estimate, reference]).double()
+    mels = mel_spectrogram(pair, mel_config)
+    return float((mels[0] - mels[1]).abs().mean())
+
+
+def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    import torchaudio.functional as AF
+
+    if sample_rate == PESQ_RATE:
+        return audio
+    return AF.resample(torch.from_numpy(audio), sample_rate, PESQ_RATE).numpy()
+
+
+def clip_metrics(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: int, mel_config: MelConfig,
+                 optional: dict[str, Callable]) -> dict[str, float | None]:
+    """All metrics of one vocoded clip [T] against its recording [T]; keys METRIC_KEYS, None where not asked."""
+    est = estimate.detach().float().cpu()
+    ref = reference.detach().float().cpu()
+    out: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
+    out["logmel_l1"] = logmel_l1(est, ref, mel_config)
+    sc, logmag = stft_loss(est.double()[None], ref.double()[None])
+    out["mrstft_sc"], out["mrstft_logmag"] = float(sc), float(logmag)
+    out["mrstft"] = out["mrstft_sc"] + out["mrstft_logmag"]
+    est_np, ref_np = est.numpy(), ref.numpy()
+    if "pesq" in optional or "dnsmos" in optional:
+        est16 = np.clip(_to_16k(est_np, sample_rate), -1.0, 1.0).astype(np.float32)
+        ref16 = np.clip(_to_16k(ref_np, sample_rate), -1.0, 1.0).astype(np.float32)
+    if "pesq" in optional:
+        try:
+            out["pesq_wb"] = float(optional["pesq"](PESQ_RATE, ref16, est16, "wb"))
+        except Exception:  # PESQ refuses clips it finds no speech in (e.g. a silent vocoder): no score, not 0
+            out["pesq_wb"] = math.nan
+    if "stoi" in optional:
+        out["stoi"] = float(optional["stoi"](ref_np, est_np, sample_rate, extended=False))
+    if "dnsmos" in optional:
+        r = optional["dnsmos"](est16, PESQ_RATE)
+        out.update(dnsmos_ovrl=float(r["ovrl_mos"]), dnsmos_sig=float(r["sig_mos"]), dnsmos_bak=float(r["bak_mos"]),
+                   dnsmos_p808=float(r["p808_mos"]))
+    return out
+
+
+def griffin_lim(log_mel: torch.Tensor, mel_config: MelConfig, n_iter: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Audio [length] from a log-mel [n_mels, F] by NNLS mel inversion and Griffin-Lim (librosa)."""
+    import librosa
+
+    c = mel_config
+    mel = np.exp(log_mel.detach().double().cpu().numpy())  # magnitude mel (power 1), floor 1e-5 included
+    magnitude = librosa.feature.inverse.mel_to_stft(mel, sr=c.sample_rate, n_fft=c.n_fft, power=1.0,
+                                                     fmin=c.fmin, fmax=c.fmax, htk=False, norm="slaney")
+    audio = librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=c.hop_length, win_length=c.win_length,
+                               n_fft=c.n_fft, window="hann", center=True, length=length, random_state=seed)
+    return torch.from_numpy(audio.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Systems: the recordings, Griffin-Lim and each checkpoint
+
+@dataclass
+class SystemResult:
+    name: str
+    kind: str  # "reference" | "griffin-lim" | "vocoder"
+    per_clip: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    nll_nats: float | None = None
+    nll_samples: int = 0
+    synthesis_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    plot_audio: torch.Tensor | None = None  # the vocoded first clip, for the figure
+
+    def summary(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": self.name, "kind": self.kind, **self.info}
+        row["nll_nats"] = self.nll_nats
+        row["nll_bits"] = None if self.nll_nats is None else self.nll_nats / math.log(2)
+        row["nll_samples"] = self.nll_samples if self.nll_nats is not None else None
+        for key in METRIC_KEYS:
+            values = [c[key] for c in self.per_clip if c.get(key) is not None]
+            finite = [v for v in values if math.isfinite(v)]
+            row[key] = float(np.mean(finite)) if finite else (math.nan if values else None)
+        row["rtf"] = self.synthesis_seconds / self.audio_seconds if self.kind == "vocoder" and self.audio_seconds else None
+        row["per_clip"] = self.per_clip
+        return row
+
+
+def _nll(model: torch.nn.Module, clips: list[Clip], cap: int | None, device: torch.device) -> tuple[float, int]:
+    """Pooled held-out NLL over the clips: -(sum over clips of mean log-density x samples) / total samples."""
+    total, samples = 0.0, 0
+    for clip in clips:
+        n = clip.audio.shape[0] if cap is None else min(clip.audio.shape[0], cap)
+        audio = clip.audio[:n].to(device)[None]
+        mel = mel_spectrogram(audio, model.mel_config)
+        with torch.no_grad():
+            ll = model.log_likelihood(audio, mel)
+        ll = float(ll.reshape(-1)[0])
+        if not math.isfinite(ll):
+            raise WavflowError(f"{clip.path}: the model's log-likelihood is not finite ({ll}); is the checkpoint trained?")
+        total -= ll * n
+        samples += n
+    return total / samples, samples
+
+
+@dataclass
+class Loaded:
+    path: Path
+    model: torch.nn.Module
+    step: int | None
+    sha256: str
+
+
+def load_model(path: Path, device: torch.device) -> Loaded:
+    """A checkpoint as a model in eval mode with weight norm folded, plus the training step it holds."""
+    obj = read_checkpoint(path)
+    if is_native(obj):
+        model, step = model_from_payload(obj, str(path)), obj.get("step")
+    else:  # NVIDIA's WaveGlow layouts
+        model, step = load_checkpoint(path), obj.get("iteration")
+    del obj
+    model = model.to(device).eval()
+    model.remove_weight_norm()
+    return Loaded(path, model, None if step is None else int(step), file_sha256(path))
+
+
+def evaluate_checkpoint(loaded: Loaded, clips: list[Clip], *, device: torch.device, metric_mel: MelConfig,
+                        optional: dict[str, Callable], nll_cap: int | None, skip_nll: bool, seed: int,
+                        infer_options: dict[str, Any], log: Callable[[str], None]) -> SystemResult:
+    path, model = loaded.path, loaded.model
+    sr = model.mel_config.sample_rate
+    params = sum(p.numel() for p in model.parameters())
+    result = SystemResult(path.stem, "vocoder", info={
+        "checkpoint": str(path), "sha256": loaded.sha256, "model_type": model.model_type,
+        "parameters": params, "step": loaded.step,
+    })
+    if not skip_nll:
+        t0 = time.perf_counter()
+        result.nll_nats, result.nll_samples = _nll(model, clips, nll_cap, device)
+        result.info["nll_seconds_per_clip"] = None if nll_cap is None else nll_cap / sr
+        result.info["nll_wall_seconds"] = time.perf_counter() - t0
+        log(f"  {path.stem}: NLL {result.nll_nats:.4f} nats/sample over {result.nll_samples} samples")
+    options = {k: v for k, v in infer_options.items() if k in _accepted_options(model)}
+    result.info["infer_options"] = options
+    for i, clip in enumerate(clips):
+        mel = mel_spectrogram(clip.audio.to(device)[None], model.mel_config)
+        gen = torch.Generator(device=device).manual_seed(seed + i)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            audio = model.infer(mel, generator=gen, **options)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        result.synthesis_seconds += time.perf_counter() - t0
+        result.audio_seconds += audio.shape[-1] / sr
+        if audio.shape[-1] != mel.shape[-1] * model.mel_config.hop_length:
+            raise RuntimeError(f"{path.stem}: infer returned {audio.shape[-1]} samples for {mel.shape[-1]} frames")
+        audio = audio[0, : clip.audio.shape[0]].float().cpu()
+        if not torch.isfinite(audio).all():
+            raise WavflowError(f"{path}: the model vocoded non-finite samples for {clip.id}; is the checkpoint trained?")
+        result.per_clip.append({"id": clip.id, **clip_metrics(audio, clip.audio, sr, metric_mel, optional)})
+        if i == 0:
+            result.plot_audio = audio
+    return result
+
+
+def _accepted_options(model: torch.nn.Module) -> set[str]:
+    import inspect
+
+    return {name for name, p in inspect.signature(model.infer).parameters.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def evaluate_references(clips: list[Clip], metric_mel: MelConfig, optional: dict[str, Callable], gl_iters: int,
+                        seed: int) -> list[SystemResult]:
+    sr = metric_mel.sample_rate
+    real = SystemResult("real", "reference", info={"description": "the recordings themselves"})
+    for clip in clips:
+        real.per_clip.append({"id": clip.id, **clip_metrics(clip.audio, clip.audio, sr, metric_mel, optional)})
+    real.plot_audio = clips[0].audio
+    systems = [real]
+    if gl_iters > 0:
+        gl = SystemResult(f"griffin-lim-{gl_iters}", "griffin-lim",
+                          info={"description": f"librosa NNLS mel inversion + {gl_iters} Griffin-Lim iterations",
+                                "iterations": gl_iters})
+        for i, clip in enumerate(clips):
+            mel = mel_spectrogram(clip.audio[None], metric_mel)[0]
+            audio = griffin_lim(mel, metric_mel, gl_iters, clip.audio.shape[0], seed=seed + i)
+            gl.per_clip.append({"id": clip.id, **clip_metrics(audio, clip.audio, sr, metric_mel, optional)})
+            if i == 0:
+                gl.plot_audio = audio
+        systems.append(gl)
+    return systems
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report: markdown table, JSON, figure
+
+COLUMNS = (("nll_nats", "NLL (nats)", "{:.3f}"), ("logmel_l1", "log-mel L1", "{:.3f}"), ("mrstft", "MR-STFT", "{:.3f}"),
+           ("pesq_wb", "PESQ-WB", "{:.2f}"), ("stoi", "STOI", "{:.3f}"), ("dnsmos_ovrl", "DNSMOS OVRL", "{:.2f}"),
+           ("dnsmos_p808", "DNSMOS P.808", "{:.2f}"), ("rtf", "RTF", "{:.3g}"))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    lines = ["| system | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in rows:
+        cells = []
+        for key, _, fmt in cols:
+            v = r.get(key)
+            cells.append("-" if v is None else ("nan" if isinstance(v, float) and math.isnan(v) else fmt.format(v)))
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def plot_spectrograms(path: Path, clip: Clip, systems: list[SystemResult], mel_config: MelConfig) -> None:
+    """One panel per system: the log-mel of its version of the first validation clip, on one colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [s for s in systems if s.plot_audio is not None]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(10, 2.1 * len(shown)), sharex=True, squeeze=False)
+    seconds = clip.audio.shape[0] / mel_config.sample_rate
+    lo = math.log(mel_config.clip_val)
+    for ax, s in zip(axes[:, 0], shown):
+        mel = mel_spectrogram(s.plot_audio[None], mel_config)[0].numpy()
+        im = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=lo, vmax=2.0,
+                       extent=(0.0, seconds, 0, mel.shape[0]), interpolation="nearest")
+        l1 = s.per_clip[0]["logmel_l1"]
+        title = "ground truth" if s.kind == "reference" else f"{s.name}  (log-mel L1 {l1:.3f})"
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_ylabel("mel band")
+    axes[-1, 0].set_xlabel(f"time (s): {clip.id}")
+    fig.colorbar(im, ax=axes[:, 0].tolist(), label="ln mel", shrink=0.9)
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+def _writable_output(path: str | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise WavflowError(f"{flag} {p}: is a directory, expected a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise WavflowError(f"{flag} {p}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise WavflowError(f"{flag} {p}: directory {parent} is not writable")
+    return p
+
+
+def _positive(kind: type, name: str, minimum: float = 0.0) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a number, got '{text}'") from None
+        if not (math.isfinite(value) and value > minimum):
+            raise ValueError(f"{name} must be > {minimum}, got {text}")
+        return value
+    parse.__name__ = name
+    return parse
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m wavflow.evaluate",
+                       description="Held-out NLL and copy-synthesis quality of wavflow checkpoints, with "
+                                   "Griffin-Lim as the floor.")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="wavflow (or NVIDIA WaveGlow) checkpoints")
+    p.add_argument("--data-root", required=True, help="LJSpeech root (metadata.csv + wavs/)")
+    p.add_argument("--n-valid", type=int, default=20, help="the last N clips of metadata.csv are the validation set")
+    p.add_argument("--max-clips", type=_positive(int, "--max-clips"), default=None,
+                   help="evaluate only the first N validation clips")
+    p.add_argument("--max-seconds", type=_positive(float, "--max-seconds"), default=None,
+                   help="crop every clip to its first S seconds (for NLL and copy-synthesis alike)")
+    p.add_argument("--nll-max-seconds", type=_positive(float, "--nll-max-seconds"), default=None,
+                   help="score the NLL on the first S seconds of each clip only (the student's sequential inversion "
+                        "is slow); applies to every model so the NLLs compare")
+    p.add_argument("--no-nll", action="store_true", help="skip the likelihood")
+    p.add_argument("--metrics", default="",
+                   help="optional metrics, comma-separated: pesq,stoi,dnsmos or 'all' (needs wavflow[metrics])")
+    p.add_argument("--griffin-lim-iters", type=int, default=60, help="Griffin-Lim iterations; 0 leaves its row out")
+    p.add_argument("--sigma", type=float, default=None, help="WaveGlow/student sampling temperature (model default if unset)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--json", default=None, metavar="OUT.json", help="write every figure, per clip too, as JSON")
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="log-mel spectrograms of the first clip")
+    return p
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise WavflowError(f"--device {name}: not a device (cpu, cuda, cuda:N, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WavflowError(f"--device {name}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise WavflowError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    args = build_parser().parse_args(argv)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  (the table alone goes to stdout)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if metrics == ["all"]:
+        metrics = list(OPTIONAL_METRICS)
+    unknown = [m for m in metrics if m not in OPTIONAL_METRICS]
+    if unknown:
+        raise WavflowError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(OPTIONAL_METRICS)}, all")
+    if args.griffin_lim_iters < 0:
+        raise WavflowError(f"--griffin-lim-iters must be >= 0, got {args.griffin_lim_iters}")
+    if args.n_valid < 1:
+        raise WavflowError(f"--n-valid must be at least 1, got {args.n_valid}")
+    json_path = _writable_output(args.json, "--json")
+    plot_path = _writable_output(args.plot, "--plot")
+    paths = [Path(c) for c in args.checkpoints]
+    for path in paths:
+        if not path.is_file():
+            raise WavflowError(f"{path}: no such checkpoint file")
+    optional = require_metrics(metrics)
+    device = _device(args.device)
+
+    # Every checkpoint is read before any work, so a bad one costs seconds, not an evaluation.
+    models = [load_model(path, device) for path in paths]
+    # The metric mel is the SPEC 1 mel at the models' sample rate, which they must share.
+    rates = {m.model.mel_config.sample_rate for m in models}
+    if len(rates) > 1:
+        raise WavflowError(f"the checkpoints run at different sample rates ({', '.join(map(str, sorted(rates)))} Hz); "
+                           "evaluate them separately")
+    metric_mel = MelConfig(sample_rate=rates.pop())
+    root = Path(args.data_root)
+    clips = load_clips(root, args.n_valid, args.max_clips, args.max_seconds, metric_mel)
+    seconds = sum(c.audio.shape[0] for c in clips) / metric_mel.sample_rate
+    log(f"evaluate: {len(clips)} validation clips ({seconds:.1f} s) from {root}, device {device}")
+
+    t0 = time.perf_counter()
+    systems = evaluate_references(clips, metric_mel, optional, args.griffin_lim_iters, args.seed)
+    log(f"  references done in {time.perf_counter() - t0:.1f} s")
+    nll_cap = None if args.nll_max_seconds is None else max(4, int(args.nll_max_seconds * metric_mel.sample_rate
+                                                                     / metric_mel.hop_length)) * metric_mel.hop_length
+    infer_options = {} if args.sigma is None else {"sigma": args.sigma, "temperature": args.sigma}
+    names: set[str] = {s.name for s in systems}
+    for loaded in models:
+        t0 = time.perf_counter()
+        result = evaluate_checkpoint(loaded, clips, device=device, metric_mel=metric_mel, optional=optional,
+                                     nll_cap=nll_cap, skip_nll=args.no_nll, seed=args.seed,
+                                     infer_options=infer_options, log=log)
+        base, k = result.name, 2
+        while result.name in names:  # two checkpoints with one file name: keep the rows apart
+            result.name, k = f"{base}-{k}", k + 1
+        names.add(result.name)
+        systems.append(result)
+        log(f"  {result.name} done in {time.perf_counter() - t0:.1f} s")
+
+    rows = [s.summary() for s in systems]
+    print(markdown_table(rows))
+    report = {
+        "format": "wavflow-evaluate", "version": 1,
+        "data_root": str(root), "n_valid": args.n_valid,
+        "clips": [{"id": c.id, "seconds": c.audio.shape[0] / metric_mel.sample_rate,
+                   "full_seconds": c.full_samples / metric_mel.sample_rate} for c in clips],
+        "sample_rate": metric_mel.sample_rate,
+        "metrics": ["nll_nats", "logmel_l1", "mrstft", *metrics],
+        "settings": {"max_clips": args.max_clips, "max_seconds": args.max_seconds,
+                     "nll_max_seconds": None if nll_cap is None else nll_cap / metric_mel.sample_rate,
+                     "griffin_lim_iters": args.griffin_lim_iters, "seed": args.seed, "sigma": args.sigma,
+                     "device": str(device), "torch_threads": torch.get_num_threads(),
+                     "torch": torch.__version__, "python": platform.python_version()},
+        "systems": rows,
+    }
+    if json_path is not None:
+        text = json.dumps(_json_safe(report), indent=1)
+        _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+        log(f"  wrote {json_path}")
+    if plot_path is not None:
+        plot_spectrograms(plot_path, clips[0], systems, metric_mel)
+        log(f"  wrote {plot_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli("python -m wavflow.evaluate", main)
