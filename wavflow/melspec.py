@@ -195,7 +195,7 @@ def load_mel(path: str | os.PathLike, n_mels: int = 80, max_frames: int = MAX_FR
         raise WavflowError(f"{path}: cannot read ({e.strerror or e})") from None
     if len(data) != nbytes:
         raise WavflowError(f"{path}: truncated .npy file ({len(data)} of {nbytes} data bytes)")
-    mel = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+    mel = np.frombuffer(bytearray(data), dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
     return check_mel(mel, n_mels, max_frames, str(path))
 
 
