@@ -289,10 +289,18 @@ def evaluate_checkpoint(loaded: Loaded, clips: list[Clip], *, device: torch.devi
 
 
 def _accepted_options(model: torch.nn.Module) -> set[str]:
+    """Keyword options model.infer names (or, where it forwards **options to generate(), that one names)."""
     import inspect
 
-    return {name for name, p in inspect.signature(model.infer).parameters.items()
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    names: set[str] = set()
+    for fn in (model.infer, getattr(model, "generate", None)):
+        if fn is None:
+            break
+        params = inspect.signature(fn).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def evaluate_references(clips: list[Clip], metric_mel: MelConfig, optional: dict[str, Callable], gl_iters: int,
@@ -432,7 +440,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--metrics", default="",
                    help="optional metrics, comma-separated: pesq,stoi,dnsmos or 'all' (needs wavflow[metrics])")
     p.add_argument("--griffin-lim-iters", type=int, default=60, help="Griffin-Lim iterations; 0 leaves its row out")
-    p.add_argument("--sigma", type=float, default=None, help="WaveGlow/student sampling temperature (model default if unset)")
+    p.add_argument("--sigma", type=float, default=None, help="WaveGlow's noise std at inference (its default: 0.6)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="WaveNet teacher / student sampling temperature (their default: 1.0)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write every figure, per clip too, as JSON")
@@ -469,6 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise WavflowError(f"--griffin-lim-iters must be >= 0, got {args.griffin_lim_iters}")
     if args.n_valid < 1:
         raise WavflowError(f"--n-valid must be at least 1, got {args.n_valid}")
+    for name in ("sigma", "temperature"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise WavflowError(f"--{name} must be a finite number >= 0, got {value}")
     json_path = _writable_output(args.json, "--json")
     plot_path = _writable_output(args.plot, "--plot")
     paths = [Path(c) for c in args.checkpoints]
@@ -489,14 +503,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.data_root)
     clips = load_clips(root, args.n_valid, args.max_clips, args.max_seconds, metric_mel)
     seconds = sum(c.audio.shape[0] for c in clips) / metric_mel.sample_rate
-    log(f"evaluate: {len(clips)} validation clips ({seconds:.1f} s) from {root}, device {device}")
+    log(f"evaluate: {len(clips)} validation clip(s) ({seconds:.1f} s) from {root}, device {device}")
 
     t0 = time.perf_counter()
     systems = evaluate_references(clips, metric_mel, optional, args.griffin_lim_iters, args.seed)
     log(f"  references done in {time.perf_counter() - t0:.1f} s")
     nll_cap = None if args.nll_max_seconds is None else max(4, int(args.nll_max_seconds * metric_mel.sample_rate
                                                                      / metric_mel.hop_length)) * metric_mel.hop_length
-    infer_options = {} if args.sigma is None else {"sigma": args.sigma, "temperature": args.sigma}
+    # Each model gets the options its infer() takes: sigma reaches WaveGlow, temperature the teacher and student.
+    infer_options = {k: v for k, v in (("sigma", args.sigma), ("temperature", args.temperature)) if v is not None}
     names: set[str] = {s.name for s in systems}
     for loaded in models:
         t0 = time.perf_counter()
@@ -522,6 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {"max_clips": args.max_clips, "max_seconds": args.max_seconds,
                      "nll_max_seconds": None if nll_cap is None else nll_cap / metric_mel.sample_rate,
                      "griffin_lim_iters": args.griffin_lim_iters, "seed": args.seed, "sigma": args.sigma,
+                     "temperature": args.temperature,
                      "device": str(device), "torch_threads": torch.get_num_threads(),
                      "torch": torch.__version__, "python": platform.python_version()},
         "systems": rows,
