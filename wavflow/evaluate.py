@@ -232,6 +232,7 @@ class Loaded:
     model: torch.nn.Module
     step: int | None
     sha256: str
+    parameters: int  # as trained (weight norm's g and v counted apart, as the checkpoint stores them)
 
 
 def load_model(path: Path, device: torch.device) -> Loaded:
@@ -242,9 +243,10 @@ def load_model(path: Path, device: torch.device) -> Loaded:
     else:  # NVIDIA's WaveGlow layouts
         model, step = load_checkpoint(path), obj.get("iteration")
     del obj
+    parameters = sum(p.numel() for p in model.parameters())
     model = model.to(device).eval()
     model.remove_weight_norm()
-    return Loaded(path, model, None if step is None else int(step), file_sha256(path))
+    return Loaded(path, model, None if step is None else int(step), file_sha256(path), parameters)
 
 
 def evaluate_checkpoint(loaded: Loaded, clips: list[Clip], *, device: torch.device, metric_mel: MelConfig,
@@ -252,10 +254,9 @@ def evaluate_checkpoint(loaded: Loaded, clips: list[Clip], *, device: torch.devi
                         infer_options: dict[str, Any], log: Callable[[str], None]) -> SystemResult:
     path, model = loaded.path, loaded.model
     sr = model.mel_config.sample_rate
-    params = sum(p.numel() for p in model.parameters())
     result = SystemResult(path.stem, "vocoder", info={
         "checkpoint": str(path), "sha256": loaded.sha256, "model_type": model.model_type,
-        "parameters": params, "step": loaded.step,
+        "parameters": loaded.parameters, "step": loaded.step,
     })
     if not skip_nll:
         t0 = time.perf_counter()

@@ -1,0 +1,223 @@
+"""python -m wavflow.evaluate: the report's fields, the distances' exact values, the NLL pooling, bad input."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wavflow.audio import load_audio
+from wavflow.checkpoint import file_sha256, model_payload, save_checkpoint
+from wavflow.cli import run_cli
+from wavflow.evaluate import clip_metrics, griffin_lim, logmel_l1, main
+from wavflow.losses import stft_loss
+from wavflow.melspec import MelConfig, mel_spectrogram
+from wavflow.models import build_model
+from wavflow.models.waveglow import WaveGlowConfig
+
+PROG = "python -m wavflow.evaluate"
+SECONDS = 0.5
+CROP = int(SECONDS * 22050) // 256 * 256  # what --max-seconds 0.5 keeps of each clip: whole hops
+ROW_KEYS = {"name", "kind", "nll_nats", "nll_bits", "nll_samples", "logmel_l1", "mrstft", "mrstft_sc",
+            "mrstft_logmag", "pesq_wb", "stoi", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808", "rtf",
+            "per_clip"}
+VOCODER_KEYS = ROW_KEYS | {"checkpoint", "sha256", "model_type", "parameters", "step", "infer_options",
+                           "nll_seconds_per_clip", "nll_wall_seconds"}
+
+
+@pytest.fixture(scope="module")
+def waveglow_ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("waveglow", WaveGlowConfig.tiny())
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-waveglow.pt"
+    save_checkpoint(path, model_payload(model, step=7))
+    return path
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        run_cli(PROG, main, argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    raise AssertionError("run_cli returned without SystemExit")
+
+
+@pytest.fixture(scope="module")
+def report(waveglow_ckpt, ljspeech_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    argv = [str(waveglow_ckpt), "--data-root", str(ljspeech_root), "--max-clips", "2", "--max-seconds", str(SECONDS),
+            "--json", str(out / "eval.json"), "--plot", str(out / "eval.png"), "--device", "cpu"]
+    assert _run(argv) == 0
+    return json.loads((out / "eval.json").read_text()), out
+
+
+def test_report_has_every_field(report, waveglow_ckpt, ljspeech_root):
+    r, out = report
+    ids = [line.split("|")[0] for line in (ljspeech_root / "metadata.csv").read_text().splitlines() if line.strip()]
+    assert [c["id"] for c in r["clips"]] == ids[-20:][:2]  # the first two of the last 20: the validation split
+    assert all(abs(c["seconds"] - CROP / 22050) < 1e-9 for c in r["clips"])
+    assert {"data_root", "n_valid", "clips", "sample_rate", "metrics", "settings", "systems"} <= set(r)
+    assert [s["name"] for s in r["systems"]] == ["real", "griffin-lim-60", "tiny-waveglow"]
+    assert [s["kind"] for s in r["systems"]] == ["reference", "griffin-lim", "vocoder"]
+    for row in r["systems"][:2]:
+        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+    vocoder = r["systems"][2]
+    assert VOCODER_KEYS <= set(vocoder), VOCODER_KEYS - set(vocoder)
+    assert vocoder["sha256"] == file_sha256(waveglow_ckpt)
+    assert vocoder["step"] == 7 and vocoder["model_type"] == "waveglow"
+    assert vocoder["parameters"] == sum(p.numel() for p in build_model("waveglow", WaveGlowConfig.tiny()).parameters())
+    assert vocoder["nll_samples"] == 2 * CROP
+    assert vocoder["nll_bits"] == pytest.approx(vocoder["nll_nats"] / math.log(2), rel=1e-12)
+    for row in r["systems"]:  # optional metrics were not asked for: present, null
+        assert all(row[k] is None for k in ("pesq_wb", "stoi", "dnsmos_ovrl", "dnsmos_p808"))
+        assert [c["id"] for c in row["per_clip"]] == [c["id"] for c in r["clips"]]
+        # the row's figure is the mean of its clips'
+        assert row["logmel_l1"] == pytest.approx(np.mean([c["logmel_l1"] for c in row["per_clip"]]), rel=1e-12)
+        for c in row["per_clip"]:
+            assert c["mrstft"] == pytest.approx(c["mrstft_sc"] + c["mrstft_logmag"], rel=1e-12)
+    png = (out / "eval.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(str(out / "eval.png")).shape[:2]
+    assert height > 300 and width > 300
+
+
+def test_reference_rows(report):
+    """The recordings against themselves score exactly 0; Griffin-Lim from the mel does not, but stays near."""
+    real, gl, vocoder = report[0]["systems"]
+    assert real["logmel_l1"] == 0.0 and real["mrstft"] == 0.0
+    assert 0.0 < gl["logmel_l1"] < 0.5
+    assert 0.0 < gl["mrstft_sc"] < 1.0
+    assert vocoder["logmel_l1"] > gl["logmel_l1"]  # an untrained vocoder is worse than the floor
+
+
+def test_nll_is_pooled_model_likelihood(report, waveglow_ckpt, ljspeech_root):
+    """NLL = -(sum_i n_i * mean log-density_i) / sum_i n_i, from the model's own log_likelihood on the crops."""
+    import wavflow
+
+    r, _ = report
+    model = wavflow.load(waveglow_ckpt)
+    total, count = 0.0, 0
+    for clip in r["clips"]:
+        audio = load_audio(ljspeech_root / "wavs" / f"{clip['id']}.wav", 22050)[:CROP][None]
+        with torch.no_grad():
+            ll = model.log_likelihood(audio, mel_spectrogram(audio))
+        total -= float(ll[0]) * CROP
+        count += CROP
+    assert r["systems"][2]["nll_nats"] == pytest.approx(total / count, rel=1e-5)
+
+
+def test_nll_max_seconds_caps_the_scored_audio(waveglow_ckpt, ljspeech_root, tmp_path):
+    out = tmp_path / "e.json"
+    argv = [str(waveglow_ckpt), "--data-root", str(ljspeech_root), "--max-clips", "1", "--max-seconds", "0.5",
+            "--nll-max-seconds", "0.1", "--griffin-lim-iters", "0", "--json", str(out)]
+    assert _run(argv) == 0
+    r = json.loads(out.read_text())
+    cap = max(4, int(0.1 * 22050 / 256)) * 256
+    assert r["systems"][1]["nll_samples"] == cap
+    assert r["systems"][1]["nll_seconds_per_clip"] == pytest.approx(cap / 22050)
+    assert [s["kind"] for s in r["systems"]] == ["reference", "vocoder"]  # --griffin-lim-iters 0: no floor row
+
+
+def test_logmel_l1_exact(short_clip):
+    audio = load_audio(short_clip, 22050)
+    assert logmel_l1(audio, audio) == 0.0
+    # Doubling the amplitude doubles every mel bin: the log moves by exactly ln 2 wherever no bin sits on the
+    # 1e-5 floor, which holds for this clip (checked, so the identity is exact and not approximate).
+    assert mel_spectrogram(audio[None]).min() > math.log(1e-5) + 1e-6
+    assert logmel_l1(2 * audio, audio) == pytest.approx(math.log(2), abs=1e-9)
+    assert logmel_l1(audio, 2 * audio) == logmel_l1(2 * audio, audio)
+
+
+def test_griffin_lim_floor_and_stft_distance(short_clip):
+    audio = load_audio(short_clip, 22050)[:CROP]
+    mel = mel_spectrogram(audio[None])[0]
+    gl = griffin_lim(mel, MelConfig(), n_iter=8, length=CROP, seed=0)
+    assert gl.shape == audio.shape
+    m = clip_metrics(gl, audio, 22050, MelConfig(), {})
+    assert m["logmel_l1"] > 0.05
+    sc, logmag = stft_loss(gl.double()[None], audio.double()[None])
+    assert m["mrstft_sc"] == pytest.approx(float(sc)) and m["mrstft_logmag"] == pytest.approx(float(logmag))
+    # more Griffin-Lim iterations get closer to the mel they invert
+    gl60 = griffin_lim(mel, MelConfig(), n_iter=60, length=CROP, seed=0)
+    assert logmel_l1(gl60, audio) < m["logmel_l1"]
+
+
+def test_optional_metrics_when_installed(short_clip):
+    pytest.importorskip("pesq")
+    pytest.importorskip("pystoi")
+    pytest.importorskip("speechmos")
+    pytest.importorskip("onnxruntime")
+    from wavflow.evaluate import require_metrics
+
+    fns = require_metrics(["pesq", "stoi", "dnsmos"])
+    audio = load_audio(short_clip, 22050)
+    same = clip_metrics(audio, audio, 22050, MelConfig(), fns)
+    assert same["pesq_wb"] == pytest.approx(4.644, abs=1e-3)  # the top of the wide-band PESQ scale
+    assert same["stoi"] == pytest.approx(1.0, abs=1e-6)
+    noisy = audio + 0.03 * torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))
+    worse = clip_metrics(noisy, audio, 22050, MelConfig(), fns)
+    assert worse["pesq_wb"] < same["pesq_wb"] - 1 and worse["stoi"] < same["stoi"]
+    assert 1.0 <= worse["dnsmos_ovrl"] < same["dnsmos_ovrl"] <= 5.0
+    assert 1.0 <= same["dnsmos_p808"] <= 5.0
+
+
+def test_missing_metric_package_is_one_line(waveglow_ckpt, ljspeech_root, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pesq", None)  # makes `import pesq` raise ImportError
+    assert _run([str(waveglow_ckpt), "--data-root", str(ljspeech_root), "--metrics", "pesq"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "wavflow[metrics]" in err and "pesq" in err
+
+
+def _bad_inputs(tmp: Path, ckpt: Path, root: Path) -> list[tuple[str, list[str], str]]:
+    truncated = tmp / "truncated.pt"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    text = tmp / "notes.pt"
+    text.write_text("not a checkpoint\n")
+    empty_root = tmp / "empty_root"
+    empty_root.mkdir()
+    good = [str(ckpt), "--data-root", str(root)]
+    return [
+        ("missing checkpoint", [str(tmp / "nope.pt"), "--data-root", str(root)], "nope.pt"),
+        ("truncated checkpoint", [str(truncated), "--data-root", str(root)], "truncated.pt"),
+        ("text file as checkpoint", [str(text), "--data-root", str(root)], "notes.pt"),
+        ("missing data root", [str(ckpt), "--data-root", str(tmp / "nowhere")], "nowhere"),
+        ("root without metadata", [str(ckpt), "--data-root", str(empty_root)], "metadata.csv"),
+        ("n-valid 0", good + ["--n-valid", "0"], "--n-valid"),
+        ("n-valid too large", good + ["--n-valid", "100000"], "n_valid"),
+        ("unknown metric", good + ["--metrics", "pesq,mos9000"], "mos9000"),
+        ("json in missing dir", good + ["--json", str(tmp / "no" / "x.json")], "does not exist"),
+        ("json is a directory", good + ["--json", str(tmp)], "directory"),
+        ("negative max-seconds", good + ["--max-seconds", "-1"], "--max-seconds"),
+        ("nan max-seconds", good + ["--max-seconds", "nan"], "--max-seconds"),
+        ("max-clips 0", good + ["--max-clips", "0"], "--max-clips"),
+        ("negative sigma", good + ["--sigma", "-0.5"], "--sigma"),
+        ("negative griffin-lim", good + ["--griffin-lim-iters", "-3"], "--griffin-lim-iters"),
+        ("bogus device", good + ["--device", "tpu9"], "tpu9"),
+        ("no data root", [str(ckpt)], "--data-root"),
+    ]
+
+
+def test_bad_input_is_one_line_exit_2(waveglow_ckpt, ljspeech_root, tmp_path, capsys):
+    for what, argv, needle in _bad_inputs(tmp_path, waveglow_ckpt, ljspeech_root):
+        code = _run(argv)
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert code == 2, f"{what}: exit {code}, stderr {err!r}"
+        assert len(err.splitlines()) == 1 and err.startswith(PROG), f"{what}: {err!r}"
+        assert needle in err, f"{what}: {err!r} does not name {needle!r}"
+        assert captured.out == "", f"{what}: wrote to stdout"
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.png"))
+
+
+def test_entry_point_exit_status(tmp_path, ljspeech_root):
+    proc = subprocess.run([sys.executable, "-m", "wavflow.evaluate", str(tmp_path / "missing.pt"), "--data-root",
+                           str(ljspeech_root)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1 and "missing.pt" in proc.stderr
