@@ -19,6 +19,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        _test_pause_before_rename()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -58,6 +60,14 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _test_pause_before_rename() -> None:
+    # Crash-safety tests set WAVFLOW_TEST_SAVE_PAUSE=SECONDS to hold a fully written, not yet renamed temporary
+    # file, so they can SIGKILL a training run mid-save and check that the previous checkpoint survives.
+    pause = os.environ.get("WAVFLOW_TEST_SAVE_PAUSE")
+    if pause:
+        time.sleep(float(pause))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
