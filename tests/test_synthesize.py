@@ -1,0 +1,177 @@
+"""Synthesis: `python -m wavflow.synthesize` and `wavflow.synthesize()` with tiny random-weight checkpoints."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from wavflow import synthesis
+from wavflow.audio import to_int16
+from wavflow.errors import WavflowError
+from wavflow.synthesis import synthesize
+
+from synth_helpers import REPO, run_in_process, run_module, save_tiny_waveglow, tail_samples, tiny_waveglow
+
+EXAMPLE = REPO / "examples" / "LJ002-0020.npy"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_tiny_waveglow(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_waveglow()
+
+
+@pytest.fixture(scope="module")
+def example_mel():
+    return np.load(EXAMPLE)
+
+
+def _main(argv, capsys):
+    return run_in_process(synthesis._main, argv, capsys, prog=synthesis.PROG)
+
+
+def test_cli_vocodes_the_example_mel_end_to_end(ckpt, tmp_path, example_mel):
+    out = tmp_path / "speech.wav"
+    r = run_module("synthesize", EXAMPLE, "--checkpoint", ckpt, "-o", out, "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    info = sf.info(str(out))
+    assert (info.frames, info.samplerate, info.channels, info.subtype) == (example_mel.shape[1] * 256, 22050, 1, "PCM_16")
+    # The file is the Python API's audio for the same checkpoint and seed, quantised to 16 bits.
+    pcm, _ = sf.read(str(out), dtype="int16")
+    expected = to_int16(synthesize(example_mel, ckpt, seed=7))
+    assert np.abs(pcm.astype(np.int32) - expected).max() <= 1  # one step: float sums may round either way
+    assert np.mean(pcm == expected) > 0.99
+    assert "RTF" in r.stderr + r.stdout and "real time" in r.stdout
+
+
+def test_directory_input_batching_matches_one_by_one(ckpt, tmp_path, example_mel, capsys):
+    mels = tmp_path / "mels"
+    mels.mkdir()
+    lengths = {"a": 24, "b": 17, "c": 24, "d": 9}
+    for i, (name, f) in enumerate(lengths.items()):
+        np.save(mels / f"{name}.npy", example_mel[:, 10 * i: 10 * i + f])
+    (mels / "notes.txt").write_text("not a mel: ignored by the directory scan")
+    code, _, err = _main([mels, "--checkpoint", ckpt, "-o", tmp_path / "batched", "--batch-size", "3", "--seed", "1",
+                          "-q"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "batched").iterdir()) == ["a.wav", "b.wav", "c.wav", "d.wav"]
+    for name, f in lengths.items():
+        code, _, err = _main([mels / f"{name}.npy", "--checkpoint", ckpt, "-o", tmp_path / "single",
+                              "--batch-size", "1", "--seed", "1", "-q"], capsys)
+        assert code == 0, err
+        batched, sr = sf.read(str(tmp_path / "batched" / f"{name}.wav"), dtype="int16")
+        single, _ = sf.read(str(tmp_path / "single" / f"{name}.wav"), dtype="int16")
+        assert sr == 22050 and len(batched) == len(single) == f * 256  # each file its own length
+        diff = np.abs(batched.astype(np.int32) - single)
+        # Sorted by length, batches are [a, c, b] and [d]: a, c and d are unpadded and must match throughout;
+        # b is padded from 17 to 24 frames, which only its last tail_samples() can see.
+        head = f * 256 - (tail_samples() if name == "b" else 0)
+        assert diff[:head].max() <= 1, name
+
+
+def test_batched_api_gives_each_mel_its_own_noise(model, example_mel):
+    mels = [example_mel[:, :20], example_mel[:, 30:42], example_mel[:, 50:70]]
+    single = [synthesize(m, model=model, seed=3, batch_size=1) for m in mels]
+    batched = synthesize(mels, model=model, seed=3, batch_size=3)
+    reordered = synthesize(mels[::-1], model=model, seed=3, batch_size=3)[::-1]
+    tail = tail_samples()
+    for s, b, r, m in zip(single, batched, reordered, mels):
+        t = m.shape[1] * 256
+        assert s.shape == b.shape == r.shape == (t,)
+        padded = m.shape[1] < 20
+        head = t - tail if padded else t
+        torch.testing.assert_close(b[:head], s[:head], rtol=0, atol=1e-5)
+        torch.testing.assert_close(r, b, rtol=0, atol=1e-5)  # order within the batch does not matter
+    # The same mel content gets the same noise; different content gets different noise.
+    assert not torch.allclose(single[0][:1000], single[2][:1000])
+
+
+def test_api_layouts_and_return_shapes(model, example_mel, tmp_path):
+    mel = example_mel[:, :15]
+    ref = synthesize(mel, model=model, seed=0)
+    assert ref.shape == (15 * 256,) and ref.dtype == torch.float32
+    torch.testing.assert_close(synthesize(mel.T.copy(), model=model, seed=0), ref, rtol=0, atol=0)  # (F, 80)
+    torch.testing.assert_close(synthesize(torch.from_numpy(mel), model=model, seed=0), ref, rtol=0, atol=0)
+    one = synthesize(mel[None], model=model, seed=0)  # (1, 80, F): a batch of one
+    assert one.shape == (1, 15 * 256)
+    torch.testing.assert_close(one[0], ref, rtol=0, atol=0)
+    np.save(tmp_path / "m.npy", mel)
+    torch.testing.assert_close(synthesize(tmp_path / "m.npy", model=model, seed=0), ref, rtol=0, atol=0)
+    batch = torch.from_numpy(np.stack([mel, example_mel[:, 40:55]]))
+    out = synthesize(batch, model=model, seed=0)
+    assert out.shape == (2, 15 * 256)
+    torch.testing.assert_close(out[0], ref, rtol=0, atol=1e-5)
+
+
+def test_api_seed_and_model_options(model, example_mel):
+    mel = example_mel[:, :12]
+    a, b = synthesize(mel, model=model, seed=5), synthesize(mel, model=model, seed=5)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, synthesize(mel, model=model, seed=6))
+    torch.manual_seed(11)
+    c = synthesize(mel, model=model)
+    torch.manual_seed(11)
+    assert torch.equal(c, synthesize(mel, model=model))  # seed=None follows torch's global generator
+    # sigma reaches WaveGlow.infer: at sigma 0 the noise, hence the seed, no longer matters.
+    z0 = synthesize(mel, model=model, seed=1, sigma=0.0)
+    torch.testing.assert_close(z0, synthesize(mel, model=model, seed=2, sigma=0.0), rtol=0, atol=0)
+    assert not torch.allclose(z0, a)
+    with pytest.raises(WavflowError, match="temperature.*waveglow"):
+        synthesize(mel, model=model, temperature=0.5)
+
+
+def test_api_loads_a_checkpoint_and_refuses_bad_mels(ckpt, model, example_mel):
+    mel = example_mel[:, :10]
+    torch.testing.assert_close(synthesize(mel, ckpt, seed=2), synthesize(mel, model=model, seed=2), rtol=0, atol=1e-6)
+    with pytest.raises(WavflowError, match=r"shape \(40, 10\)"):
+        synthesize(mel[:40], ckpt)
+    with pytest.raises(WavflowError, match="NaN"):
+        synthesize(np.full((80, 5), np.nan, np.float32), ckpt)
+
+
+def test_shipped_checkpoint_choice(monkeypatch, tmp_path, ckpt, capsys, example_mel):
+    monkeypatch.setattr(synthesis, "checkpoints_dir", lambda: tmp_path / "checkpoints")
+    with pytest.raises(WavflowError, match="waveglow-ljspeech-mini.pt: shipped waveglow checkpoint not found"):
+        synthesize(example_mel[:, :5])
+    code, _, err = _main([EXAMPLE, "--model", "wavenet", "-o", tmp_path / "o"], capsys)
+    assert code == 2 and "wavenet-ljspeech-mini.pt" in err and len(err.splitlines()) == 1
+    (tmp_path / "checkpoints").mkdir()
+    save_tiny_waveglow(tmp_path / "checkpoints" / "waveglow-ljspeech-mini.pt")
+    torch.testing.assert_close(synthesize(example_mel[:, :5], seed=0), synthesize(example_mel[:, :5], ckpt, seed=0))
+
+
+def test_shipped_checkpoints_resolve_next_to_the_package():
+    import wavflow
+
+    assert synthesis.checkpoints_dir() == REPO / "checkpoints"
+    assert synthesis.checkpoints_dir().parent == __import__("pathlib").Path(wavflow.__file__).resolve().parents[1]
+
+
+def test_progress_bar_reports_real_time_factor(model, example_mel, capsys):
+    list(synthesis.vocode(model, [example_mel[:, :8], example_mel[:, 8:14]], seed=0, batch_size=1, progress=True))
+    err = capsys.readouterr().err
+    assert "RTF" in err and "wall/audio" in err and "x real time" in err and "s audio" in err
+
+
+def test_wavenet_batch_noise_is_per_item(example_mel):
+    """The teacher draws per-item noise too (its `noise` argument), so a batched item equals its solo run
+    wherever the padding cannot reach (causal model: everything but the last frames' conditioning context)."""
+    from wavflow.models import build_model
+    from wavflow.models.wavenet import WaveNetConfig
+
+    torch.manual_seed(0)
+    teacher = build_model("wavenet", WaveNetConfig.tiny()).eval()
+    mels = [example_mel[:, 40:46], example_mel[:, 60:64]]
+    single = [synthesize(m, model=teacher, seed=4, batch_size=1) for m in mels]
+    batched = synthesize(mels, model=teacher, seed=4, batch_size=2)
+    torch.testing.assert_close(batched[0], single[0], rtol=0, atol=1e-5)  # the longest: no padding at all
+    assert batched[1].shape == single[1].shape == (4 * 256,)
+    # Padding frames reach back through the frame-context conv (kernel 5: 2 frames) and each x4 stage's
+    # smoothing conv (kernel 5: 2 steps at 64, 16, 4 and 1 samples per step).
+    head = (4 - 2) * 256 - 2 * (64 + 16 + 4 + 1)
+    torch.testing.assert_close(batched[1][:head], single[1][:head], rtol=0, atol=1e-5)

@@ -1,0 +1,412 @@
+"""Mel spectrograms to speech with any wavflow vocoder: `wavflow.synthesize()` and `python -m wavflow.synthesize`.
+
+    import wavflow
+    audio = wavflow.synthesize(mel)                            # [F * 256] with the shipped WaveGlow
+    audio = wavflow.synthesize(mel, model="wavenet")           # another shipped checkpoint
+    audio = wavflow.synthesize(mel, checkpoint="my.pt", sigma=0.8, device="cuda")
+
+Batching and determinism. Several mels are vocoded in batches: sorted by length, padded with silence frames
+(ln 1e-5) to the longest of their batch, and each output cropped back to its own F * 256 samples. Every mel
+draws its noise from its own generator, seeded by the seed and the mel's contents, so with a seed a mel
+vocodes to the same noise whatever its file name, its position in the list and the batch it falls in. Items
+of equal length therefore give the same audio batched or one by one; a shorter item padded in a batch can
+differ in its last few milliseconds, where WaveGlow's non-causal convolutions reach into the padding
+(`--batch-size 1` removes that). Models whose `infer` draws its noise internally (no per-item noise
+argument) are given one generator per batch instead.
+
+The command line, in full: `python -m wavflow.synthesize --help`.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, NoReturn, Sequence
+
+import numpy as np
+import torch
+
+from .audio import save_wav
+from .checkpoint import load as load_checkpoint
+from .cli import ArgumentParser, check_writable_dir, expand_inputs, output_paths, run_cli
+from .errors import WavflowError
+from .melspec import MAX_FRAMES, check_mel, load_mel
+
+PROG = "python -m wavflow.synthesize"
+SHIPPED = ("waveglow", "wavenet", "student")
+DEFAULT_MODEL = "waveglow"
+DEFAULT_BATCH_SIZE = 8
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+def checkpoints_dir() -> Path:
+    """The repository's checkpoints/ folder, next to the installed (editable) package."""
+    import wavflow
+
+    return Path(wavflow.__file__).resolve().parents[1] / "checkpoints"
+
+
+def shipped_checkpoint(name: str = DEFAULT_MODEL) -> Path:
+    """Path of a shipped checkpoint: checkpoints/{waveglow,wavenet,student}-ljspeech-mini.pt."""
+    if name not in SHIPPED:
+        raise WavflowError(f"unknown shipped model '{name}'; choose one of {', '.join(SHIPPED)}")
+    path = checkpoints_dir() / f"{name}-ljspeech-mini.pt"
+    if not path.is_file():
+        raise WavflowError(f"{path}: shipped {name} checkpoint not found; give --checkpoint PATH")
+    return path
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' -> cuda when available, else cpu; refuse a device this machine does not have."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise WavflowError(f"device '{name}': not a device (cpu, cuda, cuda:N, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WavflowError(f"device '{name}': CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise WavflowError(f"device '{name}': only cpu and cuda are supported")
+    return device
+
+
+_loaded: dict[tuple, torch.nn.Module] = {}
+
+
+def load_vocoder(checkpoint: str | os.PathLike | None = None, model: str | None = None,
+                 device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A checkpoint (or shipped model by name) in eval mode, weight norm folded, on `device`.
+
+    The last two models loaded stay cached (keyed by path, size, mtime and device), so calling
+    `synthesize()` in a loop does not reread the file each time.
+    """
+    if checkpoint is not None and model is not None:
+        raise WavflowError("give a checkpoint or a shipped model name, not both")
+    path = Path(checkpoint) if checkpoint is not None else shipped_checkpoint(model or DEFAULT_MODEL)
+    device = resolve_device(device)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(device))
+    except OSError:
+        key = None  # let the loader name the problem
+    if key is not None and key in _loaded:
+        return _loaded[key]
+    vocoder = load_checkpoint(path, device)
+    vocoder.remove_weight_norm()
+    vocoder.eval()
+    if key is not None:
+        while len(_loaded) >= 2:
+            _loaded.pop(next(iter(_loaded)))
+        _loaded[key] = vocoder
+    return vocoder
+
+
+def infer_parameters(model: torch.nn.Module) -> set[str]:
+    """Keyword arguments `model.infer` takes by name (model options such as sigma, temperature, z)."""
+    return {name for name, p in inspect.signature(model.infer).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_options(model: torch.nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    """Drop unset options and refuse any the model does not take, naming the model type."""
+    options = {k: v for k, v in options.items() if v is not None}
+    accepted = infer_parameters(model) - {"mel", "generator", "z", "noise"}
+    for name in options:
+        if name not in accepted:
+            takes = ", ".join(sorted(accepted)) or "none"
+            raise WavflowError(f"option '{name}' does not apply to a {model.model_type} model (its options: {takes})")
+    return options
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mels
+
+def as_mel_list(mel: Any, n_mels: int, max_frames: int = MAX_FRAMES) -> tuple[list[np.ndarray], str]:
+    """Normalise what `synthesize` accepts to a list of float32 [n_mels, F] arrays and the form to return.
+
+    Returns (mels, form) with form "single" (return [T]), "batch" (return [B, T]) or "list" (return a list).
+    """
+    if isinstance(mel, (str, os.PathLike)):
+        return [load_mel(mel, n_mels, max_frames)], "single"
+    if isinstance(mel, (list, tuple)):
+        if not mel:
+            raise WavflowError("no mels given")
+        mels = []
+        for i, m in enumerate(mel):
+            if isinstance(m, (np.ndarray, torch.Tensor)) and m.ndim == 3 and m.shape[0] > 1:
+                raise WavflowError(f"mel list item {i} is a batch of shape {tuple(m.shape)}; a list holds single mels")
+            mels += as_mel_list(m, n_mels, max_frames)[0]
+        return mels, "list"
+    if isinstance(mel, torch.Tensor):
+        mel = mel.detach().cpu().numpy()
+    if not isinstance(mel, np.ndarray):
+        raise WavflowError(f"mel is a {type(mel).__name__}; expected a numpy array, a tensor or a .npy path")
+    if mel.ndim == 3 and mel.shape[0] > 1:
+        return [check_mel(m, n_mels, max_frames, f"mel[{i}]") for i, m in enumerate(mel)], "batch"
+    return [check_mel(mel, n_mels, max_frames, "mel")], "batch" if mel.ndim == 3 else "single"
+
+
+def item_seed(seed: int, mel: np.ndarray) -> int:
+    """The seed of one mel's noise: a hash of the run's seed and the mel's bytes.
+
+    So the noise a mel gets depends on nothing else (not its name, position or batch), and two different mels
+    in one run get unrelated noise.
+    """
+    h = hashlib.sha256(str(int(seed)).encode() + b"\0" + np.ascontiguousarray(mel, np.float32).tobytes())
+    return int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vocoding
+
+def vocode(model: torch.nn.Module, mels: list[np.ndarray], *, seed: int | None = None,
+           batch_size: int = DEFAULT_BATCH_SIZE, denoise: float = 0.0, progress: bool = False,
+           **options: Any) -> Iterator[tuple[int, torch.Tensor]]:
+    """Vocode float32 [n_mels, F_i] mels in length-sorted batches.
+
+    Yields (index into `mels`, CPU float32 audio [F_i * hop]) as each batch finishes, so a caller can write
+    files while the next batch runs. `seed` None draws the seeds from torch's
+    global generator (torch.manual_seed governs the result).
+    """
+    if batch_size < 1:
+        raise WavflowError(f"batch size must be at least 1, got {batch_size}")
+    if denoise < 0:
+        raise WavflowError(f"denoise strength must be >= 0, got {denoise}")
+    options = check_options(model, options)
+    device = next(iter(model.parameters())).device
+    hop = model.mel_config.hop_length
+    sr = model.mel_config.sample_rate
+    silence = math.log(model.mel_config.clip_val)
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    seeds = [item_seed(seed, m) for m in mels]
+    denoiser = make_denoiser(model) if denoise > 0 else None
+
+    order = sorted(range(len(mels)), key=lambda i: -mels[i].shape[1])  # similar lengths share a batch
+    total_audio = sum(m.shape[1] for m in mels) * hop / sr
+    bar = _progress_bar(total_audio, enabled=progress)
+    wall, done_audio = 0.0, 0.0
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start: start + batch_size]
+            frames = [mels[i].shape[1] for i in idx]
+            batch = torch.full((len(idx), mels[idx[0]].shape[0], max(frames)), silence)
+            for row, i in enumerate(idx):
+                batch[row, :, : frames[row]] = torch.from_numpy(mels[i])
+            t0 = time.perf_counter()
+            audio = _infer(model, batch.to(device), [seeds[i] for i in idx], frames, options)
+            if denoiser is not None:
+                audio = denoiser(audio, strength=denoise)
+            audio = audio.float().cpu()
+            elapsed = time.perf_counter() - t0
+            if audio.shape[-1] != max(frames) * hop:
+                raise RuntimeError(f"{model.model_type}.infer returned {audio.shape[-1]} samples for "
+                                   f"{max(frames)} frames; expected {max(frames) * hop}")
+            wall += elapsed
+            done_audio += sum(frames) * hop / sr
+            if bar is not None:
+                bar.update(sum(frames) * hop / sr)
+                bar.set_postfix_str(f"RTF {wall / done_audio:.3f} (wall/audio), {done_audio / wall:.1f}x real time")
+            for row, i in enumerate(idx):
+                yield i, audio[row, : frames[row] * hop]
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _infer(model: torch.nn.Module, batch: torch.Tensor, seeds: list[int], frames: list[int],
+           options: dict[str, Any]) -> torch.Tensor:
+    """One padded batch through model.infer: [B, n_mels, F] -> [B, F * hop], each item on its own noise."""
+    hop = model.mel_config.hop_length
+    length = batch.shape[-1] * hop
+    noise = []
+    for seed, f in zip(seeds, frames):
+        # Drawn on the CPU, so a seed gives the same noise on every device.
+        drawn = draw_item_noise(model, f * hop, torch.Generator().manual_seed(seed))
+        if drawn is None:
+            break
+        keyword, z = drawn
+        noise.append(_pad_time(z, z.shape[-1] * length // (f * hop)))
+    with torch.inference_mode():
+        if len(noise) < len(seeds):  # the model draws its own noise: one generator for the batch
+            generator = torch.Generator(device=batch.device).manual_seed(seeds[0])
+            return model.infer(batch, generator=generator, **options)
+        extra: dict[str, Any] = {keyword: torch.cat(noise).to(batch.device, batch.dtype)}
+        if "frames" in infer_parameters(model) or model.model_type == "wavenet":
+            extra["frames"] = frames  # lets an autoregressive model stop each item at its own length
+        return model.infer(batch, **extra, **options)
+
+
+def draw_item_noise(model: torch.nn.Module, num_samples: int,
+                    generator: torch.Generator) -> tuple[str, torch.Tensor] | None:
+    """The noise `model.infer` would draw for one item of `num_samples` samples, as (infer keyword, [1, ..., L]).
+
+    A model may define `draw_noise(batch, num_samples, generator) -> Tensor` (time last) and take it as
+    `infer(noise=...)`; the built-in models are handled here by type. None: the model only draws its own.
+    """
+    if hasattr(model, "draw_noise"):
+        return "noise", model.draw_noise(1, num_samples, generator)
+    params = infer_parameters(model)
+    if model.model_type == "waveglow" and "z" in params:
+        g = model.config.n_group
+        return "z", torch.randn((1, g, num_samples // g), generator=generator)  # WaveGlow.infer's z layout
+    if model.model_type == "wavenet" and hasattr(model, "dist"):
+        return "noise", model.dist.draw_noise(1, num_samples, generator, device="cpu")
+    return None
+
+
+def _pad_time(z: torch.Tensor, length: int) -> torch.Tensor:
+    """Extend noise along its last (time) axis by repeating it: the padding then holds values the model's
+    noise distribution can produce (zeros would be log(0) for a logistic's uniform)."""
+    reps = -(-length // z.shape[-1])
+    return z.repeat(*([1] * (z.dim() - 1)), reps)[..., :length]
+
+
+def make_denoiser(model: torch.nn.Module):
+    raise WavflowError("denoising is not available yet")
+
+
+def _progress_bar(total_audio_seconds: float, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total_audio_seconds, unit="s audio", unit_scale=False, dynamic_ncols=True,
+                desc="vocoding", file=sys.stderr,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}{postfix}]")
+
+
+def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: str | torch.nn.Module | None = None,
+               device: str | torch.device = "cpu", sigma: float | None = None, temperature: float | None = None,
+               denoise: float = 0.0, batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = None,
+               progress: bool = False, **options: Any) -> torch.Tensor | list[torch.Tensor]:
+    """Vocode mel spectrograms to audio in [-1, 1] (CPU float32).
+
+    mel: a numpy array or tensor in a layout `load_mel` accepts ((n_mels, F), (F, n_mels), (1, n_mels, F)) ->
+         audio [F * hop]; a batch [B, n_mels, F] -> [B, F * hop]; a .npy path -> [F * hop];
+         a list of any of those single mels, of any lengths -> a list of [F_i * hop].
+    checkpoint: a checkpoint file (native wavflow or NVIDIA WaveGlow). model: a shipped model name
+         ("waveglow", "wavenet", "student") or an already loaded wavflow model. Neither: the shipped WaveGlow.
+    sigma: WaveGlow's noise scale (its default 0.6); temperature: WaveNet / student sampling temperature.
+    denoise: strength of NVIDIA's WaveGlow denoiser (0 = off; 0.01-0.1 typical).
+    seed: with a seed, a mel gives the same audio whatever it is batched with (see the module docstring);
+         None follows torch's global generator.
+    Other keyword arguments go to the model's `infer` unchanged (for example method="naive" for WaveNet).
+    """
+    if isinstance(model, torch.nn.Module):
+        if checkpoint is not None:
+            raise WavflowError("give a checkpoint or a model, not both")
+        vocoder = model
+    else:
+        vocoder = load_vocoder(checkpoint, model, device)
+    mels, form = as_mel_list(mel, vocoder.mel_config.n_mels)
+    out: list[torch.Tensor | None] = [None] * len(mels)
+    for i, audio in vocode(vocoder, mels, seed=seed, batch_size=batch_size, denoise=denoise, progress=progress,
+                              sigma=sigma, temperature=temperature, **options):
+        out[i] = audio
+    if form == "single":
+        return out[0]  # type: ignore[return-value]
+    if form == "batch":
+        return torch.stack(out)  # type: ignore[arg-type]
+    return out  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description="Vocode mel spectrograms (.npy) to 16-bit WAV files with a wavflow "
+                       "checkpoint. Each mel of F frames gives exactly F * 256 samples.")
+    p.add_argument("inputs", nargs="+", metavar="MEL",
+                   help="mel .npy files shaped (80, F), (F, 80) or (1, 80, F), or directories of them")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output directory (created if needed; default: out/), or a .wav file for a single mel")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="PATH",
+                     help="a wavflow checkpoint or an NVIDIA WaveGlow file (default: the shipped WaveGlow)")
+    src.add_argument("--model", choices=SHIPPED,
+                     help="use a shipped checkpoint: checkpoints/{waveglow,wavenet,student}-ljspeech-mini.pt")
+    p.add_argument("--sigma", type=_nonnegative(float, "--sigma"), help="WaveGlow noise scale (default 0.6)")
+    p.add_argument("--temperature", type=_nonnegative(float, "--temperature"),
+                   help="WaveNet / student sampling temperature (default 1.0)")
+    p.add_argument("--denoise", type=_nonnegative(float, "--denoise"), default=0.0, metavar="STRENGTH",
+                   help="subtract STRENGTH x the model's bias spectrum (NVIDIA's denoiser; 0 = off, try 0.01-0.1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"mels vocoded together, padded to the longest (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed (default 0); a mel's audio depends only on the mel, the checkpoint and this")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    return p
+
+
+def _nonnegative(kind: type, flag: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(text) from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"non-negative {kind.__name__}"
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.__name__ = "positive integer"
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """`python -m wavflow.synthesize`: exits 2 with one line on stderr for any bad input, writing nothing."""
+    run_cli(PROG, _main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+
+    # Everything a user can get wrong is checked before the first WAV is written.
+    device = resolve_device(args.device)
+    vocoder = load_vocoder(args.checkpoint, args.model, device)
+    options = check_options(vocoder, {"sigma": args.sigma, "temperature": args.temperature})
+    n_mels = vocoder.mel_config.n_mels
+    inputs = expand_inputs(args.inputs, (".npy",), "mel .npy")
+    mels = [load_mel(path, n_mels) for path in inputs]
+    targets = output_paths(inputs, args.output, ".wav", default_dir="out")
+    for directory in sorted({t.parent for t in targets}):
+        check_writable_dir(directory)
+    denoise = args.denoise
+    if denoise > 0:
+        make_denoiser(vocoder)  # refuse a model the denoiser cannot serve before any work
+
+    sr = vocoder.mel_config.sample_rate
+    for directory in sorted({t.parent for t in targets}):
+        directory.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    audio_seconds = 0.0
+    for i, audio in vocode(vocoder, mels, seed=args.seed, batch_size=args.batch_size, denoise=denoise,
+                              progress=not args.quiet, **options):
+        save_wav(targets[i], audio, sr)
+        audio_seconds += audio.shape[-1] / sr
+    wall = time.perf_counter() - t0
+    if not args.quiet:
+        where = targets[0] if len(targets) == 1 else f"{len(targets)} files in {', '.join(sorted({str(t.parent) for t in targets}))}"
+        print(f"wrote {where}: {audio_seconds:.2f} s of audio in {wall:.2f} s "
+              f"(RTF {wall / audio_seconds:.3f} = wall/audio, {audio_seconds / wall:.1f}x real time)")
+    return 0
