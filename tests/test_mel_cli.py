@@ -1,0 +1,81 @@
+"""`python -m wavflow.mel`: audio files to Tacotron 2 mel .npy files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from wavflow import mel as mel_cli
+from wavflow.melspec import mel_spectrogram
+
+from synth_helpers import run_in_process, run_module, snapshot
+
+
+def _main(argv, capsys):
+    return run_in_process(mel_cli.main, argv, capsys, prog=mel_cli.PROG)
+
+
+def test_mel_cli_equals_mel_spectrogram(short_clip, tmp_path):
+    out = tmp_path / "clip.npy"
+    r = run_module("mel", short_clip, "-o", out)
+    assert r.returncode == 0, r.stderr
+    got = np.load(out, allow_pickle=False)
+    audio, sr = sf.read(str(short_clip), dtype="float32")
+    assert sr == 22050
+    expected = mel_spectrogram(torch.from_numpy(audio)[None])[0].numpy()
+    assert got.dtype == np.float32 and got.shape == (80, len(audio) // 256 + 1)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_example_mel_in_repo_is_the_clips_mel(short_clip):
+    from synth_helpers import REPO
+
+    audio, _ = sf.read(str(short_clip), dtype="float32")
+    np.testing.assert_array_equal(np.load(REPO / "examples" / "LJ002-0020.npy"),
+                                  mel_spectrogram(torch.from_numpy(audio)[None])[0].numpy())
+
+
+def test_mel_cli_reads_flac(data_dir, tmp_path, capsys):
+    flac = data_dir / "ljspeech-flac32" / "wavs" / "LJ001-0002.flac"
+    code, out, err = _main([flac, "-o", tmp_path / "m.npy"], capsys)
+    assert code == 0, err
+    audio, sr = sf.read(str(flac), dtype="float32")
+    assert sr == 22050
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), mel_spectrogram(torch.from_numpy(audio)[None])[0].numpy())
+    assert "(80, " in out
+
+
+def test_mel_cli_resamples_other_rates(short_clip, tmp_path, capsys):
+    audio, _ = sf.read(str(short_clip), dtype="float32")
+    at16k = AF.resample(torch.from_numpy(audio), 22050, 16000).numpy()
+    sf.write(str(tmp_path / "16k.wav"), at16k, 16000, subtype="FLOAT")
+    code, _, err = _main([tmp_path / "16k.wav", "-o", tmp_path / "16k.npy"], capsys)
+    assert code == 0, err
+    got = np.load(tmp_path / "16k.npy")
+    back = AF.resample(torch.from_numpy(at16k), 16000, 22050)
+    assert got.shape == (80, back.shape[0] // 256 + 1)
+    np.testing.assert_allclose(got, mel_spectrogram(back[None])[0].numpy(), rtol=0, atol=1e-5)
+    # and it is the speech's mel: close to the 22.05 kHz original below 8 kHz, apart from resampling error
+    orig = mel_spectrogram(torch.from_numpy(audio)[None])[0].numpy()
+    f = min(orig.shape[1], got.shape[1])
+    loud = orig[:, :f] > -6  # bands well above the floor, where log differences are meaningful
+    assert np.median(np.abs(got[:, :f] - orig[:, :f])[loud]) < 0.05
+
+
+def test_mel_cli_several_inputs_and_default_output(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for name in ("x", "y"):
+        sf.write(str(tmp_path / f"{name}.wav"), 0.1 * rng.standard_normal(5000).astype(np.float32), 22050)
+    code, _, err = _main([tmp_path / "x.wav", tmp_path / "y.wav", "-o", tmp_path / "mels" / "deep", "-q"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "mels" / "deep").iterdir()) == ["x.npy", "y.npy"]
+    code, _, err = _main([tmp_path / "x.wav", "-q"], capsys)  # no -o: next to the input
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.load(tmp_path / "mels" / "deep" / "x.npy"))
+    assert np.load(tmp_path / "x.npy").shape == (80, 5000 // 256 + 1)
+    before = snapshot(tmp_path)
+    code, _, err = _main([tmp_path, "-o", tmp_path / "dir_in", "-q"], capsys)  # a directory of audio
+    assert code == 0, err
+    assert snapshot(tmp_path) - before == {"dir_in", "dir_in/x.npy", "dir_in/y.npy"}
