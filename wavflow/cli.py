@@ -89,6 +89,8 @@ def output_paths(inputs: Sequence[Path], out: str | os.PathLike | None, suffix: 
         targets = [p.with_suffix(suffix) for p in inputs]
     seen: dict[Path, Path] = {}
     for src, dst in zip(inputs, targets):
+        if dst.is_dir():
+            raise WavflowError(f"{dst}: is a directory, cannot write the output for {src} there")
         key = Path(os.path.abspath(dst))
         if key in seen:
             raise WavflowError(f"{seen[key]} and {src} would both be written to {dst}")

@@ -7,14 +7,15 @@
 Each output is float32 .npy shaped (80, F) with F = T // 256 + 1 for T samples at 22050 Hz (SPEC section 1):
 exactly the mel `wavflow.mel_spectrogram` gives, so Tacotron 2 output and these files are interchangeable.
 Audio at another rate is resampled to 22050 Hz first. Every input is checked (readable, long enough, within
-the length limit) before the first file is written, and each file is written under a temporary name and
-renamed, so a failure never leaves a partial .npy behind.
+the length limit) before any work; the mels are written under temporary names and renamed into place only
+when all of them are done, so a failure leaves neither a partial .npy nor part of a list behind.
 
 This module is an entry point only: inside the package use wavflow.melspec.
 """
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -70,6 +71,16 @@ def audio_to_mel(path: str | Path, config: MelConfig = MelConfig()) -> np.ndarra
     return mel_spectrogram(audio.unsqueeze(0), config)[0].numpy()
 
 
+def _missing_dirs(directories: set[Path]) -> list[Path]:
+    """The directories (and ancestors) that do not exist yet, parents before children."""
+    missing: set[Path] = set()
+    for d in directories:
+        while not d.exists() and d != d.parent:
+            missing.add(d)
+            d = d.parent
+    return sorted(missing, key=lambda d: len(d.parts))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog=PROG, description="Compute Tacotron 2 log-mel spectrograms (80 bands, hop 256, "
                             "22050 Hz) of audio files and write them as float32 .npy arrays shaped (80, F).")
@@ -90,12 +101,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     for directory in sorted({t.parent for t in targets}):
         check_writable_dir(directory)
 
-    for src, dst in zip(inputs, targets):
-        mel = audio_to_mel(src, config)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        save_mel(dst, mel)
-        if not args.quiet:
-            print(f"{src} -> {dst}  ({mel.shape[0]}, {mel.shape[1]})")
+    # Each mel goes to a hidden temporary next to its target; only when every input has been converted are
+    # they renamed into place. A file that fails to decode half-way through the list leaves nothing behind.
+    created = _missing_dirs({t.parent for t in targets})
+    staged: list[tuple[Path, Path]] = []
+    shapes = []
+    try:
+        for directory in created:
+            directory.mkdir()
+        for src, dst in zip(inputs, targets):
+            mel = audio_to_mel(src, config)
+            tmp = dst.with_name(f".{dst.name}.partial")
+            save_mel(tmp, mel)
+            staged.append((tmp, dst))
+            shapes.append(mel.shape)
+        for tmp, dst in staged:
+            os.replace(tmp, dst)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for directory in reversed(created):  # children first; only what this run made, and only if empty
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        raise
+    if not args.quiet:
+        for src, dst, shape in zip(inputs, targets, shapes):
+            print(f"{src} -> {dst}  {shape}")
     return 0
 
 
