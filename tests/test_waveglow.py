@@ -1,0 +1,194 @@
+"""WaveGlow: exact inverse, log-determinant against the autograd Jacobian, likelihood scale, sampling, size."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wavflow.melspec import MelConfig
+from wavflow.models import build_model
+from wavflow.models.waveglow import WN, WaveGlow, WaveGlowConfig
+
+HOP = 256
+
+
+def tiny_model(seed: int = 0, dtype=torch.float64) -> WaveGlow:
+    """A tiny WaveGlow moved off its identity start (the zero end convs), so every coupling does something."""
+    torch.manual_seed(seed)
+    model = WaveGlow(WaveGlowConfig.tiny()).to(dtype)
+    with torch.no_grad():
+        for coupling in model.coupling:
+            coupling.net.end.weight.normal_(0.0, 0.05)
+            coupling.net.end.bias.normal_(0.0, 0.05)
+        for conv in model.convinv:
+            conv.weight.add_(0.2 * torch.randn_like(conv.weight))
+    return model
+
+
+def inputs(batch: int, samples: int, dtype=torch.float64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    audio = 0.3 * torch.randn(batch, samples, generator=g, dtype=dtype)
+    mel = torch.randn(batch, 80, samples // HOP + 1, generator=g, dtype=dtype)
+    return audio, mel
+
+
+def test_default_config_parameter_counts():
+    model = WaveGlow()
+    assert sum(p.numel() for p in model.parameters()) == 87_879_272
+    model.remove_weight_norm()
+    assert sum(p.numel() for p in model.parameters()) == 87_731_816
+    assert [c.channels for c in model.convinv] == [8] * 4 + [6] * 4 + [4] * 4
+
+
+def test_module_names_follow_nvidia_layout():
+    names = set(WaveGlow(WaveGlowConfig.tiny()).state_dict())
+    for key in ["upsample.weight", "upsample.bias", "convinv.3.weight", "coupling.0.net.end.weight",
+                "coupling.1.net.cond_layer.parametrizations.weight.original0",
+                "coupling.1.net.in_layers.1.parametrizations.weight.original1",
+                "coupling.2.net.res_skip_layers.0.bias", "coupling.3.net.start.bias"]:
+        assert key in names, key
+
+
+def test_bad_config_is_refused_by_name():
+    from wavflow.errors import WavflowError
+
+    with pytest.raises(WavflowError, match="n_group"):
+        WaveGlowConfig(n_group=7)
+    with pytest.raises(WavflowError, match="fewer than 2 channels"):
+        WaveGlowConfig(n_flows=12, n_group=8, n_early_every=2, n_early_size=2)
+    with pytest.raises(WavflowError, match="hop length"):
+        WaveGlow(WaveGlowConfig(n_group=6, n_early_size=0))
+
+
+def test_inverse_of_forward_is_identity():
+    model = tiny_model()
+    audio, mel = inputs(2, 1024 + 8 * 5)
+    z, _ = model(audio, mel)
+    assert z.shape == (2, 8, audio.shape[1] // 8)
+    torch.testing.assert_close(model.inverse(z, mel), audio, atol=1e-10, rtol=0)
+    model32 = model.float()
+    z32, _ = model32(audio.float(), mel.float())
+    torch.testing.assert_close(model32.inverse(z32, mel.float()), audio.float(), atol=1e-4, rtol=0)
+
+
+def test_logdet_equals_jacobian_of_whole_model():
+    model = tiny_model(seed=3)
+    audio, mel = inputs(2, 64, seed=1)  # 8 groups: a 64 x 64 Jacobian
+    _, logdet = model(audio, mel)
+    for i in range(2):
+        fn = lambda a: model(a[None], mel[i: i + 1])[0].reshape(-1)  # noqa: E731
+        jac = torch.autograd.functional.jacobian(fn, audio[i])
+        expected = torch.linalg.slogdet(jac)[1]
+        assert abs(expected.item()) > 0.5  # the test would be vacuous at the identity start
+        torch.testing.assert_close(logdet[i], expected, atol=1e-8, rtol=0)
+
+
+def test_log_likelihood_is_change_of_variables_in_nats_per_sample():
+    model = tiny_model(seed=4)
+    audio, mel = inputs(1, 64, seed=2)
+    ll = model.log_likelihood(audio, mel)
+    z, _ = model(audio, mel)
+    jac = torch.autograd.functional.jacobian(lambda a: model(a[None], mel)[0].reshape(-1), audio[0])
+    sigma = model.config.sigma
+    log_pz = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), sigma).log_prob(z).sum()
+    expected = (log_pz + torch.linalg.slogdet(jac)[1]) / 64
+    torch.testing.assert_close(ll[0], expected, atol=1e-10, rtol=0)
+
+
+def test_likelihood_constant_and_sigma():
+    """At the identity start z is a rotation of the audio, so the density is exactly Gaussian in the audio."""
+    for sigma in (1.0, 0.5):
+        model = WaveGlow(WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__, "sigma": sigma})).double()
+        with torch.no_grad():  # re-orthonormalise the float32-rounded rotations in float64
+            for conv in model.convinv:
+                q, r = torch.linalg.qr(conv.weight)
+                conv.weight.copy_(q * torch.sign(torch.diagonal(r)))
+        audio, mel = inputs(3, 512, seed=5)
+        expected = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), sigma).log_prob(audio).mean(1)
+        torch.testing.assert_close(model.log_likelihood(audio, mel), expected, atol=1e-10, rtol=0)
+
+
+def test_training_loss_is_mean_negative_log_likelihood_and_trains():
+    model = tiny_model(dtype=torch.float32)
+    audio, mel = inputs(3, 2048, dtype=torch.float32)
+    ll = model.log_likelihood(audio, mel)
+    assert torch.isfinite(ll).all() and ll.shape == (3,)
+    loss, logs = model.training_loss(audio, mel)
+    torch.testing.assert_close(loss, -ll.mean())
+    assert logs["nll"] == pytest.approx(loss.item())
+    loss.backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first = loss.item()
+    for _ in range(5):
+        opt.zero_grad()
+        loss, _ = model.training_loss(audio, mel)
+        loss.backward()
+        opt.step()
+    assert model.training_loss(audio, mel)[0].item() < first
+    # inverse stays exact after optimizer steps (the cached W^-1 follows the new weights)
+    z, _ = model(audio, mel)
+    with torch.no_grad():
+        torch.testing.assert_close(model.inverse(z, mel), audio, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("frames", [1, 7, 30])
+def test_infer_length_and_determinism(frames):
+    model = tiny_model(dtype=torch.float32).eval()
+    mel = torch.randn(2, 80, frames)
+    out = model.infer(mel)
+    assert out.shape == (2, frames * HOP)
+    z = torch.randn(2, 8, frames * HOP // 8)
+    a, b = model.infer(mel, sigma=0.6, z=z), model.infer(mel, sigma=0.6, z=z)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, model.inverse(0.6 * z, mel))
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(model.infer(mel, generator=g1), model.infer(mel, generator=g2))
+    with pytest.raises(ValueError, match="expected"):
+        model.infer(mel, z=z[..., :-1])
+
+
+def test_infer_sigma_default_and_scaling():
+    model = WaveGlow(WaveGlowConfig.tiny()).eval()  # identity couplings: audio is a rotation of z
+    mel = torch.randn(1, 80, 4)
+    z = torch.randn(1, 8, 4 * HOP // 8)
+    torch.testing.assert_close(model.infer(mel, z=z), model.infer(mel, z=z, sigma=0.6))
+    torch.testing.assert_close(model.infer(mel, z=z, sigma=0.3), 0.5 * model.infer(mel, z=z, sigma=0.6))
+    assert model.infer(mel, sigma=0.0).abs().max() == 0
+
+
+def test_remove_weight_norm_keeps_outputs():
+    model = tiny_model(dtype=torch.float32)
+    audio, mel = inputs(1, 1024, dtype=torch.float32)
+    z = torch.randn(1, 8, 5 * HOP // 8)
+    mel5 = mel[..., :5]
+    before_ll = model.log_likelihood(audio, mel)
+    before = model.infer(mel5, z=z)
+    model.remove_weight_norm()
+    assert not any("parametrizations" in k for k in model.state_dict())
+    torch.testing.assert_close(model.log_likelihood(audio, mel), before_ll, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.infer(mel5, z=z), before, atol=1e-5, rtol=0)
+
+
+def test_wn_end_starts_at_zero_and_gives_shift_and_log_scale():
+    wn = WN(3, 16, n_layers=3, channels=8)
+    out = wn(torch.randn(2, 3, 10), torch.randn(2, 16, 10))
+    assert out.shape == (2, 6, 10) and out.abs().max() == 0
+    assert [layer.dilation[0] for layer in wn.in_layers] == [1, 2, 4]
+    assert wn.cond_layer.out_channels == 2 * 8 * 3
+    assert [layer.out_channels for layer in wn.res_skip_layers] == [16, 16, 8]
+
+
+def test_mel_too_short_is_an_error():
+    model = WaveGlow(WaveGlowConfig.tiny())
+    with pytest.raises(ValueError, match="too short"):
+        model(torch.randn(1, 4 * HOP + 1024), torch.randn(1, 80, 4))
+
+
+def test_registry_and_mel_config():
+    model = build_model("waveglow", {"n_flows": 4, "n_early_every": 2, "wn_layers": 2, "wn_channels": 16},
+                        MelConfig(n_mels=40))
+    assert isinstance(model, WaveGlow) and model.upsample.in_channels == 40
+    assert model.infer(torch.randn(1, 40, 3)).shape == (1, 3 * HOP)

@@ -1,0 +1,241 @@
+"""WaveGlow (Prenger, Valle & Catanzaro 2019): a normalising flow from mel-conditioned audio to Gaussian noise.
+
+    audio [B, T] --squeeze groups of n_group--> x [B, n_group, T/n_group]
+    for each of n_flows flows:  (every n_early_every flows, n_early_size channels leave early into z)
+        x <- W_k x                               invertible 1x1 conv, log|det| = G log|det W_k|
+        x <- [x_a, exp(log_s) x_b + b]           affine coupling, (b, log_s) = WN_k(x_a, mel)
+    z = [early outputs..., x] ~ N(0, sigma^2)
+
+Log-density per audio sample (SPEC 2): log p(audio) / T = (-|z|^2 / (2 sigma^2) + sum log_s + sum G log|det W|) / T
+- 0.5 ln(2 pi sigma^2). Sampling runs the flows backwards from z ~ N(0, sigma_infer^2), all samples in parallel.
+
+Defaults reproduce NVIDIA's released model (87,879,272 parameters with weight norm), and the module names map
+one-to-one onto NVIDIA's (wavflow.nvidia imports their checkpoints):
+    upsample                         <- upsample
+    convinv.{k}.weight [C, C]        <- convinv.{k}.conv.weight [C, C, 1]
+    coupling.{k}.net.<layer>         <- WN.{k}.<layer>   (start, in_layers.{i}, res_skip_layers.{i}, cond_layer, end)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import weight_norm
+
+from ..errors import WavflowError
+from ..flows import AffineCoupling, Invertible1x1Conv, squeeze, unsqueeze
+from ..melspec import MelConfig
+
+
+@dataclass(frozen=True)
+class WaveGlowConfig:
+    n_flows: int = 12  # flow steps, each an invertible 1x1 conv then an affine coupling
+    n_group: int = 8  # audio samples squeezed into the channels of one time step
+    n_early_every: int = 4  # every this many flows, n_early_size channels go straight to z ...
+    n_early_size: int = 2  # ... so the flows see 8, 6, 4 channels (the later ones are cheaper)
+    wn_layers: int = 8  # dilated conv layers in each coupling network (dilations 1, 2, 4, ..., 2^(layers-1))
+    wn_channels: int = 256  # residual channels of the coupling network (the paper's best model has 512)
+    wn_kernel_size: int = 3  # non-causal: the coupling sees past and future groups
+    upsample_kernel: int = 1024  # ConvTranspose1d mel upsampler, stride = hop length; 1024 = 4 frames of context
+    sigma: float = 1.0  # std of the Gaussian prior on z while training and scoring
+    infer_sigma: float = 0.6  # default std of z when sampling (lower = cleaner but flatter speech)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_flows < 1:
+            problems.append("n_flows must be >= 1")
+        if self.n_group < 2 or self.n_group % 2:
+            problems.append("n_group must be even and >= 2")
+        if self.n_early_every < 1 or self.n_early_size < 0 or self.n_early_size % 2:
+            problems.append("n_early_every must be >= 1 and n_early_size even and >= 0")
+        elif self.remaining_channels(self.n_flows - 1) < 2:
+            problems.append("early outputs leave fewer than 2 channels for the last flows")
+        if self.wn_layers < 1 or self.wn_channels < 1:
+            problems.append("wn_layers and wn_channels must be >= 1")
+        if self.wn_kernel_size < 1 or self.wn_kernel_size % 2 == 0:
+            problems.append("wn_kernel_size must be odd")
+        if self.sigma <= 0 or self.infer_sigma < 0:
+            problems.append("sigma must be > 0 and infer_sigma >= 0")
+        if problems:
+            raise WavflowError(f"invalid WaveGlowConfig: {'; '.join(problems)}")
+
+    def remaining_channels(self, k: int) -> int:
+        """Channels flow k works on (n_group minus the early outputs taken before it)."""
+        return self.n_group - (k // self.n_early_every) * self.n_early_size
+
+    @classmethod
+    def tiny(cls) -> "WaveGlowConfig":
+        """A few-thousand-parameter coupling stack for tests: 4 flows (8, 8, 6, 6 channels), WN 2 x 16."""
+        return cls(n_flows=4, n_group=8, n_early_every=2, n_early_size=2, wn_layers=2, wn_channels=16)
+
+
+class WN(nn.Module):
+    """The coupling network: a non-causal WaveNet-like stack over the groups, conditioned on the squeezed mel.
+
+    x_a [B, n_in, G], mel [B, n_mels * n_group, G] -> [B, 2 * n_in, G] = (shift b, log-scale log_s).
+    The end conv starts at zero, so every coupling starts as the identity and training starts from a plain
+    sequence of rotations.
+    """
+
+    def __init__(self, n_in: int, n_cond: int, n_layers: int = 8, channels: int = 256, kernel_size: int = 3):
+        super().__init__()
+        self.n_layers = n_layers
+        self.channels = channels
+        self.start = weight_norm(nn.Conv1d(n_in, channels, 1))
+        # One 1x1 conv makes the conditioning of all layers at once (one large matmul instead of n_layers small
+        # ones); layer i reads channels [2 * channels * i, 2 * channels * (i + 1)).
+        self.cond_layer = weight_norm(nn.Conv1d(n_cond, 2 * channels * n_layers, 1))
+        self.in_layers = nn.ModuleList()
+        self.res_skip_layers = nn.ModuleList()
+        for i in range(n_layers):
+            dilation = 2**i
+            self.in_layers.append(weight_norm(nn.Conv1d(channels, 2 * channels, kernel_size, dilation=dilation,
+                                                        padding=dilation * (kernel_size - 1) // 2)))
+            # The last layer's residual output would feed nothing, so it has a skip output only.
+            out = 2 * channels if i < n_layers - 1 else channels
+            self.res_skip_layers.append(weight_norm(nn.Conv1d(channels, out, 1)))
+        self.end = nn.Conv1d(channels, 2 * n_in, 1)
+        nn.init.zeros_(self.end.weight)
+        nn.init.zeros_(self.end.bias)
+
+    def forward(self, x: Tensor, mel: Tensor) -> Tensor:
+        return self.stack(x, self.cond_layer(mel))
+
+    def stack(self, x: Tensor, cond: Tensor) -> Tensor:
+        """The layers after the conditioning conv: x [B, n_in, G], cond [B, 2 * channels * n_layers, G]."""
+        c = self.channels
+        h = self.start(x)
+        skip = None
+        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers)):
+            a = in_layer(h) + cond[:, 2 * c * i: 2 * c * (i + 1)]
+            acts = torch.tanh(a[:, :c]) * torch.sigmoid(a[:, c:])  # gated activation unit
+            rs = res_skip_layer(acts)
+            if i < self.n_layers - 1:
+                h = h + rs[:, :c]
+                rs = rs[:, c:]
+            skip = rs if skip is None else skip + rs
+        return self.end(skip)
+
+
+class WaveGlow(nn.Module):
+    """WaveGlow vocoder. See the module docstring for the flow and the likelihood."""
+
+    model_type: ClassVar[str] = "waveglow"
+
+    def __init__(self, config: WaveGlowConfig = WaveGlowConfig(), mel_config: MelConfig = MelConfig()):
+        super().__init__()
+        self.config = config
+        self.mel_config = mel_config
+        hop = mel_config.hop_length
+        if hop % config.n_group:
+            raise WavflowError(f"invalid WaveGlowConfig: n_group {config.n_group} must divide the hop length {hop}")
+        if config.upsample_kernel < hop:
+            raise WavflowError(f"invalid WaveGlowConfig: upsample_kernel {config.upsample_kernel} < hop length {hop}")
+        n_mels = mel_config.n_mels
+        self.upsample = nn.ConvTranspose1d(n_mels, n_mels, config.upsample_kernel, stride=hop)
+        self.convinv = nn.ModuleList()
+        self.coupling = nn.ModuleList()
+        for k in range(config.n_flows):
+            c = config.remaining_channels(k)
+            self.convinv.append(Invertible1x1Conv(c))
+            self.coupling.append(AffineCoupling(WN(c // 2, n_mels * config.n_group, config.wn_layers,
+                                                   config.wn_channels, config.wn_kernel_size)))
+
+    # ---------------------------------------------------------------- conditioning
+    def condition(self, mel: Tensor, num_samples: int) -> Tensor:
+        """mel [B, n_mels, F] -> upsampled, cropped to num_samples and squeezed: [B, n_mels * n_group, T / n_group]."""
+        up = self.upsample(mel)
+        if up.shape[-1] < num_samples:
+            raise ValueError(f"mel of {mel.shape[-1]} frames is too short for {num_samples} samples")
+        return squeeze(up[..., :num_samples], self.config.n_group)
+
+    def _is_exit(self, k: int) -> bool:
+        return k > 0 and k % self.config.n_early_every == 0
+
+    # ---------------------------------------------------------------- density
+    def forward(self, audio: Tensor, mel: Tensor) -> tuple[Tensor, Tensor]:
+        """audio [B, T], mel [B, n_mels, F] -> (z [B, n_group, T // n_group], logdet [B]).
+
+        z holds the early outputs first, in the order they leave, then the last flow's channels (NVIDIA's
+        layout). A trailing T mod n_group samples are ignored. logdet = sum log_s + sum G log|det W|.
+        """
+        g = self.config.n_group
+        t = audio.shape[-1] // g * g
+        cond = self.condition(mel, t)
+        x = squeeze(audio[:, None, :t], g)
+        logdet = x.new_zeros(x.shape[0])
+        outputs = []
+        for k in range(self.config.n_flows):
+            if self._is_exit(k):
+                outputs.append(x[:, : self.config.n_early_size])
+                x = x[:, self.config.n_early_size:]
+            x, ld_w = self.convinv[k](x)
+            x, ld_s = self.coupling[k](x, cond)
+            logdet = logdet + ld_w + ld_s
+        outputs.append(x)
+        return torch.cat(outputs, 1), logdet
+
+    def inverse(self, z: Tensor, mel: Tensor) -> Tensor:
+        """The exact inverse of forward: z [B, n_group, G], mel [B, n_mels, F >= G * n_group / hop] -> audio [B, G * n_group]."""
+        cfg = self.config
+        t = z.shape[-1] * cfg.n_group
+        cond = self.condition(mel, t)
+        return self._inverse(z, lambda k, x: self.coupling[k].inverse(x, cond))
+
+    def _inverse(self, z: Tensor, coupling_inverse) -> Tensor:
+        cfg = self.config
+        exits = [k for k in range(cfg.n_flows) if self._is_exit(k)]
+        x = z[:, len(exits) * cfg.n_early_size:]
+        for k in reversed(range(cfg.n_flows)):
+            x = coupling_inverse(k, x)
+            x = self.convinv[k].inverse(x)
+            if self._is_exit(k):
+                j = exits.index(k)
+                x = torch.cat([z[:, j * cfg.n_early_size: (j + 1) * cfg.n_early_size], x], 1)
+        return unsqueeze(x, cfg.n_group)[:, 0]
+
+    def log_likelihood(self, audio: Tensor, mel: Tensor) -> Tensor:
+        """[B] mean log-density per audio sample in nats (audio in [-1, 1], every constant included, SPEC 2)."""
+        z, logdet = self(audio, mel)
+        n = z.shape[1] * z.shape[2]
+        var = self.config.sigma**2
+        acc = torch.promote_types(z.dtype, torch.float32)  # sum bf16/fp16 activations in float32
+        sq = z.to(acc).pow(2).flatten(1).sum(1)
+        return (logdet.to(acc) - 0.5 * sq / var) / n - 0.5 * math.log(2 * math.pi * var)
+
+    def training_loss(self, audio: Tensor, mel: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """-mean log_likelihood: NLL in nats per sample. NVIDIA's printed loss is this minus 0.5 ln(2 pi sigma^2)."""
+        loss = -self.log_likelihood(audio, mel).mean()
+        return loss, {"nll": loss.item()}
+
+    # ---------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def infer(self, mel: Tensor, generator: torch.Generator | None = None, sigma: float | None = None,
+              z: Tensor | None = None) -> Tensor:
+        """mel [B, n_mels, F] -> audio [B, F * hop].
+
+        sigma: std of the noise (default config.infer_sigma = 0.6; 0 gives the flow's mode-like output).
+        z: explicit standard-normal noise [B, n_group, F * hop / n_group] in forward's layout (scaled by sigma
+        here), for reproducible output; otherwise drawn from `generator`.
+        """
+        cfg = self.config
+        sigma = cfg.infer_sigma if sigma is None else float(sigma)
+        b, _, frames = mel.shape
+        t = frames * self.mel_config.hop_length
+        shape = (b, cfg.n_group, t // cfg.n_group)
+        if z is None:
+            z = torch.randn(shape, generator=generator, device=mel.device, dtype=mel.dtype)
+        elif tuple(z.shape) != shape:
+            raise ValueError(f"z has shape {tuple(z.shape)}, expected {shape} for a mel of {frames} frames")
+        return self.inverse(sigma * z.to(mel.dtype), mel)
+
+    def remove_weight_norm(self) -> None:
+        """Fold weight norm into plain weights for inference (state_dict keys become '.weight')."""
+        for m in self.modules():
+            if parametrize.is_parametrized(m, "weight"):
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
