@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import time
 import zipfile
@@ -86,8 +87,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses any global it does not know: that is how a code-running payload is stopped.
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise WavflowError(f"{path}: refused to load: the file needs code execution to unpickle ({first[:200]})") from None
+        # torch's message is a page of advice ending in "weights_only=False"; name only what the file asked for.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"it asks to run {found.group(1)}" if found else str(e).strip().splitlines()[-1][:160]
+        raise WavflowError(f"{path}: refused to load: unpickling it would need code from outside the tensor "
+                           f"allow-list ({what}); wavflow never runs code from a checkpoint") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
         raise WavflowError(f"{path}: cannot read checkpoint (truncated or corrupt: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(obj, dict):
@@ -146,9 +150,23 @@ def model_from_payload(obj: dict[str, Any], source: str = "checkpoint") -> torch
         raise WavflowError(f"{source}: checkpoint version {obj['version']} is newer than this wavflow reads ({VERSION})")
     try:
         model = build_model(obj["model_type"], obj["model_config"], MelConfig.from_dict(obj["mel_config"]))
+    except WavflowError as e:
+        raise WavflowError(f"{source}: {e}") from None
     except (TypeError, ValueError) as e:  # a config value of the wrong type or range
         raise WavflowError(f"{source}: the stored model config is not valid for a {obj['model_type']} "
                            f"({str(e).splitlines()[0][:200]})") from None
+    # Name the first mismatch: torch's own message starts with a line that says only that there is one.
+    expected, given = model.state_dict(), obj["state_dict"]
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [k for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{len(wrong)} of the wrong shape (e.g. {wrong[0]}: {tuple(given[wrong[0]].shape)} in the file, "
+                 f"{tuple(expected[wrong[0]].shape)} expected)" if wrong else ""]
+        raise WavflowError(f"{source}: weights do not fit a {obj['model_type']} of the stored config: "
+                           f"{', '.join(p for p in parts if p)}")
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as e:
