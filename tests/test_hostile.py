@@ -1,0 +1,343 @@
+"""Hostile input: every CLI answers bad input with exit status 2, one line on stderr, no traceback, nothing written.
+
+One table row per case. Each builder makes its files in a fresh tmp_path and returns the argv; the run must then
+leave tmp_path exactly as the builder left it (no output, no temporary, no directory). Rows carrying a marker
+path hold a payload that would create that file if it were ever unpickled: the marker must not exist afterwards.
+
+The rows run in-process under run_cli (the code path of `python -m`, minus interpreter start-up); a few run as
+real subprocesses too, to show the one-line contract holds for the actual command.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from wavflow import mel as mel_cli
+from wavflow import synthesis
+from wavflow.checkpoint import model_payload
+from wavflow.melspec import MAX_FRAMES, MelConfig
+
+from synth_helpers import run_in_process, run_module, save_tiny_waveglow, snapshot, tiny_waveglow
+
+ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
+
+
+class Payload:
+    """Unpickling this calls open(path, "w"), creating `path`: proof that code from the file ran."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@dataclass
+class Case:
+    id: str
+    build: Callable[[Path, Path], list]  # (tmp_path, good checkpoint) -> argv
+    match: str  # the error line must contain this (it names the problem)
+    marker: str | None = None  # a file that must not exist afterwards
+    marks: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Builders
+
+def good_mel(tmp: Path, name: str = "good.npy", frames: int = 6) -> Path:
+    np.save(tmp / name, np.random.default_rng(0).uniform(-11, 0, (80, frames)).astype(np.float32))
+    return tmp / name
+
+
+def mel_file(arr: np.ndarray, name: str = "bad.npy") -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        np.save(tmp / name, arr)
+        return [tmp / name, "--checkpoint", ckpt, "-o", tmp / "out"]
+    return build
+
+
+def raw_file(data: bytes, name: str = "bad.npy") -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        (tmp / name).write_bytes(data)
+        return [tmp / name, "--checkpoint", ckpt, "-o", tmp / "out"]
+    return build
+
+
+def with_checkpoint(make: Callable[[Path], Path]) -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        return [good_mel(tmp), "--checkpoint", make(tmp), "-o", tmp / "out"]
+    return build
+
+
+def fifo(tmp: Path, name: str) -> Path:
+    os.mkfifo(tmp / name)
+    return tmp / name
+
+
+def pickled_npy(tmp: Path, ckpt: Path) -> list:
+    np.save(tmp / "evil.npy", np.array([Payload(tmp / "MARKER")], dtype=object), allow_pickle=True)
+    return [tmp / "evil.npy", "--checkpoint", ckpt, "-o", tmp / "out"]
+
+
+def absurd_header(tmp: Path, ckpt: Path) -> list:
+    # A 100-byte file whose header claims 80 x 10^12 float32 (320 TB): refused before any allocation.
+    with open(tmp / "huge.npy", "wb") as f:
+        np.lib.format.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (80, 10**12)})
+    return [tmp / "huge.npy", "--checkpoint", ckpt, "-o", tmp / "out"]
+
+
+def truncated_npy(tmp: Path, ckpt: Path) -> list:
+    np.save(tmp / "t.npy", np.zeros((80, 50), np.float32))
+    data = (tmp / "t.npy").read_bytes()
+    (tmp / "t.npy").write_bytes(data[: len(data) // 2])
+    return [tmp / "t.npy", "--checkpoint", ckpt, "-o", tmp / "out"]
+
+
+def good_then_bad(tmp: Path, ckpt: Path) -> list:
+    np.save(tmp / "z_bad.npy", np.zeros((80, 4), np.int32))
+    return [good_mel(tmp), tmp / "z_bad.npy", "--checkpoint", ckpt, "-o", tmp / "out"]
+
+
+def truncated_checkpoint(tmp: Path) -> Path:
+    save_tiny_waveglow(tmp / "full.pt")
+    data = (tmp / "full.pt").read_bytes()
+    (tmp / "full.pt").unlink()
+    (tmp / "cut.pt").write_bytes(data[: len(data) // 2])
+    return tmp / "cut.pt"
+
+
+def torch_file(obj) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        torch.save(obj, tmp / "other.pt")
+        return tmp / "other.pt"
+    return make
+
+
+def evil_checkpoint(tmp: Path) -> Path:
+    torch.save({"format": "wavflow", "model": Payload(tmp / "MARKER")}, tmp / "evil.pt")
+    return tmp / "evil.pt"
+
+
+def mismatched_checkpoint(tmp: Path) -> Path:
+    payload = model_payload(tiny_waveglow())
+    payload["model_type"] = "wavenet"  # a waveglow's weights filed as a wavenet
+    payload["model_config"] = {}
+    torch.save(payload, tmp / "mixed.pt")
+    return tmp / "mixed.pt"
+
+
+def bands40_checkpoint(tmp: Path) -> Path:
+    return save_tiny_waveglow(tmp / "bands40.pt", mel_config=MelConfig(n_mels=40))
+
+
+def under_regular_file(suffix: str) -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        (tmp / "file.txt").write_text("a regular file, so nothing can be created beneath it\n")
+        return [good_mel(tmp), "--checkpoint", ckpt, "-o", tmp / "file.txt" / f"out{suffix}"]
+    return build
+
+
+def same_stem(tmp: Path, ckpt: Path) -> list:
+    (tmp / "a").mkdir()
+    (tmp / "b").mkdir()
+    return [good_mel(tmp / "a", "x.npy"), good_mel(tmp / "b", "x.npy"), "--checkpoint", ckpt, "-o", tmp / "out"]
+
+
+def options(*extra: str) -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        return [good_mel(tmp), "--checkpoint", ckpt, "-o", tmp / "out", *extra]
+    return build
+
+
+def unreadable(tmp: Path, ckpt: Path) -> list:
+    path = good_mel(tmp)
+    path.chmod(0)
+    return [path, "--checkpoint", ckpt, "-o", tmp / "out"]
+
+
+def readonly_dir(tmp: Path, ckpt: Path) -> list:
+    (tmp / "ro").mkdir()
+    (tmp / "ro").chmod(0o555)
+    return [good_mel(tmp), "--checkpoint", ckpt, "-o", tmp / "ro" / "out"]
+
+
+needs_non_root = pytest.mark.skipif(ROOT, reason="root reads and writes regardless of permission bits")
+
+SYNTHESIZE = [
+    Case("missing-mel", lambda t, c: [t / "nope.npy", "--checkpoint", c, "-o", t / "out"], "nope.npy: no such file"),
+    Case("dir-without-mels", lambda t, c: [(t / "empty").mkdir() or t / "empty", "--checkpoint", c, "-o", t / "out"],
+         "holds no mel .npy files"),
+    Case("fifo-mel", lambda t, c: [fifo(t, "pipe.npy"), "--checkpoint", c, "-o", t / "out"], "not a regular file"),
+    Case("unreadable-mel", unreadable, "Permission denied", marks=[needs_non_root]),
+    Case("not-npy-text", raw_file(b"80 frames of mel, honest\n"), "not a .npy array file"),
+    Case("empty-file", raw_file(b""), "not a .npy array file"),
+    Case("npz-archive", lambda t, c: [np.savez(t / "m.npz", a=np.zeros((80, 3), np.float32)) or t / "m.npz",
+                                      "--checkpoint", c, "-o", t / "out"], "not a .npy array file"),
+    Case("pickled-object-npy", pickled_npy, "pickled Python object", marker="MARKER"),
+    Case("dtype-int16", mel_file(np.zeros((80, 10), np.int16)), "dtype int16"),
+    Case("dtype-complex", mel_file(np.zeros((80, 10), np.complex64)), "dtype complex64"),
+    Case("dtype-structured", mel_file(np.zeros((80, 10), dtype=[("a", "<f4")])), "dtype"),
+    Case("rank-1", mel_file(np.zeros(80, np.float32)), "shape (80,); accepted shapes are (80, F), (F, 80) or (1, 80, F)"),
+    Case("rank-4", mel_file(np.zeros((1, 1, 80, 10), np.float32)), "shape (1, 1, 80, 10)"),
+    Case("batch-of-2", mel_file(np.zeros((2, 80, 10), np.float32)), "shape (2, 80, 10)"),
+    Case("81-bands", mel_file(np.zeros((81, 10), np.float32)), "shape (81, 10)"),
+    Case("bands-vs-checkpoint", with_checkpoint(bands40_checkpoint), "accepted shapes are (40, F)"),
+    Case("nan", mel_file(np.full((80, 10), np.nan, np.float32)), "NaN or infinite"),
+    Case("inf", mel_file(np.where(np.eye(80, 10) > 0, np.inf, -5).astype(np.float32)), "NaN or infinite"),
+    Case("zero-frames", mel_file(np.zeros((80, 0), np.float32)), "zero frames"),
+    Case("absurd-length-header", absurd_header, f"more than the limit of {MAX_FRAMES}"),
+    Case("absurd-length-real", mel_file(np.zeros((80, MAX_FRAMES + 1), np.float32)), f"{MAX_FRAMES + 1} frames"),
+    Case("truncated-npy", truncated_npy, "truncated .npy file"),
+    Case("good-then-bad-mel", good_then_bad, "z_bad.npy: mel has dtype int32"),
+    Case("missing-checkpoint", with_checkpoint(lambda t: t / "none.pt"), "none.pt: no such checkpoint file"),
+    Case("checkpoint-is-dir", with_checkpoint(lambda t: (t / "d.pt").mkdir() or t / "d.pt"), "is a directory"),
+    Case("checkpoint-is-text", with_checkpoint(lambda t: (t / "c.pt").write_text("weights") and t / "c.pt"),
+         "not a torch checkpoint"),
+    Case("checkpoint-is-npy", with_checkpoint(lambda t: good_mel(t, "w.npy")), "not a torch checkpoint"),
+    Case("truncated-checkpoint", with_checkpoint(truncated_checkpoint), "not a torch checkpoint"),
+    Case("checkpoint-plain-tensor", with_checkpoint(torch_file(torch.zeros(3, 3))), "holds a Tensor, expected a dictionary"),
+    Case("checkpoint-foreign-state-dict", with_checkpoint(torch_file({"conv.weight": torch.zeros(4, 4), "step": 3})),
+         "other.pt"),
+    Case("checkpoint-list", with_checkpoint(torch_file([torch.zeros(2)])), "holds a list"),
+    Case("checkpoint-runs-code", with_checkpoint(evil_checkpoint), "refused to load", marker="MARKER"),
+    Case("checkpoint-other-model", with_checkpoint(mismatched_checkpoint), "mixed.pt"),
+    Case("checkpoint-unknown-type", with_checkpoint(torch_file({"format": "wavflow", "model_type": "melgan",
+                                                                 "model_config": {}, "mel_config": {},
+                                                                 "state_dict": {}})), "unknown model type 'melgan'"),
+    Case("checkpoint-bad-field-types", with_checkpoint(torch_file({"format": "wavflow", "model_type": "waveglow",
+                                                                    "model_config": [1], "mel_config": {},
+                                                                    "state_dict": {}})), "'model_config' is a list"),
+    Case("output-under-a-file", under_regular_file(".wav"), "is not a directory"),
+    Case("output-dir-under-a-file", under_regular_file(""), "is not a directory"),
+    Case("output-readonly-dir", readonly_dir, "cannot write there", marks=[needs_non_root]),
+    Case("output-wav-for-two-mels", lambda t, c: [good_mel(t), good_mel(t, "g2.npy"), "--checkpoint", c,
+                                                 "-o", t / "one.wav"], "names one file but 2 inputs"),
+    Case("output-is-a-dir", lambda t, c: [good_mel(t), "--checkpoint", c, "-o",
+                                          (t / "out" / "good.wav").mkdir(parents=True) or t / "out"], "is a directory"),
+    Case("two-inputs-one-output", same_stem, "would both be written to"),
+    Case("sigma-negative", options("--sigma", "-1"), "--sigma: invalid non-negative float value: '-1'"),
+    Case("sigma-nan", options("--sigma", "nan"), "--sigma: invalid non-negative float value: 'nan'"),
+    Case("batch-size-zero", options("--batch-size", "0"), "--batch-size: invalid positive integer value: '0'"),
+    Case("denoise-negative", options("--denoise", "-0.1"), "--denoise: invalid"),
+    Case("seed-not-int", options("--seed", "x"), "--seed: invalid int value"),
+    Case("device-unknown", options("--device", "tpu9"), "not a device"),
+    Case("device-cuda-absent", options("--device", "cuda"), "CUDA is not available",
+         marks=[pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")]),
+    Case("temperature-for-waveglow", options("--temperature", "0.5"), "'temperature' does not apply to a waveglow"),
+    Case("unknown-model", options("--model", "melgan"), "argument --model: invalid choice"),
+    Case("checkpoint-and-model", options("--model", "wavenet"), "not allowed with argument"),
+    Case("unknown-flag", options("--frobnicate"), "unrecognized arguments: --frobnicate"),
+    Case("no-inputs", lambda t, c: ["--checkpoint", c], "the following arguments are required: MEL"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mel
+
+def audio_file(samples: np.ndarray | None = None, rate: int = 22050, name: str = "a.wav",
+               subtype: str = "PCM_16") -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        data = np.zeros(0, np.float32) if samples is None else samples
+        sf.write(str(tmp / name), data, rate, subtype=subtype)
+        return [tmp / name, "-o", tmp / "out"]
+    return build
+
+
+def speech(n: int = 4000) -> np.ndarray:
+    return (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+
+
+def mel_good_then_nan(tmp: Path, ckpt: Path) -> list:
+    # The NaN is only seen when decoding, after the header checks passed: the good file must not be kept.
+    sf.write(str(tmp / "a_good.wav"), speech(), 22050)
+    sf.write(str(tmp / "b_nan.wav"), np.where(np.arange(4000) == 2000, np.nan, speech()).astype(np.float32), 22050,
+             subtype="FLOAT")
+    return [tmp / "a_good.wav", tmp / "b_nan.wav", "-o", tmp / "mels" / "deep"]
+
+
+def mel_under_file(tmp: Path, ckpt: Path) -> list:
+    sf.write(str(tmp / "a.wav"), speech(), 22050)
+    (tmp / "file.txt").write_text("regular file\n")
+    return [tmp / "a.wav", "-o", tmp / "file.txt" / "a.npy"]
+
+
+MEL = [
+    Case("missing-audio", lambda t, c: [t / "nope.wav"], "nope.wav: no such file"),
+    Case("dir-without-audio", lambda t, c: [(t / "empty").mkdir() or t / "empty"], "holds no audio files"),
+    Case("fifo-audio", lambda t, c: [fifo(t, "pipe.wav")], "not a regular file"),
+    Case("unreadable-audio", lambda t, c: [audio_file(speech())(t, c)[0].chmod(0) or t / "a.wav"],
+         "Permission denied", marks=[needs_non_root]),
+    Case("not-audio", lambda t, c: [(t / "x.wav").write_text("RIFF? no.") and t / "x.wav"], "not a readable audio file"),
+    Case("mel-npy-as-audio", lambda t, c: [good_mel(t)], "not a readable audio file"),
+    Case("no-samples", audio_file(None), "holds no samples"),
+    Case("too-short", audio_file(speech(300)), "too short for a mel"),
+    Case("absurd-length", audio_file(np.zeros(1000 * 660, np.int16), rate=1000), f"more than the limit of {MAX_FRAMES}"),
+    Case("nan-samples", audio_file(np.full(4000, np.nan, np.float32), subtype="FLOAT"), "NaN or infinite"),
+    Case("good-then-nan", mel_good_then_nan, "b_nan.wav: audio contains NaN"),
+    Case("output-under-a-file", mel_under_file, "is not a directory"),
+    Case("npy-output-for-two", lambda t, c: [*audio_file(speech(), name="p.wav")(t, c)[:1],
+                                            *audio_file(speech(), name="q.wav")(t, c)[:1], "-o", t / "m.npy"],
+         "names one file but 2 inputs"),
+    Case("unknown-flag", lambda t, c: [*audio_file(speech())(t, c), "--hop", "128"], "unrecognized arguments"),
+]
+
+CLIS = {
+    "synthesize": (synthesis._main, synthesis.PROG, SYNTHESIZE),
+    "mel": (mel_cli.main, mel_cli.PROG, MEL),
+}
+
+
+def _params():
+    for cli, (_, _, cases) in CLIS.items():
+        for case in cases:
+            yield pytest.param(cli, case, id=f"{cli}:{case.id}", marks=case.marks)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_tiny_waveglow(tmp_path_factory.mktemp("good") / "tiny.pt")
+
+
+@pytest.mark.parametrize("cli,case", list(_params()))
+def test_hostile_input(cli, case, tmp_path, ckpt, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default output location would land here and be caught
+    main, prog, _ = CLIS[cli]
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = case.build(work, ckpt)
+    before = snapshot(tmp_path)
+    code, out, err = run_in_process(main, argv, capsys, prog=prog)
+    assert code == 2, f"exit {code}; stderr: {err!r}"
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: "), err
+    assert case.match in lines[0], err
+    assert "Traceback" not in err + out
+    assert snapshot(tmp_path) == before, "a failed run left files behind"
+    if case.marker:
+        assert not (work / case.marker).exists(), "the payload ran"
+
+
+@pytest.mark.parametrize("cli,case", [("synthesize", "pickled-object-npy"), ("synthesize", "checkpoint-runs-code"),
+                                      ("synthesize", "bands-vs-checkpoint"), ("mel", "absurd-length")])
+def test_hostile_input_real_process(cli, case, tmp_path, ckpt):
+    """The same contract through `python -m wavflow.<cli>` in a fresh interpreter."""
+    _, prog, cases = CLIS[cli]
+    case = next(c for c in cases if c.id == case)
+    argv = case.build(tmp_path, ckpt)
+    before = snapshot(tmp_path)
+    r = run_module(cli, *argv, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith(f"{prog}: error: ") and case.match in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert snapshot(tmp_path) == before
+    if case.marker:
+        assert not (tmp_path / case.marker).exists()
