@@ -8,11 +8,11 @@
 Batching and determinism. Several mels are vocoded in batches: sorted by length, padded with silence frames
 (ln 1e-5) to the longest of their batch, and each output cropped back to its own F * 256 samples. Every mel
 draws its noise from its own generator, seeded by the seed and the mel's contents, so with a seed a mel
-vocodes to the same noise whatever its file name, its position in the list and the batch it falls in. Items
-of equal length therefore give the same audio batched or one by one; a shorter item padded in a batch can
-differ in its last few milliseconds, where WaveGlow's non-causal convolutions reach into the padding
-(`--batch-size 1` removes that). Models whose `infer` draws its noise internally (no per-item noise
-argument) are given one generator per batch instead.
+vocodes to the same noise whatever its file name, its position in the list and the batch it falls in. An item
+as long as its batch's longest therefore gives the same audio batched or alone; a shorter, padded item can
+differ near its end, as far back as the model's non-causal convolutions reach into the padding (WaveGlow: at
+most n_flows * (k - 1) / 2 * sum(dilations) * n_group samples; `--batch-size 1` removes the effect). A model
+whose `infer` only draws its own noise (no per-item noise argument) gets one generator per batch instead.
 
 The command line, in full: `python -m wavflow.synthesize --help`.
 """
@@ -236,7 +236,9 @@ def _infer(model: torch.nn.Module, batch: torch.Tensor, seeds: list[int], frames
             break
         keyword, z = drawn
         noise.append(_pad_time(z, z.shape[-1] * length // (f * hop)))
-    with torch.inference_mode():
+    # no_grad rather than inference_mode: a model passed in by a trainer may cache tensors (WaveGlow's W^-1)
+    # that must stay usable outside inference mode.
+    with torch.no_grad():
         if len(noise) < len(seeds):  # the model draws its own noise: one generator for the batch
             generator = torch.Generator(device=batch.device).manual_seed(seeds[0])
             return model.infer(batch, generator=generator, **options)
@@ -340,11 +342,11 @@ def build_parser() -> ArgumentParser:
                    help="WaveNet / student sampling temperature (default 1.0)")
     p.add_argument("--denoise", type=_nonnegative(float, "--denoise"), default=0.0, metavar="STRENGTH",
                    help="subtract STRENGTH x the model's bias spectrum (NVIDIA's denoiser; 0 = off, try 0.01-0.1)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, the GPU if there is one)")
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"mels vocoded together, padded to the longest (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--seed", type=int, default=0,
-                   help="noise seed (default 0); a mel's audio depends only on the mel, the checkpoint and this")
+                   help="noise seed (default 0); each mel's noise depends only on this and the mel's contents")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     return p
 
