@@ -207,7 +207,10 @@ class MuLaw(Distribution):
         return _uniform((batch, 1, length), generator, device)
 
     def sample(self, params, temperature=1.0, generator=None, noise=None):
-        """Level by inverse CDF of softmax(logits / temperature) with noise[:, 0]; returns its amplitude."""
+        """Level by inverse CDF of softmax(logits / temperature) with noise[:, 0] (argmax at temperature 0);
+        returns its amplitude."""
+        if temperature == 0:
+            return self.decode(params.argmax(dim=1))
         if noise is None:
             noise = self.draw_noise(params.shape[0], params.shape[2], generator, params.device)
         cum = torch.cumsum(torch.softmax(params / temperature, dim=1), dim=1)

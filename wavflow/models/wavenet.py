@@ -1,0 +1,544 @@
+"""WaveNet teacher: a causal dilated-convolution autoregressive vocoder (SPEC section 4).
+
+    p(x | mel) = prod_t p(x_t | x_<t, mel),   p(x_t | ...) Gaussian / logistic mixture / mu-law (distributions.py)
+
+Training is teacher-forced and parallel: `forward(audio, mel)` feeds audio shifted right by one sample and
+returns, at every t, the parameters of the distribution of x_t. Generation is sequential, three ways:
+  naive   recompute the whole receptive field (505 samples for the default) for every new sample; the reference
+  cached  each dilated layer keeps a queue of its last (k-1)*d inputs, so one sample costs one matrix-vector
+          product per layer; the mel's projections into every layer's gate are computed for a chunk of samples
+          before the loop, never per step. On CPU the loop runs compiled (numba, float32), over all layers and
+          all utterances of a batch, with the output head and the sampler inside; elsewhere in torch.
+  batched either method over several utterances of different lengths (`lengths`); a finished utterance drops
+          out of the compiled loop and its output beyond its length is zero.
+All methods draw the same noise from the same generator, so they produce the same audio (tests check it).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributions import Distribution, Gaussian, MixtureOfLogistics, MuLaw, build_distribution
+from ..errors import WavflowError
+from ..layers import MelUpsampler, WaveNetStack, receptive_field, dilations_for
+from ..melspec import MelConfig
+
+METHODS = ("cached", "naive", "cached_torch")
+
+
+@dataclass
+class WaveNetConfig:
+    layers: int = 24  # residual layers
+    cycles: int = 4  # dilation cycles: dilations 1, 2, ..., 2^(layers/cycles - 1), repeated
+    kernel_size: int = 3  # causal conv kernel (2 or 3); receptive field (k-1) * sum(dilations) + 1 = 505
+    residual_channels: int = 128
+    gate_channels: int = 256  # split into tanh and sigmoid halves: 128 gated units
+    skip_channels: int = 128
+    upsample_channels: int = 80  # channels of the upsampled mel that every layer projects into its gate
+    upsample_factors: tuple[int, ...] = (4, 4, 4, 4)  # product must equal the mel hop (256)
+    context_kernel: int = 5  # frame-context conv of the upsampler, across mel frames
+    output: str = "gaussian"  # "gaussian" | "mixture" (16-bit discretised logistics) | "mulaw" (256-way)
+    log_scale_min: float = -9.0  # floor of log sigma (Gaussian) or of each logistic's log scale (mixture)
+    mixture_components: int = 10
+    mixture_bits: int = 16
+    mulaw_channels: int = 256
+
+    @classmethod
+    def tiny(cls, **overrides) -> "WaveNetConfig":
+        """A CPU-sized teacher for tests: 8 layers in 2 cycles (receptive field 31), 16/32/16 channels."""
+        d = dict(layers=8, cycles=2, residual_channels=16, gate_channels=32, skip_channels=16, upsample_channels=16)
+        d.update(overrides)
+        return cls(**d)
+
+
+class WaveNet(nn.Module):
+    model_type: ClassVar[str] = "wavenet"
+
+    def __init__(self, config: WaveNetConfig = WaveNetConfig(), mel_config: MelConfig = MelConfig()):
+        super().__init__()
+        self.config, self.mel_config = config, mel_config
+        if math.prod(config.upsample_factors) != mel_config.hop_length:
+            raise WavflowError(f"upsample_factors {config.upsample_factors} multiply to "
+                               f"{math.prod(config.upsample_factors)}, but the mel hop is {mel_config.hop_length}")
+        if config.kernel_size < 2:
+            raise WavflowError(f"kernel_size must be at least 2 for a causal WaveNet, got {config.kernel_size}")
+        if config.output == "gaussian":
+            self.dist: Distribution = Gaussian(config.log_scale_min)
+        elif config.output == "mixture":
+            self.dist = MixtureOfLogistics(config.mixture_components, config.mixture_bits, config.log_scale_min)
+        elif config.output == "mulaw":
+            self.dist = MuLaw(config.mulaw_channels)
+        else:
+            raise WavflowError(f"unknown WaveNet output '{config.output}'; known: gaussian, mixture, mulaw")
+        self.upsampler = MelUpsampler(mel_config.n_mels, config.upsample_channels, config.upsample_factors,
+                                      config.context_kernel)
+        self.stack = WaveNetStack(1, config.residual_channels, config.gate_channels, config.skip_channels,
+                                  config.upsample_channels, config.kernel_size, config.layers, config.cycles)
+        # skip sum -> ReLU -> 1x1 -> ReLU -> 1x1 -> distribution parameters
+        self.out1 = nn.Conv1d(config.skip_channels, config.skip_channels, 1)
+        self.out2 = nn.Conv1d(config.skip_channels, self.dist.num_params, 1)
+
+    @property
+    def receptive_field(self) -> int:
+        return receptive_field(self.config.kernel_size, dilations_for(self.config.layers, self.config.cycles))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Teacher forcing
+
+    def conditioning(self, mel: torch.Tensor, length: int) -> torch.Tensor:
+        """mel [B, n_mels, F] -> upsampled conditioning [B, upsample_channels, length] (F * hop >= length)."""
+        self._check_mel(mel)
+        if mel.shape[-1] * self.mel_config.hop_length < length:
+            raise WavflowError(f"mel of {mel.shape[-1]} frames covers {mel.shape[-1] * self.mel_config.hop_length} "
+                               f"samples, fewer than the {length} asked for")
+        return self.upsampler(mel)[..., :length]
+
+    def head(self, skips: torch.Tensor) -> torch.Tensor:
+        """skip sum [B, S, T] -> distribution parameters [B, P, T]."""
+        return self.out2(F.relu(self.out1(F.relu(skips))))
+
+    def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """audio [B, T], mel [B, n_mels, F] -> parameters [B, P, T] of p(x_t | x_<t, mel) at every t."""
+        c = self.conditioning(mel, audio.shape[-1])
+        x = F.pad(self.dist.prepare_input(audio), (1, -1))  # shift right: position t sees x[t-1], x[0] sees 0
+        return self.head(self.stack(x.unsqueeze(1), c))
+
+    def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """[B] mean log-density per sample in nats, density of amplitude in [-1, 1] (SPEC 2)."""
+        return self.dist.log_prob(self(audio, mel), audio).mean(dim=-1)
+
+    def training_loss(self, audio: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        nll = -self.log_likelihood(audio, mel).mean()
+        return nll, {"nll": nll.item(), "bits_per_sample": nll.item() / math.log(2)}
+
+    def remove_weight_norm(self) -> None:
+        """No weight norm in the teacher: nothing to fold."""
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Generation
+
+    @torch.no_grad()
+    def infer(self, mel: torch.Tensor, generator: torch.Generator | None = None, **options) -> torch.Tensor:
+        """mel [B, n_mels, F] -> audio [B, F * hop] by cached generation (options: temperature, method, lengths)."""
+        options.setdefault("method", "cached")
+        return self.generate(mel, generator=generator, **options)
+
+    @torch.no_grad()
+    def generate(self, mel: torch.Tensor, method: str = "cached", temperature: float = 1.0,
+                 generator: torch.Generator | None = None, lengths: Sequence[int] | torch.Tensor | None = None,
+                 frames: Sequence[int] | torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                 progress: bool | None = None) -> torch.Tensor:
+        """Sample audio [B, F * hop] for mel [B, n_mels, F], one sample at a time.
+
+        method: "cached" (compiled on CPU, torch elsewhere), "naive" (reference), "cached_torch".
+        temperature scales sigma / the logistic scales / divides the mu-law logits (0: the mean or the argmax).
+        lengths (samples) or frames (mel frames, times hop) per utterance for a padded batch: output beyond each
+        length is zero. noise [B, N, F * hop] replaces the draw from `generator` (distribution.draw_noise).
+        progress: tqdm bar on stderr; None shows it for long runs on a terminal.
+        """
+        self._check_mel(mel)
+        if method not in METHODS:
+            raise WavflowError(f"unknown generation method '{method}'; known: {', '.join(METHODS)}")
+        if not temperature >= 0:
+            raise WavflowError(f"temperature must be >= 0, got {temperature}")
+        B, T = mel.shape[0], mel.shape[-1] * self.mel_config.hop_length
+        lens = self._lengths(B, T, lengths, frames)
+        n_noise = self.dist.noise_channels
+        if noise is None:
+            noise = self.dist.draw_noise(B, T, generator, device="cpu").to(mel.device)
+        elif tuple(noise.shape) != (B, n_noise, T):
+            raise WavflowError(f"noise has shape {tuple(noise.shape)}, expected {(B, n_noise, T)}")
+        if progress is None:
+            progress = T * B >= 4 * self.mel_config.sample_rate and sys.stderr.isatty()
+        was_training = self.training
+        self.eval()
+        try:
+            c = self.upsampler(mel)  # [B, C, T]
+            if method == "naive":
+                audio = self._generate_naive(c, noise, temperature, lens, progress)
+            elif method == "cached" and c.device.type == "cpu":
+                audio = self._generate_numba(c, noise, temperature, lens, progress)
+            else:
+                audio = self._generate_cached_torch(c, noise, temperature, lens, progress)
+        finally:
+            self.train(was_training)
+        mask = torch.arange(T, device=audio.device)[None, :] < lens.to(audio.device)[:, None]
+        return audio * mask
+
+    def _lengths(self, B: int, T: int, lengths, frames) -> torch.Tensor:
+        if lengths is not None and frames is not None:
+            raise WavflowError("give lengths (samples) or frames (mel frames), not both")
+        if frames is not None:
+            lengths = torch.as_tensor(frames, dtype=torch.long) * self.mel_config.hop_length
+        if lengths is None:
+            return torch.full((B,), T, dtype=torch.long)
+        lens = torch.as_tensor(lengths, dtype=torch.long).reshape(-1)
+        if lens.numel() != B:
+            raise WavflowError(f"{lens.numel()} lengths given for a batch of {B} mels")
+        if (lens < 0).any() or (lens > T).any():
+            raise WavflowError(f"lengths must lie in [0, {T}] (the mel's frames x hop), got {lens.tolist()}")
+        return lens
+
+    def _check_mel(self, mel: torch.Tensor) -> None:
+        n = self.mel_config.n_mels
+        if mel.dim() != 3 or mel.shape[1] != n:
+            raise WavflowError(f"mel has shape {tuple(mel.shape)}, expected [batch, {n}, frames]")
+
+    def _progress(self, total: int, enabled: bool):
+        from tqdm import tqdm
+        return tqdm(total=total, unit="sample", unit_scale=True, disable=not enabled, desc="wavenet",
+                    file=sys.stderr, leave=False)
+
+    def _step_params(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Distribution parameters at the last position of a window: x [B, 1, W] (already shifted), c [B, C, W]."""
+        return self.head(self.stack(x, c)[..., -1:])
+
+    def _generate_naive(self, c: torch.Tensor, noise: torch.Tensor, temperature: float, lens: torch.Tensor,
+                        progress: bool) -> torch.Tensor:
+        """For every t, run the full stack over the receptive field [t - RF + 1, t] and sample x_t."""
+        B, _, T = c.shape
+        rf = self.receptive_field
+        x_in = torch.zeros(B, 1, T + 1, device=c.device)  # x_in[t] = x[t - 1]: the shifted input
+        T_run = int(lens.max()) if B else 0
+        with self._progress(T_run, progress) as bar:
+            for t in range(T_run):
+                s = max(0, t - rf + 1)
+                params = self._step_params(x_in[..., s: t + 1], c[..., s: t + 1])
+                x_in[:, 0, t + 1] = self.dist.sample(params, temperature, noise=noise[..., t: t + 1])[:, 0]
+                bar.update(1)
+        return x_in[:, 0, 1:]
+
+    # -- cached, torch --------------------------------------------------------------------------------------------
+
+    def _flat_weights(self) -> dict[str, torch.Tensor]:
+        """The stack as matrices for one-step evaluation, [in, out] so a step is x @ W.
+
+        conv [L, k*R, G]: row j*R + r holds tap j (lag (k-1-j)*d) of input channel r; cond [L, C, G];
+        res_skip [L, G/2, R+S]. All layers have equal sizes, so they stack.
+        """
+        blocks = self.stack.blocks
+        k, R = self.config.kernel_size, self.config.residual_channels
+        conv = torch.stack([b.conv.weight.permute(2, 1, 0).reshape(k * R, -1) for b in blocks])
+        w = {
+            "in_w": self.stack.input.weight[:, 0, 0], "in_b": self.stack.input.bias,
+            "conv_w": conv, "conv_b": torch.stack([b.conv.bias for b in blocks]),
+            "cond_w": torch.stack([b.cond.weight[:, :, 0].t() for b in blocks]),
+            "rs_w": torch.stack([b.res_skip.weight[:, :, 0].t() for b in blocks]),
+            "rs_b": torch.stack([b.res_skip.bias for b in blocks]),
+            "out1_w": self.out1.weight[:, :, 0].t(), "out1_b": self.out1.bias,
+            "out2_w": self.out2.weight[:, :, 0].t(), "out2_b": self.out2.bias,
+        }
+        return {name: v.detach().contiguous() for name, v in w.items()}
+
+    def _cond_chunk(self, w: dict[str, torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+        """Every layer's gate input from the mel, plus the conv bias, for a chunk: c [B, C, Tc] -> [Tc, B, L, G]."""
+        return (torch.einsum("bct,lcg->tblg", c, w["cond_w"]) + w["conv_b"]).contiguous()
+
+    def _chunk_size(self, B: int) -> int:
+        # bound the precomputed conditioning (Tc x B x L x G floats) to ~32 MB
+        per_step = B * self.config.layers * self.config.gate_channels * 4
+        return max(64, min(4096, (32 << 20) // max(per_step, 1)))
+
+    def _generate_cached_torch(self, c: torch.Tensor, noise: torch.Tensor, temperature: float,
+                               lens: torch.Tensor, progress: bool, forced: torch.Tensor | None = None) -> torch.Tensor:
+        """Cached generation in torch: queue_l[:, slot] holds layer l's input from a past step, slot = t mod Q_l.
+
+        forced [B, T]: feed these samples instead of the drawn ones and return the parameters [B, P, T]
+        (step-by-step teacher forcing, which tests compare with `forward`).
+        """
+        cfg = self.config
+        B, _, T = c.shape
+        k, R, Gh = cfg.kernel_size, cfg.residual_channels, cfg.gate_channels // 2
+        dil = self.stack.dilations
+        w = self._flat_weights()
+        dev, dt = c.device, w["conv_w"].dtype
+        queues = [torch.zeros(B, (k - 1) * d, R, device=dev, dtype=dt) for d in dil]
+        taps = torch.empty(B, k * R, device=dev, dtype=dt)
+        z = torch.empty(B, cfg.gate_channels, device=dev, dtype=dt)
+        rs = torch.empty(B, R + cfg.skip_channels, device=dev, dtype=dt)
+        h = torch.empty(B, R, device=dev, dtype=dt)
+        skips = torch.empty(B, cfg.skip_channels, device=dev, dtype=dt)
+        x_prev = torch.zeros(B, device=dev, dtype=dt)
+        out = torch.zeros(B, T, device=dev, dtype=dt)
+        params_out = torch.zeros(B, self.dist.num_params, T, device=dev, dtype=dt) if forced is not None else None
+        if forced is not None:
+            forced = self.dist.prepare_input(forced).to(dt)
+        T_run = int(lens.max()) if B else 0
+        chunk = self._chunk_size(B)
+        res_scale, skip_scale = math.sqrt(0.5), math.sqrt(1.0 / cfg.layers)
+        with self._progress(T_run, progress) as bar:
+            for t0 in range(0, T_run, chunk):
+                cond = self._cond_chunk(w, c[..., t0: min(t0 + chunk, T_run)].to(dt))
+                for t in range(t0, min(t0 + chunk, T_run)):
+                    torch.addcmul(w["in_b"], x_prev[:, None], w["in_w"][None, :], out=h)
+                    skips.zero_()
+                    for l, d in enumerate(dil):
+                        q = queues[l]
+                        for j in range(k - 1):  # tap j looks (k-1-j)*d steps back
+                            taps[:, j * R: (j + 1) * R] = q[:, (t - (k - 1 - j) * d) % q.shape[1]]
+                        taps[:, (k - 1) * R:] = h
+                        q[:, t % q.shape[1]] = h
+                        torch.addmm(cond[t - t0, :, l], taps, w["conv_w"][l], out=z)
+                        gated = torch.tanh(z[:, :Gh]) * torch.sigmoid(z[:, Gh:])
+                        torch.addmm(w["rs_b"][l], gated, w["rs_w"][l], out=rs)
+                        h.add_(rs[:, :R]).mul_(res_scale)
+                        skips.add_(rs[:, R:])
+                    a = F.relu(torch.addmm(w["out1_b"], F.relu(skips * skip_scale), w["out1_w"]))
+                    params = torch.addmm(w["out2_b"], a, w["out2_w"])[:, :, None]
+                    x = self.dist.sample(params, temperature, noise=noise[..., t: t + 1].to(dt))[:, 0]
+                    out[:, t] = x
+                    if forced is not None:
+                        params_out[:, :, t] = params[:, :, 0]
+                        x = forced[:, t]
+                    x_prev.copy_(x)
+                bar.update(min(t0 + chunk, T_run) - t0)
+        return params_out if forced is not None else out
+
+    # -- cached, compiled -----------------------------------------------------------------------------------------
+
+    def _generate_numba(self, c: torch.Tensor, noise: torch.Tensor, temperature: float, lens: torch.Tensor,
+                        progress: bool, forced: torch.Tensor | None = None) -> torch.Tensor:
+        """Cached generation in one compiled loop over time, layers and utterances (float32, CPU).
+
+        Utterances are sorted by length so the ones still running are a prefix of the batch; with more than
+        one torch thread the batch is split into independent groups that run in parallel threads (the kernel
+        releases the GIL). Returns audio [B, T] (or with `forced`, the parameters [B, P, T]).
+        """
+        cfg, dist = self.config, self.dist
+        B, _, T = c.shape
+        w = {n: v.float() for n, v in self._flat_weights().items()}
+        np_w = {n: v.numpy() for n, v in w.items() if n not in ("cond_w", "conv_b")}
+        P = dist.num_params
+        if isinstance(dist, Gaussian):
+            kind, table = 0, np.zeros(1, np.float32)
+        elif isinstance(dist, MixtureOfLogistics):
+            kind, table = 1, np.zeros(1, np.float32)
+        else:
+            kind, table = 2, dist.values.numpy().astype(np.float32)
+        dil = np.asarray(self.stack.dilations, dtype=np.int64)
+        qlen = (cfg.kernel_size - 1) * dil
+        qoff = np.concatenate([[0], np.cumsum(qlen)[:-1]]).astype(np.int64)
+        order = torch.argsort(lens, descending=True, stable=True)
+        lens_s = lens[order].numpy().astype(np.int64)
+        noise_s = noise[order].float().cpu().numpy()
+        noise_s = np.ascontiguousarray(noise_s.transpose(2, 0, 1))  # [T, B, N]: one step's noise is contiguous
+        teacher = forced is not None
+        forced_s = (np.ascontiguousarray(dist.prepare_input(forced)[order].float().numpy())
+                    if teacher else np.zeros((B, 1), np.float32))
+        out = np.zeros((B, T), np.float32)
+        params_out = np.zeros((B, P, T), np.float32) if teacher else np.zeros((1, 1, 1), np.float32)
+        # per-utterance running state, kept across chunks
+        queue = np.zeros((B, int(qlen.sum()), cfg.residual_channels), np.float32)
+        x_prev = np.zeros(B, np.float32)
+        T_run = int(lens_s[0]) if B else 0
+        groups = _split_groups(lens_s, torch.get_num_threads())
+        chunk = self._chunk_size(B)
+        c_s = c[order].float()
+        pool = ThreadPoolExecutor(len(groups)) if len(groups) > 1 else None
+        try:
+            with self._progress(T_run, progress) as bar:
+                for t0 in range(0, T_run, chunk):
+                    t1 = min(t0 + chunk, T_run)
+                    cond = self._cond_chunk(w, c_s[..., t0:t1]).reshape(t1 - t0, B, -1).numpy()
+
+                    def run(g: tuple[int, int]) -> None:
+                        b0, b1 = g
+                        if lens_s[b0] <= t0:
+                            return
+                        _cached_loop(t0, t1, cond[:, b0:b1], noise_s[t0:t1, b0:b1], lens_s[b0:b1], x_prev[b0:b1],
+                                     queue[b0:b1], out[b0:b1], teacher, forced_s[b0:b1] if teacher else forced_s,
+                                     params_out[b0:b1] if teacher else params_out,
+                                     np_w["in_w"], np_w["in_b"], np_w["conv_w"], np_w["rs_w"], np_w["rs_b"],
+                                     np_w["out1_w"], np_w["out1_b"], np_w["out2_w"], np_w["out2_b"],
+                                     dil, qoff, cfg.kernel_size, kind, np.float32(temperature),
+                                     np.float32(cfg.log_scale_min), table)
+
+                    if pool is None:
+                        run(groups[0])
+                    else:
+                        list(pool.map(run, groups))
+                    bar.update(t1 - t0)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        inverse = torch.argsort(order)
+        if teacher:
+            return torch.from_numpy(params_out)[inverse]
+        return torch.from_numpy(out)[inverse]
+
+
+def _split_groups(lens_sorted: np.ndarray, threads: int) -> list[tuple[int, int]]:
+    """Split a length-sorted batch into up to `threads` contiguous groups of about equal work (sum of lengths)."""
+    B = len(lens_sorted)
+    n = max(1, min(threads, B))
+    if n == 1:
+        return [(0, B)]
+    total = float(lens_sorted.sum())
+    bounds, acc, start = [], 0.0, 0
+    for b in range(B):
+        acc += lens_sorted[b]
+        if len(bounds) < n - 1 and acc >= total * (len(bounds) + 1) / n and b + 1 < B:
+            bounds.append((start, b + 1))
+            start = b + 1
+    bounds.append((start, B))
+    return bounds
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out, teacher, forced, params_out,
+                 in_w, in_b, conv_w, rs_w, rs_b, out1_w, out1_b, out2_w, out2_b,
+                 dil, qoff, k, kind, temperature, log_scale_min, table):
+    """Steps t0..t1-1 of cached generation for a length-sorted group of utterances.
+
+    cond [Tc, B, L*G] (mel projections + conv bias), noise [Tc, B, N], queue [B, sum_l (k-1) d_l, R] (state),
+    x_prev [B] (state), out [B, T]. Weights are [in, out]: each product is a sum of rows scaled by inputs, so the
+    innermost loop runs along contiguous output channels and vectorises.
+    """
+    B = out.shape[0]
+    L, KR, G = conv_w.shape
+    R = KR // k
+    Gh = G // 2
+    S = out1_w.shape[0]
+    P = out2_w.shape[1]
+    res_scale = np.float32(math.sqrt(0.5))
+    skip_scale = np.float32(math.sqrt(1.0 / L))
+    taps = np.zeros((B, KR), np.float32)
+    z = np.zeros((B, G), np.float32)
+    gated = np.zeros((B, Gh), np.float32)
+    rs = np.zeros((B, R + S), np.float32)
+    h = np.zeros((B, R), np.float32)
+    skips = np.zeros((B, S), np.float32)
+    a1 = np.zeros((B, S), np.float32)
+    params = np.zeros((B, P), np.float32)
+    probs = np.zeros(P, np.float64)
+    active = B
+    for t in range(t0, t1):
+        while active > 0 and lens[active - 1] <= t:
+            active -= 1
+        if active == 0:
+            break
+        tc = t - t0
+        for b in range(active):
+            for r in range(R):
+                h[b, r] = in_w[r] * x_prev[b] + in_b[r]
+            for s in range(S):
+                skips[b, s] = 0.0
+        for l in range(L):
+            d = dil[l]
+            ql = (k - 1) * d
+            base = qoff[l]
+            slot = t % ql
+            for b in range(active):
+                for j in range(k - 1):
+                    src = base + (t - (k - 1 - j) * d) % ql
+                    for r in range(R):
+                        taps[b, j * R + r] = queue[b, src, r]
+                for r in range(R):
+                    taps[b, (k - 1) * R + r] = h[b, r]
+                    queue[b, base + slot, r] = h[b, r]
+                for g in range(G):
+                    z[b, g] = cond[tc, b, l * G + g]
+            for i in range(KR):
+                for b in range(active):
+                    xi = taps[b, i]
+                    for g in range(G):
+                        z[b, g] += xi * conv_w[l, i, g]
+            for b in range(active):
+                for u in range(Gh):
+                    gated[b, u] = math.tanh(z[b, u]) / (np.float32(1.0) + math.exp(-z[b, Gh + u]))
+                for o in range(R + S):
+                    rs[b, o] = rs_b[l, o]
+            for u in range(Gh):
+                for b in range(active):
+                    gu = gated[b, u]
+                    for o in range(R + S):
+                        rs[b, o] += gu * rs_w[l, u, o]
+            for b in range(active):
+                for r in range(R):
+                    h[b, r] = (h[b, r] + rs[b, r]) * res_scale
+                for s in range(S):
+                    skips[b, s] += rs[b, R + s]
+        # output head: ReLU -> 1x1 -> ReLU -> 1x1
+        for b in range(active):
+            for s in range(S):
+                a1[b, s] = out1_b[s]
+            for s in range(S):
+                v = skips[b, s] * skip_scale
+                if v > 0:
+                    for o in range(S):
+                        a1[b, o] += v * out1_w[s, o]
+            for p in range(P):
+                params[b, p] = out2_b[p]
+            for s in range(S):
+                v = a1[b, s]
+                if v > 0:
+                    for p in range(P):
+                        params[b, p] += v * out2_w[s, p]
+            x = _sample(params[b], noise[tc, b], kind, temperature, log_scale_min, table, probs)
+            out[b, t] = x
+            if teacher:
+                for p in range(P):
+                    params_out[b, p, t] = params[b, p]
+                x = forced[b, t]
+            x_prev[b] = x
+
+
+@numba.njit(cache=True, nogil=True)
+def _pick(probs, n, u):
+    """Inverse CDF: first index whose running sum of probs exceeds u (the torch sampler's rule)."""
+    acc = np.float32(0.0)
+    for i in range(n):
+        acc = np.float32(acc + np.float32(probs[i]))
+        if acc > u:
+            return i
+    return n - 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _sample(p, noise, kind, temperature, log_scale_min, table, probs):
+    """One draw from the distribution with parameters p [P] and noise [N]; mirrors wavflow.distributions."""
+    if kind == 0:  # Gaussian: mu + sigma * temperature * eps
+        ls = max(p[1], log_scale_min)
+        x = p[0] + math.exp(ls) * temperature * noise[0]
+    elif kind == 1:  # logistic mixture: component by inverse CDF, then the logistic's inverse CDF
+        K = p.shape[0] // 3
+        m = p[0]
+        for i in range(K):
+            m = max(m, p[i])
+        tot = 0.0
+        for i in range(K):
+            probs[i] = math.exp(p[i] - m)
+            tot += probs[i]
+        for i in range(K):
+            probs[i] = probs[i] / tot
+        c = _pick(probs, K, noise[0])
+        ls = max(p[2 * K + c], log_scale_min)
+        u = noise[1]
+        x = p[K + c] + math.exp(ls) * temperature * (math.log(u) - math.log1p(-u))
+    else:  # mu-law: level by inverse CDF of softmax(logits / temperature), or argmax at temperature 0
+        n = p.shape[0]
+        best = 0
+        for i in range(n):
+            if p[i] > p[best]:
+                best = i
+        if temperature == 0:
+            return table[best]
+        m = p[best]
+        tot = 0.0
+        for i in range(n):
+            probs[i] = math.exp((p[i] - m) / temperature)
+            tot += probs[i]
+        for i in range(n):
+            probs[i] = probs[i] / tot
+        return table[_pick(probs, n, noise[0])]
+    return min(max(x, -1.0), 1.0)
