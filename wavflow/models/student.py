@@ -1,0 +1,381 @@
+"""Parallel WaveNet / ClariNet student: inverse autoregressive flows distilled from a WaveNet teacher (SPEC 5).
+
+Noise z_0 [B, T] goes through K flows. Flow k is a causal WaveNet over its input shifted right by one step, so
+its (mu_k[t], log s_k[t]) sees z_{k-1}[<t] only, and
+
+    z_k = z_{k-1} * s_k + mu_k.
+
+Composing the flows per step, from M = 0, S = 1:   M <- M * s_k + mu_k,   log S <- log S + log s_k,   so that
+
+    x = z_0 * S + M,
+
+and x_t given x[<t] is a single Gaussian (or logistic) with known (M_t, S_t): the whole utterance comes out of
+ONE parallel pass, and the student's log-density of its own sample is sum_t [log p0(z_t) - log S_t].
+
+Distillation (training_loss): the student samples x from noise, the frozen teacher runs once, in parallel, on x
+(teacher forcing) and gives its per-step distribution p_t; the loss is the per-step KL(q_t || p_t) (closed form
+for a Gaussian teacher, Monte Carlo cross-entropy minus analytic entropy for a logistic-mixture teacher) plus a
+multi-resolution STFT loss between x and the real audio, without which students learn to whisper.
+
+Real audio goes the other way, x -> z_0, one step at a time (`invert`): slow but exact, so the student gets a
+held-out log-likelihood on the shared scale of SPEC section 2 too.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import WavflowError
+from ..layers import MelUpsampler, WaveNetStack
+from ..losses import (STFT_RESOLUTIONS, base_entropy, base_log_prob, gaussian_cross_entropy, gaussian_reverse_kl,
+                      log_scale_regularizer, log_spectral_distance, mixture_reverse_kl, sample_base, stft_loss)
+from ..melspec import MelConfig
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Per-step tensors are tiny: intra-op threads only add synchronisation (10-20x slower on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    # --- flows: ClariNet's student by default (6 flows x 10 layers, dilations 1..512 in each flow) ---
+    flow_layers: tuple[int, ...] = (10, 10, 10, 10, 10, 10)  # WaveNet layers per flow, first flow first
+    dilation_cycle: int = 10  # layers per dilation cycle 1, 2, ..., 2^(cycle-1); a 30-layer flow has 3 cycles
+    residual_channels: int = 64
+    gate_channels: int = 128  # tanh half + sigmoid half: 64 gated units
+    skip_channels: int = 64
+    kernel_size: int = 3
+    base: Literal["gaussian", "logistic"] = "gaussian"  # p0 of z_0, and so the family of x_t given x[<t]
+    log_scale_min: float = -7.0  # floor on each flow's log s_k: keeps the inverse (x - mu) / s finite
+    # --- mel conditioning: one SPEC-4 upsampler shared by all flows (computed once per utterance) ---
+    upsample_channels: int = 80
+    upsample_factors: tuple[int, ...] = (4, 4, 4, 4)  # product must equal the mel hop (256)
+    # --- distillation loss ---
+    kl_weight: float = 1.0  # per-step KL(student || teacher), nats per sample
+    scale_regularizer: float = 4.0  # ClariNet's lambda on (log sigma_teacher - log sigma_student)^2
+    mc_samples: int = 4  # Monte Carlo draws per step for a logistic-mixture teacher's cross-entropy
+    stft_weight: float = 1.0  # multi-resolution STFT loss (spectral convergence + log-magnitude L1)
+    stft_resolutions: tuple[tuple[int, int, int], ...] = STFT_RESOLUTIONS  # (n_fft, hop, win)
+
+    @classmethod
+    def parallel_wavenet(cls) -> "StudentConfig":
+        """van den Oord et al. 2018: 4 flows of 10, 10, 10, 30 layers, logistic base."""
+        return cls(flow_layers=(10, 10, 10, 30), base="logistic")
+
+    @classmethod
+    def tiny(cls, base: Literal["gaussian", "logistic"] = "gaussian") -> "StudentConfig":
+        """Two flows of 3 layers, 8 channels: for tests (receptive field 15 samples per flow)."""
+        return cls(flow_layers=(3, 3), dilation_cycle=3, residual_channels=8, gate_channels=16, skip_channels=8,
+                   base=base, upsample_channels=16,
+                   stft_resolutions=((256, 64, 256), (512, 128, 512)))
+
+
+class IAFFlow(nn.Module):
+    """One inverse autoregressive flow: z_prev [B, T], cond [B, C, T] -> (mu [B, T], log s [B, T]).
+
+    A causal WaveNet stack over z_prev shifted right by one, so (mu[t], log s[t]) depend on z_prev[<t] only;
+    skip sum -> ReLU -> 1x1 -> ReLU -> 1x1 -> (mu, log s). The last conv starts at zero, so an untrained flow is
+    the identity (mu = 0, s = 1) and a deep student starts as a well-conditioned map.
+    """
+
+    def __init__(self, config: StudentConfig, layers: int):
+        super().__init__()
+        if layers % config.dilation_cycle:
+            raise WavflowError(f"flow of {layers} layers is not a whole number of dilation cycles of {config.dilation_cycle}")
+        self.log_scale_min = config.log_scale_min
+        self.stack = WaveNetStack(1, config.residual_channels, config.gate_channels, config.skip_channels,
+                                  config.upsample_channels, config.kernel_size, layers, layers // config.dilation_cycle)
+        self.hidden = nn.Conv1d(config.skip_channels, config.skip_channels, 1)
+        self.out = nn.Conv1d(config.skip_channels, 2, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @property
+    def receptive_field(self) -> int:
+        return self.stack.receptive_field
+
+    def forward(self, z_prev: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shifted = F.pad(z_prev, (1, -1)).unsqueeze(1)  # input at t is z_prev[t - 1]: the flow never sees z_prev[t]
+        h = self.out(F.relu(self.hidden(F.relu(self.stack(shifted, cond)))))
+        return h[:, 0], torch.clamp(h[:, 1], min=self.log_scale_min)
+
+
+class IAFStudent(nn.Module):
+    """K inverse autoregressive flows with a shared mel upsampler; see the module docstring."""
+
+    model_type: ClassVar[str] = "student"
+
+    def __init__(self, config: StudentConfig = StudentConfig(), mel_config: MelConfig = MelConfig()):
+        super().__init__()
+        if config.base not in ("gaussian", "logistic"):
+            raise WavflowError(f"student base must be 'gaussian' or 'logistic', got '{config.base}'")
+        if math.prod(config.upsample_factors) != mel_config.hop_length:
+            raise WavflowError(f"upsample factors {config.upsample_factors} multiply to "
+                               f"{math.prod(config.upsample_factors)}, but the mel hop is {mel_config.hop_length}")
+        self.config = config
+        self.mel_config = mel_config
+        self.upsampler = MelUpsampler(mel_config.n_mels, config.upsample_channels, config.upsample_factors)
+        self.flows = nn.ModuleList(IAFFlow(config, n) for n in config.flow_layers)
+        self.teacher_sha256: str | None = None
+        self._teacher: list[nn.Module] = []  # a list, so nn.Module does not register (save, move, optimise) it
+        self._teacher_fingerprint: str | None = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Conditioning and the parallel pass
+
+    def conditioning(self, mel: torch.Tensor, length: int) -> torch.Tensor:
+        """mel [B, n_mels, F] -> audio-rate conditioning [B, C, length], computed once and shared by every flow."""
+        if mel.dim() != 3 or mel.shape[1] != self.mel_config.n_mels:
+            raise WavflowError(f"mel of shape {tuple(mel.shape)}: expected [batch, {self.mel_config.n_mels}, frames]")
+        if mel.shape[-1] * self.mel_config.hop_length < length:
+            raise WavflowError(f"mel of {mel.shape[-1]} frames covers {mel.shape[-1] * self.mel_config.hop_length} "
+                               f"samples, fewer than the {length} asked for")
+        return self.upsampler(mel)[..., :length]
+
+    def flow(self, z: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All flows in parallel: z_0 [B, T], cond [B, C, T] -> (x [B, T], M [B, T], log S [B, T])."""
+        x = z
+        mean = torch.zeros_like(z)
+        log_scale = torch.zeros_like(z)
+        for f in self.flows:
+            mu, log_s = f(x, cond)
+            s = torch.exp(log_s)
+            x = x * s + mu
+            mean = mean * s + mu
+            log_scale = log_scale + log_s
+        return x, mean, log_scale
+
+    def sample(self, mel: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
+               z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One parallel pass: mel [B, n_mels, F] -> (x, M, log S), each [B, F * hop]; x is not clipped.
+
+        z [B, F * hop] is the base noise (drawn from p0 if None); temperature scales it, so x = temperature * z * S + M.
+        """
+        length = mel.shape[-1] * self.mel_config.hop_length
+        if z is None:
+            z = sample_base((mel.shape[0], length), self.config.base, dtype=mel.dtype, device=mel.device,
+                            generator=generator)
+        elif z.shape != (mel.shape[0], length):
+            raise WavflowError(f"noise of shape {tuple(z.shape)}: expected {(mel.shape[0], length)} for this mel")
+        return self.flow(z * temperature, self.conditioning(mel, length))
+
+    def log_likelihood_of_own_sample(self, z: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+        """Student log-density of x = flow(z): mean_t [log p0(z_t) - log S_t], nats per sample [B]."""
+        return (base_log_prob(z, self.config.base) - log_scale).mean(-1)
+
+    @torch.no_grad()
+    def infer(self, mel: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0,
+              **options: Any) -> torch.Tensor:
+        """mel [B, n_mels, F] -> audio [B, F * hop] in [-1, 1], one parallel pass."""
+        if options:
+            raise WavflowError(f"unknown student option(s): {', '.join(sorted(options))}; the student takes temperature")
+        x, _, _ = self.sample(mel, temperature=temperature, generator=generator)
+        return x.clamp(-1.0, 1.0)
+
+    def remove_weight_norm(self) -> None:
+        """No weight norm in the student: nothing to fold."""
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Step-by-step evaluation: the exact inverse x -> z, and a reference for the parallel pass
+
+    def _flow_stepper(self, f: IAFFlow, batch: int, dtype: torch.dtype, device: torch.device):
+        """A closure (input z_prev[t-1] [B], cond projections at t) -> (mu_t, log s_t), keeping per-layer
+        ring buffers of past activations, so each step costs O(layers), not O(receptive field)."""
+        stack = f.stack
+        k = stack.kernel_size
+        blocks = []
+        for block in stack.blocks:
+            d = block.dilation
+            size = (k - 1) * d + 1
+            w = block.conv.weight  # [G, R, k]; tap j multiplies the input (k - 1 - j) * d steps back
+            blocks.append(dict(
+                d=d, size=size, buf=torch.zeros(batch, w.shape[1], size, dtype=dtype, device=device),
+                w=w.reshape(w.shape[0], -1).t(), b=block.conv.bias,
+                w_rs=block.res_skip.weight[:, :, 0].t(), b_rs=block.res_skip.bias, r=block.residual_channels))
+        w_in, b_in = stack.input.weight[:, 0, 0], stack.input.bias
+        skip_scale = math.sqrt(1.0 / len(stack.blocks))
+
+        def step(inp: torch.Tensor, t: int, cond_t: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            h = inp[:, None] * w_in + b_in  # [B, R]
+            skips = 0
+            for blk, c in zip(blocks, cond_t):
+                size, d = blk["size"], blk["d"]
+                blk["buf"][:, :, t % size] = h
+                # Unwritten slots are still zero: the causal conv's left zero padding.
+                taps = blk["buf"][:, :, [(t - (k - 1 - j) * d) % size for j in range(k)]]
+                z = torch.addmm(blk["b"] + c, taps.reshape(batch, -1), blk["w"])
+                a, g = z.chunk(2, dim=1)
+                rs = torch.addmm(blk["b_rs"], torch.tanh(a) * torch.sigmoid(g), blk["w_rs"])
+                h = (h + rs[:, :blk["r"]]) * math.sqrt(0.5)
+                skips = skips + rs[:, blk["r"]:]
+            hid = F.relu(F.linear(F.relu(skips * skip_scale), f.hidden.weight[:, :, 0], f.hidden.bias))
+            out = F.linear(hid, f.out.weight[:, :, 0], f.out.bias)
+            return out[:, 0], torch.clamp(out[:, 1], min=f.log_scale_min)
+
+        return step
+
+    def _sequential(self, values: torch.Tensor, cond: torch.Tensor, invert: bool, chunk: int = 1024,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step-by-step pass. invert=False: values = z_0 -> (x, M, log S). invert=True: values = x -> (z_0, M, log S).
+
+        At step t every flow's (mu, s) needs only its input at t - 1, already known: forwards, flows run first to
+        last; inverting, last to first, each peeling z_{k-1}[t] = (z_k[t] - mu_k[t]) / s_k[t] off its output.
+        """
+        batch, length = values.shape
+        steppers = [self._flow_stepper(f, batch, values.dtype, values.device) for f in self.flows]
+        order = list(range(len(self.flows)))
+        if invert:
+            order.reverse()
+        out = torch.empty_like(values)
+        mean = torch.zeros_like(values)
+        log_scale = torch.zeros_like(values)
+        prev = [values.new_zeros(batch) for _ in self.flows]  # flow k's input at t - 1, i.e. z_{k-1}[t-1]
+        steps = range(length)
+        if progress:
+            from tqdm import tqdm
+            steps = tqdm(steps, desc="student inversion" if invert else "student steps", unit="sample")
+        cond_chunk: list[list[torch.Tensor]] = []
+        with _one_thread():
+            for t in steps:
+                if t % chunk == 0:  # conditioning projections of every layer of every flow, a chunk at a time
+                    c = cond[..., t: t + chunk]
+                    cond_chunk = [[blk.cond(c) for blk in f.stack.blocks] for f in self.flows]
+                i = t % chunk
+                cur = values[:, t]
+                m = values.new_zeros(batch)
+                ls = values.new_zeros(batch)
+                for k in order:
+                    mu, log_s = steppers[k](prev[k], t, [c[..., i] for c in cond_chunk[k]])
+                    if invert:
+                        cur = (cur - mu) * torch.exp(-log_s)
+                        prev[k] = cur  # z_{k-1}[t]
+                    else:
+                        prev[k] = cur
+                        cur = cur * torch.exp(log_s) + mu
+                        m = m * torch.exp(log_s) + mu
+                    ls = ls + log_s
+                out[:, t] = cur
+                log_scale[:, t] = ls
+                mean[:, t] = m
+        if invert:  # M from x = z_0 * S + M, with z_0 and S now known
+            mean = values - out * torch.exp(log_scale)
+        return out, mean, log_scale
+
+    @torch.no_grad()
+    def invert(self, audio: torch.Tensor, mel: torch.Tensor, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact inverse, one step at a time: audio [B, T] -> (z_0 [B, T], log S [B, T]). O(T * layers), slow."""
+        z, _, log_scale = self._sequential(audio, self.conditioning(mel, audio.shape[-1]), invert=True,
+                                           progress=progress)
+        return z, log_scale
+
+    @torch.no_grad()
+    def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor, progress: bool = False) -> torch.Tensor:
+        """[B] mean log-density per audio sample in nats (SPEC 2 scale) of real audio, via the exact inversion."""
+        z, log_scale = self.invert(audio, mel, progress=progress)
+        return self.log_likelihood_of_own_sample(z, log_scale)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Distillation
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def attach_teacher(self, teacher: nn.Module, sha256: str | None = None) -> None:
+        """Freeze `teacher` (eval mode, no gradients) and use it in training_loss. It is not a submodule: never
+        saved with the student, moved by .to(), or handed to the optimiser. `sha256` (the teacher file's hash)
+        is recorded so the student's checkpoint says which teacher it was distilled from."""
+        name = getattr(getattr(teacher, "distribution", None), "name", None)
+        if name not in ("gaussian", "mixture"):
+            raise WavflowError(f"cannot distil from a teacher with '{name}' output: the student needs a Gaussian "
+                               "or logistic-mixture teacher (a mu-law categorical has no density to match)")
+        t_mel = getattr(teacher, "mel_config", None)
+        if t_mel is not None and t_mel != self.mel_config:
+            raise WavflowError(f"teacher mel settings {t_mel} differ from the student's {self.mel_config}")
+        teacher.eval()
+        teacher.requires_grad_(False)
+        self._teacher = [teacher]
+        self.teacher_sha256 = sha256
+        self._teacher_fingerprint = self._fingerprint(teacher)
+
+    @staticmethod
+    def _fingerprint(module: nn.Module) -> str:
+        h = hashlib.sha256()
+        for name, tensor in module.state_dict().items():
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def verify_teacher_unchanged(self) -> None:
+        """Raise if the attached teacher's weights differ in any bit from when it was attached."""
+        if self.teacher is None:
+            raise WavflowError("no teacher attached")
+        if self._fingerprint(self.teacher) != self._teacher_fingerprint:
+            raise WavflowError("the teacher's weights changed during distillation")
+
+    def distillation_kl(self, mean: torch.Tensor, log_scale: torch.Tensor,
+                        params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-step (KL(q_t || p_t), scale regulariser), each [B, T], from the student's (M, log S) [B, T] and the
+        teacher's distribution parameters [B, P, T] computed on the student's sample."""
+        c = self.config
+        dist = self.teacher.distribution
+        if dist.name == "gaussian":
+            mu_p, log_sigma_p = dist.mu_log_sigma(params)
+            if c.base == "gaussian":
+                kl = gaussian_reverse_kl(mean, log_scale, mu_p, log_sigma_p)
+                log_std = log_scale
+            else:  # logistic student: analytic cross-entropy minus analytic entropy
+                kl = gaussian_cross_entropy(mean, log_scale, mu_p, log_sigma_p, c.base) - base_entropy(log_scale, c.base)
+                log_std = log_scale + 0.5 * math.log(math.pi ** 2 / 3)  # the logistic's standard deviation
+            reg = log_scale_regularizer(log_std, log_sigma_p, c.scale_regularizer)
+        else:
+            logits, means, log_scales = dist.split(params)
+            kl = mixture_reverse_kl(mean, log_scale, logits, means, log_scales, c.mc_samples, c.base)
+            reg = torch.zeros_like(kl)
+        return kl, reg
+
+    def training_loss(self, audio: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """audio [B, T], mel [B, n_mels, F] -> (KL + regulariser + STFT loss, logs). Needs attach_teacher first.
+
+        The student's sample comes from fresh noise; the teacher sees only that sample (teacher forcing over it),
+        once. Gradients reach the student through (M, S) and through the teacher's input; none reach the
+        teacher's weights (frozen). The real audio enters only through the STFT loss.
+        """
+        teacher = self.teacher
+        if teacher is None:
+            raise WavflowError("the student needs a teacher: call attach_teacher(teacher, sha256) (trainer: "
+                               "set 'teacher: PATH' in the config)")
+        c = self.config
+        z = sample_base(audio.shape, c.base, dtype=audio.dtype, device=audio.device)
+        x, mean, log_scale = self.flow(z, self.conditioning(mel, audio.shape[-1]))
+        params = teacher(x, mel)
+        kl, reg = self.distillation_kl(mean, log_scale, params)
+        sc, mag = stft_loss(x, audio, c.stft_resolutions)
+        loss = c.kl_weight * (kl.mean() + reg.mean()) + c.stft_weight * (sc + mag)
+        with torch.no_grad():
+            logs = {
+                "kl": kl.mean().item(),
+                "scale_reg": reg.mean().item(),
+                "stft": (sc + mag).item(),
+                "stft_sc": sc.item(),
+                "stft_mag": mag.item(),
+                "student_rms": x.pow(2).mean().sqrt().item(),
+                "real_rms": audio.pow(2).mean().sqrt().item(),
+                "lsd_db": log_spectral_distance(x, audio).mean().item(),
+                "log_scale": log_scale.mean().item(),
+            }
+        return loss, logs
