@@ -175,3 +175,9 @@ def test_wavenet_batch_noise_is_per_item(example_mel):
     # smoothing conv (kernel 5: 2 steps at 64, 16, 4 and 1 samples per step).
     head = (4 - 2) * 256 - 2 * (64 + 16 + 4 + 1)
     torch.testing.assert_close(batched[1][:head], single[1][:head], rtol=0, atol=1e-5)
+    # temperature reaches the teacher through infer(**options): at 0 it emits its mean, whatever the seed.
+    t0 = synthesize(mels[1], model=teacher, seed=1, temperature=0.0)
+    torch.testing.assert_close(t0, synthesize(mels[1], model=teacher, seed=2, temperature=0.0), rtol=0, atol=0)
+    assert not torch.allclose(t0, single[1])
+    with pytest.raises(WavflowError, match="'sigma' does not apply to a wavenet"):
+        synthesize(mels[1], model=teacher, sigma=0.5)

@@ -111,15 +111,26 @@ def load_vocoder(checkpoint: str | os.PathLike | None = None, model: str | None 
 
 
 def infer_parameters(model: torch.nn.Module) -> set[str]:
-    """Keyword arguments `model.infer` takes by name (model options such as sigma, temperature, z)."""
-    return {name for name, p in inspect.signature(model.infer).parameters.items()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    """Keyword arguments `model.infer` takes by name (model options such as sigma, temperature, z).
+
+    An `infer(mel, generator, **options)` that hands its options to `generate` (the WaveNet teacher) takes
+    generate's named arguments.
+    """
+    names: set[str] = set()
+    for method in (model.infer, getattr(model, "generate", None)):
+        if method is None:
+            break
+        params = inspect.signature(method).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def check_options(model: torch.nn.Module, options: dict[str, Any]) -> dict[str, Any]:
     """Drop unset options and refuse any the model does not take, naming the model type."""
     options = {k: v for k, v in options.items() if v is not None}
-    accepted = infer_parameters(model) - {"mel", "generator", "z", "noise"}
+    accepted = infer_parameters(model) - {"mel", "generator", "z", "noise", "frames", "lengths"}
     for name in options:
         if name not in accepted:
             takes = ", ".join(sorted(accepted)) or "none"
@@ -243,7 +254,7 @@ def _infer(model: torch.nn.Module, batch: torch.Tensor, seeds: list[int], frames
             generator = torch.Generator(device=batch.device).manual_seed(seeds[0])
             return model.infer(batch, generator=generator, **options)
         extra: dict[str, Any] = {keyword: torch.cat(noise).to(batch.device, batch.dtype)}
-        if "frames" in infer_parameters(model) or model.model_type == "wavenet":
+        if "frames" in infer_parameters(model):
             extra["frames"] = frames  # lets an autoregressive model stop each item at its own length
         return model.infer(batch, **extra, **options)
 
