@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from wavflow import evaluate
 from wavflow import mel as mel_cli
 from wavflow import synthesis
 from wavflow.checkpoint import model_payload
@@ -289,9 +290,36 @@ MEL = [
     Case("unknown-flag", lambda t, c: [*audio_file(speech())(t, c), "--hop", "128"], "unrecognized arguments"),
 ]
 
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate (its own finer cases live in test_evaluate.py)
+
+def evaluate_args(make_ckpt: Callable[[Path], Path] | None = None, *extra: str,
+                  root: str | None = None) -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        c = make_ckpt(tmp) if make_ckpt else ckpt
+        return [c, "--data-root", root if root is not None else tmp / "no-such-root", "--device", "cpu",
+                "--griffin-lim-iters", "0", *extra]
+    return build
+
+
+EVALUATE = [
+    Case("missing-checkpoint", evaluate_args(lambda t: t / "none.pt"), "none.pt: no such checkpoint file"),
+    Case("truncated-checkpoint", evaluate_args(truncated_checkpoint), "not a torch checkpoint"),
+    Case("checkpoint-runs-code", evaluate_args(evil_checkpoint), "refused to load", marker="MARKER"),
+    Case("checkpoint-plain-tensor", evaluate_args(torch_file(torch.zeros(3))), "holds a Tensor"),
+    Case("checkpoint-other-model", evaluate_args(mismatched_checkpoint), "weights do not fit"),
+    Case("missing-data-root", evaluate_args(), "no-such-root"),
+    Case("json-under-a-file", lambda t, c: (t / "file.txt").write_text("x") and
+         evaluate_args(None, "--json", str(t / "file.txt" / "r.json"))(t, c), "file.txt"),
+    Case("unknown-metric", evaluate_args(None, "--metrics", "bleu"), "unknown metric(s) bleu"),
+    Case("sigma-negative", evaluate_args(None, "--sigma", "-1"), "--sigma"),
+    Case("device-unknown", evaluate_args(None, "--device", "tpu9"), "not a device"),
+]
+
 CLIS = {
     "synthesize": (synthesis._main, synthesis.PROG, SYNTHESIZE),
     "mel": (mel_cli.main, mel_cli.PROG, MEL),
+    "evaluate": (evaluate.main, "python -m wavflow.evaluate", EVALUATE),
 }
 
 
