@@ -192,3 +192,51 @@ def test_registry_and_mel_config():
                         MelConfig(n_mels=40))
     assert isinstance(model, WaveGlow) and model.upsample.in_channels == 40
     assert model.infer(torch.randn(1, 40, 3)).shape == (1, 3 * HOP)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_fast_infer_equals_plain_inverse(kernel_size):
+    """infer's folded matmul path computes exactly the flow's inverse (batch of 2, dilations past the length)."""
+    torch.manual_seed(5)
+    cfg = WaveGlowConfig(n_flows=5, n_group=8, n_early_every=2, n_early_size=2, wn_layers=4, wn_channels=24,
+                         wn_kernel_size=kernel_size)
+    model = WaveGlow(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    for frames in (1, 6):
+        mel = torch.randn(2, 80, frames)
+        z = torch.randn(2, 8, frames * HOP // 8)
+        fast = model.infer(mel, z=z, sigma=0.7)
+        with torch.no_grad():
+            plain = model.inverse(0.7 * z, mel)
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+        with torch.inference_mode():
+            torch.testing.assert_close(model.infer(mel, z=z, sigma=0.7), fast, atol=0, rtol=0)
+
+
+def test_fast_infer_follows_weight_changes():
+    model = tiny_model(dtype=torch.float32)
+    mel = torch.randn(1, 80, 3)
+    z = torch.randn(1, 8, 3 * HOP // 8)
+    before = model.infer(mel, z=z)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.training_loss(0.1 * torch.randn(1, 512), torch.randn(1, 80, 3))[0].backward()
+    opt.step()
+    after = model.infer(mel, z=z)
+    assert not torch.allclose(before, after)
+    with torch.no_grad():
+        torch.testing.assert_close(after, model.inverse(0.6 * z, mel), atol=1e-5, rtol=1e-5)
+    model.load_state_dict(tiny_model(seed=9, dtype=torch.float32).state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model.infer(mel, z=z), model.inverse(0.6 * z, mel), atol=1e-5, rtol=1e-5)
+
+
+def test_upsampler_matmul_equals_conv_transpose():
+    model = WaveGlow(WaveGlowConfig.tiny()).double()
+    mel = torch.randn(2, 80, 5, dtype=torch.float64)
+    from wavflow.flows import squeeze
+
+    for t in (8, 256, 5 * HOP, 4 * HOP + 1024):
+        ref = squeeze(model.upsample(mel)[..., :t], 8)
+        torch.testing.assert_close(model.condition(mel, t), ref, atol=1e-12, rtol=0)

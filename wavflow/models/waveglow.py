@@ -74,6 +74,38 @@ class WaveGlowConfig:
         return cls(n_flows=4, n_group=8, n_early_every=2, n_early_size=2, wn_layers=2, wn_channels=16)
 
 
+def upsample_squeezed(mel: Tensor, weight: Tensor, bias: Tensor, hop: int, n_group: int, num_groups: int,
+                      weight_matrix: Tensor | None = None) -> Tensor:
+    """conv_transpose1d(mel, weight, bias, stride=hop), cropped to num_groups * n_group samples and squeezed.
+
+    mel [B, C, F], weight [C, C_out, K] with K = n * hop -> [B, C_out * n_group, num_groups].
+
+    Output block b (samples b * hop ... b * hop + hop - 1) is the sum of frames b, b-1, ..., b-n+1 through
+    kernel slices 0, 1, ..., n-1, so the transposed conv is one [blocks, n * C] x [n * C, C_out * hop] matmul:
+    PyTorch's CPU transposed convolution runs this shape at a few GFLOP/s, the matmul at the BLAS peak (in
+    training as in sampling). The product is rearranged straight into the squeezed layout the couplings read.
+    weight_matrix: the [n * C, C_out * hop] rearranged weight, when the caller has it already.
+    """
+    b, c, frames = mel.shape
+    c_out, k = weight.shape[1], weight.shape[2]
+    n, per = k // hop, hop // n_group
+    blocks = min(frames + n - 1, -(-num_groups // per))  # only the blocks the crop keeps
+    x = F.pad(mel, (n - 1, n - 1))
+    context = x.unfold(2, n, 1).flip(-1)[:, :, :blocks]  # [B, C, blocks, n]: frames b, b-1, ..., b-n+1
+    context = context.permute(0, 2, 3, 1).reshape(b, blocks, n * c)
+    if weight_matrix is None:
+        weight_matrix = upsample_matrix(weight, hop)
+    out = torch.matmul(context, weight_matrix)  # [B, blocks, C_out * hop]
+    out = out.view(b, blocks, c_out, per, n_group).permute(0, 2, 4, 1, 3).reshape(b, c_out * n_group, blocks * per)
+    return out[..., :num_groups] + bias.repeat_interleave(n_group)[:, None]
+
+
+def upsample_matrix(weight: Tensor, hop: int) -> Tensor:
+    """ConvTranspose1d weight [C, C_out, n * hop] -> [n * C, C_out * hop], row j * C + c = frame offset j, channel c."""
+    c, c_out, k = weight.shape
+    return weight.reshape(c, c_out, k // hop, hop).permute(2, 0, 1, 3).reshape(k // hop * c, c_out * hop)
+
+
 class WN(nn.Module):
     """The coupling network: a non-causal WaveNet-like stack over the groups, conditioned on the squeezed mel.
 
@@ -134,8 +166,9 @@ class WaveGlow(nn.Module):
         hop = mel_config.hop_length
         if hop % config.n_group:
             raise WavflowError(f"invalid WaveGlowConfig: n_group {config.n_group} must divide the hop length {hop}")
-        if config.upsample_kernel < hop:
-            raise WavflowError(f"invalid WaveGlowConfig: upsample_kernel {config.upsample_kernel} < hop length {hop}")
+        if config.upsample_kernel < hop or config.upsample_kernel % hop:
+            raise WavflowError(f"invalid WaveGlowConfig: upsample_kernel {config.upsample_kernel} must be a "
+                               f"multiple of the hop length {hop}")
         n_mels = mel_config.n_mels
         self.upsample = nn.ConvTranspose1d(n_mels, n_mels, config.upsample_kernel, stride=hop)
         self.convinv = nn.ModuleList()
@@ -145,14 +178,19 @@ class WaveGlow(nn.Module):
             self.convinv.append(Invertible1x1Conv(c))
             self.coupling.append(AffineCoupling(WN(c // 2, n_mels * config.n_group, config.wn_layers,
                                                    config.wn_channels, config.wn_kernel_size)))
+        self._plan: tuple[tuple, _SamplingPlan] | None = None  # folded weights for `infer`, see _sampling_plan
 
     # ---------------------------------------------------------------- conditioning
-    def condition(self, mel: Tensor, num_samples: int) -> Tensor:
-        """mel [B, n_mels, F] -> upsampled, cropped to num_samples and squeezed: [B, n_mels * n_group, T / n_group]."""
-        up = self.upsample(mel)
-        if up.shape[-1] < num_samples:
+    def condition(self, mel: Tensor, num_samples: int, weight_matrix: Tensor | None = None) -> Tensor:
+        """mel [B, n_mels, F] -> upsampled, cropped to num_samples and squeezed: [B, n_mels * n_group, T / n_group].
+
+        Exactly squeeze(self.upsample(mel)[..., :T]), computed as one matmul (see upsample_squeezed).
+        """
+        hop, kernel = self.mel_config.hop_length, self.config.upsample_kernel
+        if (mel.shape[-1] - 1) * hop + kernel < num_samples:
             raise ValueError(f"mel of {mel.shape[-1]} frames is too short for {num_samples} samples")
-        return squeeze(up[..., :num_samples], self.config.n_group)
+        return upsample_squeezed(mel, self.upsample.weight, self.upsample.bias, hop, self.config.n_group,
+                                 num_samples // self.config.n_group, weight_matrix)
 
     def _is_exit(self, k: int) -> bool:
         return k > 0 and k % self.config.n_early_every == 0
@@ -232,10 +270,124 @@ class WaveGlow(nn.Module):
             z = torch.randn(shape, generator=generator, device=mel.device, dtype=mel.dtype)
         elif tuple(z.shape) != shape:
             raise ValueError(f"z has shape {tuple(z.shape)}, expected {shape} for a mel of {frames} frames")
-        return self.inverse(sigma * z.to(mel.dtype), mel)
+        plan = self._sampling_plan()
+        cond_in = self.condition(mel, t, plan.upsample)
+        x = torch.empty(shape, device=mel.device, dtype=mel.dtype)
+        x.copy_(z).mul_(sigma)  # our own buffer: sampling works in place
+        # One utterance at a time: each matmul is already large (G = 2756 columns per second of audio).
+        return torch.stack([self._sample_one(plan, x[i], cond_in[i]) for i in range(b)])
+
+    def _sampling_plan(self) -> "_SamplingPlan":
+        """The weights `infer` multiplies with, folded and laid out for plain matmuls, cached.
+
+        The cache is keyed on every parameter's storage address and version counter, which every in-place
+        update through autograd-visible ops bumps (optimizer steps, load_state_dict, .to(), .copy_()); only
+        edits through `.data` bypass it, and those bypass autograd's own checks too.
+        """
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        if self._plan is None or self._plan[0] != key:
+            self._plan = None  # free the old plan before building the new one
+            with torch.inference_mode(False), torch.no_grad():
+                plan = _SamplingPlan(
+                    upsample=upsample_matrix(self.upsample.weight, self.mel_config.hop_length),
+                    couplings=[_CouplingPlan.fold(c.net) for c in self.coupling])
+            self._plan = (key, plan)
+        return self._plan[1]
+
+    def _sample_one(self, plan: "_SamplingPlan", x: Tensor, cond_in: Tensor) -> Tensor:
+        """Run the flows backwards on one utterance, in place: x [n_group, G] (sigma * z, overwritten),
+        cond_in [n_mels * n_group, G] -> audio [G * n_group]."""
+        cfg = self.config
+        start = sum(self._is_exit(k) for k in range(cfg.n_flows)) * cfg.n_early_size
+        for k in reversed(range(cfg.n_flows)):
+            h = x[start:]  # this flow's channels; the rows above are early noise, waiting to join
+            n_a = h.shape[0] // 2
+            shift, log_s = plan.couplings[k].run(h[:n_a], cond_in)
+            h[n_a:].sub_(shift).mul_(log_s.neg_().exp_())
+            h.copy_(torch.mm(self.convinv[k].weight_inverse(), h))
+            if self._is_exit(k):
+                start -= cfg.n_early_size
+        return x.t().reshape(-1)
 
     def remove_weight_norm(self) -> None:
         """Fold weight norm into plain weights for inference (state_dict keys become '.weight')."""
         for m in self.modules():
             if parametrize.is_parametrized(m, "weight"):
                 parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+
+
+# -------------------------------------------------------------------- fast sampling
+# `infer` runs the same arithmetic as WN.stack + AffineCoupling.inverse, regrouped for speed:
+# - each coupling's conditioning conv is one [2 * channels * layers, n_cond] x [n_cond, G] matmul, with every
+#   in_layer bias folded into its bias, and each in_layer then accumulates into its slice of that product;
+# - a dilated conv is k matmuls of the tap weights with shifted views of a zero-margined buffer (no im2col copy,
+#   no padding per layer);
+# - the skip 1x1 convs feed only the (linear) end conv, so end o skip_i is folded into one [2 * n_b, channels]
+#   matrix per layer: every skip path shrinks from channels x channels to 2 * n_b x channels, and each layer's
+#   residual and folded skip outputs come from a single matmul into a buffer holding both.
+# A test pins infer to the plain `inverse`.
+
+
+@dataclass
+class _CouplingPlan:
+    channels: int
+    cond_w: Tensor  # [2 * channels * layers, n_cond]
+    cond_b: Tensor  # [2 * channels * layers]: cond bias + in_layer biases
+    start_w: Tensor  # [channels, n_a]
+    start_b: Tensor  # [channels]
+    taps: list[list[tuple[int, Tensor]]]  # per layer: (time offset, weight [2 * channels, channels]) per tap
+    res_skip: list[Tensor]  # per layer: [channels + 2 * n_b, channels] (residual, end o skip); last: [2 * n_b, channels]
+    res_b: list[Tensor]  # per layer but the last: residual bias [channels]
+    out_b: Tensor  # [2 * n_b]: end bias + end o (sum of skip biases)
+    margin: int  # largest tap offset
+
+    @classmethod
+    def fold(cls, net: WN) -> "_CouplingPlan":
+        c, n_layers = net.channels, net.n_layers
+        end_w = net.end.weight[:, :, 0]
+        taps, res_skip, res_b = [], [], []
+        skip_b = end_w.new_zeros(c)
+        for i, (layer, rs) in enumerate(zip(net.in_layers, net.res_skip_layers)):
+            w, k, d = layer.weight, layer.kernel_size[0], layer.dilation[0]
+            taps.append([((j - (k - 1) // 2) * d, w[:, :, j].contiguous()) for j in range(k)])
+            rs_w = rs.weight[:, :, 0]
+            if i < n_layers - 1:
+                res_skip.append(torch.cat([rs_w[:c], end_w @ rs_w[c:]]))
+                res_b.append(rs.bias[:c])
+                skip_b = skip_b + rs.bias[c:]
+            else:
+                res_skip.append(end_w @ rs_w)
+                skip_b = skip_b + rs.bias
+        in_b = torch.cat([layer.bias for layer in net.in_layers])
+        return cls(channels=c, cond_w=net.cond_layer.weight[:, :, 0], cond_b=net.cond_layer.bias + in_b,
+                   start_w=net.start.weight[:, :, 0], start_b=net.start.bias, taps=taps, res_skip=res_skip,
+                   res_b=res_b, out_b=net.end.bias + end_w @ skip_b,
+                   margin=max(abs(off) for layer in taps for off, _ in layer))
+
+    def run(self, x_a: Tensor, cond_in: Tensor) -> tuple[Tensor, Tensor]:
+        """x_a [n_a, G], cond_in [n_cond, G] -> (shift, log_s), each [n_b, G]. Equals WN(x_a, cond_in) split."""
+        c, m, g = self.channels, self.margin, x_a.shape[1]
+        cond = torch.addmm(self.cond_b[:, None], self.cond_w, cond_in)  # every layer's gate input, accumulated below
+        state = x_a.new_zeros(self.out_b.shape[0] + c, g + 2 * m)  # rows: residual stream h, then end-conv output
+        h = state[:c, m:m + g]
+        both, out = state[:, m:m + g], state[c:, m:m + g]
+        h.copy_(self.start_b[:, None].expand(c, g)).addmm_(self.start_w, x_a)
+        for i, taps in enumerate(self.taps):
+            gate = cond[2 * c * i: 2 * c * (i + 1)]
+            for offset, w in taps:  # zero margins make the shifted views exact zero-padded convolution
+                gate.addmm_(w, state[:c, m + offset: m + offset + g])
+            acts = torch.tanh_(gate[:c]).mul_(torch.sigmoid_(gate[c:]))
+            if i < len(self.taps) - 1:
+                both.addmm_(self.res_skip[i], acts)
+                h.add_(self.res_b[i][:, None])
+            else:
+                out.addmm_(self.res_skip[i], acts)
+        out.add_(self.out_b[:, None])
+        n_b = out.shape[0] // 2
+        return out[:n_b], out[n_b:]
+
+
+@dataclass
+class _SamplingPlan:
+    upsample: Tensor  # upsample_matrix of the upsampler weight
+    couplings: list[_CouplingPlan]
