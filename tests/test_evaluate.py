@@ -14,7 +14,7 @@ import torch
 from wavflow.audio import load_audio
 from wavflow.checkpoint import file_sha256, model_payload, save_checkpoint
 from wavflow.cli import run_cli
-from wavflow.evaluate import clip_metrics, griffin_lim, logmel_l1, main
+from wavflow.evaluate import clip_metrics, default_name, griffin_lim, logmel_l1, main
 from wavflow.losses import stft_loss
 from wavflow.melspec import MelConfig, mel_spectrogram
 from wavflow.models import build_model
@@ -116,13 +116,20 @@ def test_nll_is_pooled_model_likelihood(report, waveglow_ckpt, ljspeech_root):
 def test_nll_max_seconds_caps_the_scored_audio(waveglow_ckpt, ljspeech_root, tmp_path):
     out = tmp_path / "e.json"
     argv = [str(waveglow_ckpt), "--data-root", str(ljspeech_root), "--max-clips", "1", "--max-seconds", "0.5",
-            "--nll-max-seconds", "0.1", "--griffin-lim-iters", "0", "--json", str(out)]
+            "--nll-max-seconds", "0.1", "--griffin-lim-iters", "0", "--json", str(out), "--names", "glow"]
     assert _run(argv) == 0
     r = json.loads(out.read_text())
     cap = max(4, int(0.1 * 22050 / 256)) * 256
     assert r["systems"][1]["nll_samples"] == cap
     assert r["systems"][1]["nll_seconds_per_clip"] == pytest.approx(cap / 22050)
     assert [s["kind"] for s in r["systems"]] == ["reference", "vocoder"]  # --griffin-lim-iters 0: no floor row
+    assert r["systems"][1]["name"] == "glow"
+
+
+def test_default_row_names():
+    assert default_name(Path("exp/ljspeech/waveglow/best.pt")) == "waveglow/best"
+    assert default_name(Path("exp/student/step-5000.pt")) == "student/step-5000"
+    assert default_name(Path("checkpoints/waveglow-ljspeech-mini.pt")) == "waveglow-ljspeech-mini"
 
 
 def test_logmel_l1_exact(short_clip):
@@ -201,6 +208,8 @@ def _bad_inputs(tmp: Path, ckpt: Path, root: Path) -> list[tuple[str, list[str],
         ("negative griffin-lim", good + ["--griffin-lim-iters", "-3"], "--griffin-lim-iters"),
         ("bogus device", good + ["--device", "tpu9"], "tpu9"),
         ("no data root", [str(ckpt)], "--data-root"),
+        ("too few names", good + ["--names", "a,b"], "--names"),
+        ("name of a reference row", good + ["--names", "real"], "--names"),
     ]
 
 

@@ -251,10 +251,11 @@ def load_model(path: Path, device: torch.device) -> Loaded:
 
 def evaluate_checkpoint(loaded: Loaded, clips: list[Clip], *, device: torch.device, metric_mel: MelConfig,
                         optional: dict[str, Callable], nll_cap: int | None, skip_nll: bool, seed: int,
-                        infer_options: dict[str, Any], log: Callable[[str], None]) -> SystemResult:
+                        infer_options: dict[str, Any], log: Callable[[str], None],
+                        name: str | None = None) -> SystemResult:
     path, model = loaded.path, loaded.model
     sr = model.mel_config.sample_rate
-    result = SystemResult(path.stem, "vocoder", info={
+    result = SystemResult(name or default_name(path), "vocoder", info={
         "checkpoint": str(path), "sha256": loaded.sha256, "model_type": model.model_type,
         "parameters": loaded.parameters, "step": loaded.step,
     })
@@ -266,6 +267,11 @@ def evaluate_checkpoint(loaded: Loaded, clips: list[Clip], *, device: torch.devi
         log(f"  {path.stem}: NLL {result.nll_nats:.4f} nats/sample over {result.nll_samples} samples")
     options = {k: v for k, v in infer_options.items() if k in _accepted_options(model)}
     result.info["infer_options"] = options
+    # One short untimed call first, so the RTF leaves out one-off costs (numba compilation, allocator warm-up).
+    with torch.no_grad():
+        model.infer(mel_spectrogram(clips[0].audio[: 16 * model.mel_config.hop_length].to(device)[None],
+                                    model.mel_config), generator=torch.Generator(device=device).manual_seed(seed),
+                    **options)
     for i, clip in enumerate(clips):
         mel = mel_spectrogram(clip.audio.to(device)[None], model.mel_config)
         gen = torch.Generator(device=device).manual_seed(seed + i)
@@ -287,6 +293,13 @@ def evaluate_checkpoint(loaded: Loaded, clips: list[Clip], *, device: torch.devi
         if i == 0:
             result.plot_audio = audio
     return result
+
+
+def default_name(path: Path) -> str:
+    """A checkpoint's row name: its file name, with its directory's where the file name says nothing of the
+    model (the trainer's best.pt / last.pt / step-N.pt)."""
+    generic = path.stem in ("best", "last") or path.stem.startswith("step-")
+    return f"{path.parent.name}/{path.stem}" if generic and path.parent.name else path.stem
 
 
 def _accepted_options(model: torch.nn.Module) -> set[str]:
@@ -428,6 +441,8 @@ def build_parser() -> ArgumentParser:
                        description="Held-out NLL and copy-synthesis quality of wavflow checkpoints, with "
                                    "Griffin-Lim as the floor.")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="wavflow (or NVIDIA WaveGlow) checkpoints")
+    p.add_argument("--names", default=None, help="comma-separated row names, one per checkpoint (default: the "
+                   "file names; DIR/best for the trainer's best.pt)")
     p.add_argument("--data-root", required=True, help="LJSpeech root (metadata.csv + wavs/)")
     p.add_argument("--n-valid", type=int, default=20, help="the last N clips of metadata.csv are the validation set")
     p.add_argument("--max-clips", type=_positive(int, "--max-clips"), default=None,
@@ -487,6 +502,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path = _writable_output(args.json, "--json")
     plot_path = _writable_output(args.plot, "--plot")
     paths = [Path(c) for c in args.checkpoints]
+    names = [n.strip() for n in args.names.split(",")] if args.names is not None else [None] * len(paths)
+    if len(names) != len(paths) or not all(n is None or n for n in names):
+        raise WavflowError(f"--names: give one non-empty name per checkpoint ({len(paths)}), got '{args.names}'")
+    if len(set(names)) != len(names) and args.names is not None:
+        raise WavflowError(f"--names: names must differ, got '{args.names}'")
+    if args.names is not None and {"real", f"griffin-lim-{args.griffin_lim_iters}"} & set(names):
+        raise WavflowError("--names: 'real' and 'griffin-lim-N' name the reference rows")
     for path in paths:
         if not path.is_file():
             raise WavflowError(f"{path}: no such checkpoint file")
@@ -513,16 +535,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                      / metric_mel.hop_length)) * metric_mel.hop_length
     # Each model gets the options its infer() takes: sigma reaches WaveGlow, temperature the teacher and student.
     infer_options = {k: v for k, v in (("sigma", args.sigma), ("temperature", args.temperature)) if v is not None}
-    names: set[str] = {s.name for s in systems}
-    for loaded in models:
+    taken: set[str] = {s.name for s in systems}
+    for loaded, name in zip(models, names):
         t0 = time.perf_counter()
         result = evaluate_checkpoint(loaded, clips, device=device, metric_mel=metric_mel, optional=optional,
                                      nll_cap=nll_cap, skip_nll=args.no_nll, seed=args.seed,
-                                     infer_options=infer_options, log=log)
+                                     infer_options=infer_options, log=log, name=name)
         base, k = result.name, 2
-        while result.name in names:  # two checkpoints with one file name: keep the rows apart
+        while result.name in taken:  # two checkpoints with one file name: keep the rows apart
             result.name, k = f"{base}-{k}", k + 1
-        names.add(result.name)
+        taken.add(result.name)
         systems.append(result)
         log(f"  {result.name} done in {time.perf_counter() - t0:.1f} s")
 
