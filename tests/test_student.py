@@ -1,4 +1,5 @@
 """IAF student: exact flow algebra (Jacobian, parallel == sequential, inversion) and distillation from a teacher."""
+import dataclasses
 import math
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 from wavflow.audio import load_audio
 from wavflow.errors import WavflowError
+from wavflow.losses import stft_loss
 from wavflow.melspec import MelConfig, mel_spectrogram
 from wavflow.models.student import IAFStudent, StudentConfig
 
@@ -98,3 +100,142 @@ def test_sample_interface(mel):
         model.infer(mel, sigma=0.6)
     with pytest.raises(WavflowError, match="needs a teacher"):
         model.training_loss(torch.zeros(1, 2048), mel)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distillation from a tiny teacher trained here on two real clips
+
+CLIPS = ("LJ002-0020", "LJ001-0002")
+CROP = 4096
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These models are tiny: on the shared 2-core machine two intra-op threads cost ~10x the CPU time in spinning.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def clips(ljspeech_root):
+    return [load_audio(ljspeech_root / "wavs" / f"{name}.wav", 22050) for name in CLIPS]
+
+
+def _crops(clips, g):
+    starts = [torch.randint(0, len(c) - CROP, (1,), generator=g).item() for c in clips]
+    audio = torch.stack([c[s: s + CROP] for c, s in zip(clips, starts)])
+    return audio, mel_spectrogram(audio)
+
+
+@pytest.fixture(scope="module")
+def teacher(clips):
+    """A tiny Gaussian WaveNet, 150 Adam steps on random crops of the two clips (~10 s of CPU)."""
+    from wavflow.models.wavenet import WaveNet, WaveNetConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = WaveNet(WaveNetConfig.tiny(output="gaussian"))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        loss, _ = model.training_loss(*_crops(clips, g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)  # so that any .grad seen later came from distillation
+    torch.set_num_threads(threads)
+    return model.eval()
+
+
+def _evaluate(student, teacher, audio, mel):
+    """KL per step and STFT distance to the real audio of the student's sample from fixed noise."""
+    with torch.no_grad():
+        z = torch.randn(audio.shape, generator=torch.Generator().manual_seed(9))
+        x, mean, log_scale = student.flow(z, student.conditioning(mel, audio.shape[-1]))
+        kl, _ = student.distillation_kl(mean, log_scale, teacher(x, mel))
+        sc, mag = stft_loss(x, audio, student.config.stft_resolutions)
+    return kl.mean().item(), (sc + mag).item()
+
+
+def test_distillation_lowers_kl_and_stft_distance_and_leaves_teacher_untouched(teacher, clips):
+    real = torch.stack([c[3000: 3000 + 2 * CROP] for c in clips])  # held-out positions of the real clips
+    real_mel = mel_spectrogram(real)
+    before_weights = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = IAFStudent(StudentConfig.tiny())
+    student.attach_teacher(teacher, "0" * 64)
+    assert student.teacher is teacher and student.teacher_sha256 == "0" * 64
+    assert not any(k.startswith("_teacher") or "teacher" in k for k in student.state_dict())
+    assert all(not p.requires_grad for p in teacher.parameters())
+    kl0, stft0 = _evaluate(student, teacher, real, real_mel)
+    opt = torch.optim.Adam(student.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(1)
+    student.train()
+    for _ in range(60):
+        loss, logs = student.training_loss(*_crops(clips, g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert set(logs) >= {"kl", "stft", "student_rms", "lsd_db"}
+    assert not teacher.training  # student.train() does not reach the unregistered teacher
+    kl1, stft1 = _evaluate(student, teacher, real, real_mel)
+    assert kl1 < 0.1 * kl0, (kl0, kl1)
+    assert stft1 < 0.5 * stft0, (stft0, stft1)
+    # No gradient ever reached the teacher, and its weights are bit-identical.
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, before_weights[k]) for k, v in teacher.state_dict().items())
+    student.verify_teacher_unchanged()
+    with torch.no_grad():
+        next(teacher.parameters()).add_(1e-3)
+    with pytest.raises(WavflowError, match="changed"):
+        student.verify_teacher_unchanged()
+    with torch.no_grad():
+        next(teacher.parameters()).sub_(1e-3)
+    teacher.load_state_dict(before_weights)
+
+
+class _DetachedInput(torch.nn.Module):
+    """The same teacher, but blind to gradients through its input."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        self.inner = [teacher]
+        self.dist, self.mel_config = teacher.dist, teacher.mel_config
+
+    def forward(self, audio, mel):
+        return self.inner[0](audio.detach(), mel)
+
+
+def test_gradients_flow_through_teachers_input(teacher, clips):
+    audio, mel = _crops(clips, torch.Generator().manual_seed(2))
+    grads = []
+    for t in (teacher, _DetachedInput(teacher)):
+        student = _student()
+        student.config = dataclasses.replace(student.config, stft_weight=0.0)  # only the KL path
+        student.attach_teacher(t)
+        torch.manual_seed(3)  # same noise
+        loss, _ = student.training_loss(audio, mel)
+        student.zero_grad()
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None]))
+    assert grads[0].shape == grads[1].shape
+    assert (grads[0] - grads[1]).abs().max() > 1e-4 * grads[0].abs().max()
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_mixture_teacher_monte_carlo_loss(clips):
+    from wavflow.models.wavenet import WaveNet, WaveNetConfig
+
+    teacher = WaveNet(WaveNetConfig.tiny(output="mixture"))
+    for base in ("gaussian", "logistic"):
+        student = _student(base)
+        student.attach_teacher(teacher, None)
+        loss, logs = student.training_loss(*_crops(clips, torch.Generator().manual_seed(4)))
+        assert torch.isfinite(loss) and math.isfinite(logs["kl"]) and logs["scale_reg"] == 0.0
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.flows.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    with pytest.raises(WavflowError, match="mu-law"):
+        _student().attach_teacher(WaveNet(WaveNetConfig.tiny(output="mulaw")))

@@ -299,7 +299,7 @@ class IAFStudent(nn.Module):
         """Freeze `teacher` (eval mode, no gradients) and use it in training_loss. It is not a submodule: never
         saved with the student, moved by .to(), or handed to the optimiser. `sha256` (the teacher file's hash)
         is recorded so the student's checkpoint says which teacher it was distilled from."""
-        name = getattr(getattr(teacher, "distribution", None), "name", None)
+        name = getattr(getattr(teacher, "dist", None), "name", None)
         if name not in ("gaussian", "mixture"):
             raise WavflowError(f"cannot distil from a teacher with '{name}' output: the student needs a Gaussian "
                                "or logistic-mixture teacher (a mu-law categorical has no density to match)")
@@ -332,7 +332,7 @@ class IAFStudent(nn.Module):
         """Per-step (KL(q_t || p_t), scale regulariser), each [B, T], from the student's (M, log S) [B, T] and the
         teacher's distribution parameters [B, P, T] computed on the student's sample."""
         c = self.config
-        dist = self.teacher.distribution
+        dist = self.teacher.dist
         if dist.name == "gaussian":
             mu_p, log_sigma_p = dist.mu_log_sigma(params)
             if c.base == "gaussian":
