@@ -22,11 +22,12 @@ import torch
 
 from wavflow import evaluate
 from wavflow import mel as mel_cli
+from wavflow import train
 from wavflow import synthesis
 from wavflow.checkpoint import model_payload
 from wavflow.melspec import MAX_FRAMES, MelConfig
 
-from synth_helpers import run_in_process, run_module, save_tiny_waveglow, snapshot, tiny_waveglow
+from synth_helpers import REPO, run_in_process, run_module, save_tiny_waveglow, snapshot, tiny_waveglow
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -316,10 +317,66 @@ EVALUATE = [
     Case("device-unknown", evaluate_args(None, "--device", "tpu9"), "not a device"),
 ]
 
+# ---------------------------------------------------------------------------------------------------------------
+# train (its own finer cases live in test_train.py)
+
+TINY_YAML = REPO / "recipes" / "ljspeech" / "conf" / "waveglow.tiny.yaml"
+DATA_ROOT = Path(os.environ["WAVFLOW_DATA"]) if os.environ.get("WAVFLOW_DATA") else REPO.parent / "shared" / "data"
+LJ_MINI = DATA_ROOT / "LJSpeech-1.1-mini"
+
+
+def train_args(*extra, config: Path | None = None) -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        return [config or TINY_YAML, "--out-dir", tmp / "run", f"data.root={LJ_MINI}", "data.cache_audio=false",
+                "train.device=cpu", *extra]
+    return build
+
+
+def yaml_file(text: str) -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        (tmp / "conf.yaml").write_text(text.replace("MARKER", str(tmp / "MARKER")))
+        return train_args(config=tmp / "conf.yaml")(tmp, ckpt)
+    return build
+
+
+def resume_from(make: Callable[[Path], Path]) -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        (tmp / "run").mkdir()
+        shutil.move(make(tmp), tmp / "run" / "last.pt")
+        return [*train_args()(tmp, ckpt), "--resume"]
+    return build
+
+
+def train_under_file(tmp: Path, ckpt: Path) -> list:
+    (tmp / "file.txt").write_text("regular file\n")
+    args = train_args()(tmp, ckpt)
+    args[args.index("--out-dir") + 1] = tmp / "file.txt" / "run"
+    return args
+
+
+TRAIN = [
+    Case("missing-config", lambda t, c: [t / "none.yaml", "--out-dir", t / "run"], "none.yaml: no such config file"),
+    Case("config-not-yaml", yaml_file("model: [waveglow\n  : :\n"), "not valid YAML"),
+    Case("config-runs-code", yaml_file('model: !!python/object/apply:builtins.open ["MARKER", "w"]\n'),
+         "not valid YAML", marker="MARKER"),
+    Case("config-not-mapping", yaml_file("- waveglow\n"), "expected a mapping"),
+    Case("config-unknown-key", train_args("frobnicate=1"), "frobnicate"),
+    Case("override-without-value", train_args("train.max_steps"), "train.max_steps"),
+    Case("override-wrong-type", train_args("train.lr=fast"), "train.lr"),
+    Case("unknown-model", train_args("model=melgan"), "unknown model type 'melgan'"),
+    Case("missing-data-root", lambda t, c: [TINY_YAML, "--out-dir", t / "run", f"data.root={t / 'nowhere'}"],
+         "nowhere"),
+    Case("out-dir-under-a-file", train_under_file, "is not a directory"),
+    Case("resume-code-running-checkpoint", resume_from(evil_checkpoint), "refused to load", marker="MARKER"),
+    Case("resume-truncated-checkpoint", resume_from(truncated_checkpoint), "not a torch checkpoint"),
+    Case("resume-plain-tensor", resume_from(torch_file(torch.zeros(2))), "holds a Tensor"),
+]
+
 CLIS = {
     "synthesize": (synthesis._main, synthesis.PROG, SYNTHESIZE),
     "mel": (mel_cli.main, mel_cli.PROG, MEL),
     "evaluate": (evaluate.main, "python -m wavflow.evaluate", EVALUATE),
+    "train": (train.main, train.PROG, TRAIN),
 }
 
 
