@@ -71,6 +71,12 @@ class StudentConfig:
     stft_weight: float = 1.0  # multi-resolution STFT loss (spectral convergence + log-magnitude L1)
     stft_resolutions: tuple[tuple[int, int, int], ...] = STFT_RESOLUTIONS  # (n_fft, hop, win)
 
+    def __post_init__(self) -> None:
+        # YAML and JSON give nested lists: keep the config hashable and its printout exact
+        object.__setattr__(self, "flow_layers", tuple(int(n) for n in self.flow_layers))
+        object.__setattr__(self, "upsample_factors", tuple(int(n) for n in self.upsample_factors))
+        object.__setattr__(self, "stft_resolutions", tuple(tuple(int(v) for v in r) for r in self.stft_resolutions))
+
     @classmethod
     def parallel_wavenet(cls) -> "StudentConfig":
         """van den Oord et al. 2018: 4 flows of 10, 10, 10, 30 layers, logistic base."""
