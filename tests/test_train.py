@@ -282,3 +282,39 @@ def test_cli_error_has_no_traceback(tmp_path):
     run = subprocess.run(cli(tmp_path / "nope.yaml"), env=ENV, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert run.stderr == f"{PROG}: error: {tmp_path / 'nope.yaml'}: no such config file\n"
+
+
+def test_distillation_freezes_the_teacher_and_records_its_hash(two_clips, tmp_path):
+    from wavflow.checkpoint import file_sha256
+    from wavflow.errors import WavflowError
+    from wavflow.models.student import StudentConfig
+    from wavflow.models.wavenet import WaveNetConfig
+    from wavflow.models import config_to_dict
+
+    def config(model, model_config, **extra):
+        path = write_config(tmp_path / f"{model}.yaml", two_clips, train={"max_steps": 2, "ckpt_every": 2})
+        c = yaml.safe_load(path.read_text())
+        c.update(model=model, model_config=config_to_dict(model_config), **extra)
+        path.write_text(yaml.safe_dump(c))
+        return path
+
+    teacher_conf = config("wavenet", WaveNetConfig.tiny())
+    train(teacher_conf, tmp_path / "teacher")
+    teacher_path = tmp_path / "teacher" / "last.pt"
+    student_conf = config("student", StudentConfig.tiny(), teacher=str(teacher_path))
+    trainer = train(student_conf, tmp_path / "student")
+    assert len(trainer.losses) == 2 and all(math.isfinite(v) for v in trainer.losses)
+    ck = read_checkpoint(tmp_path / "student" / "last.pt")
+    assert ck["teacher_sha256"] == file_sha256(teacher_path)
+    assert not any(k.startswith("teacher") for k in ck["state_dict"])  # the teacher is not saved inside
+    saved = read_checkpoint(teacher_path)["state_dict"]
+    live = trainer.teacher.state_dict()
+    assert all(torch.equal(saved[k], live[k].cpu()) for k in saved)  # frozen: not one bit moved
+    assert not any(p.requires_grad for p in trainer.teacher.parameters()) and not trainer.teacher.training
+
+    # Resuming against another teacher file is refused; so is a student with no teacher at all.
+    train(teacher_conf, tmp_path / "teacher", resume=True, overrides=["train.max_steps=3"])
+    with pytest.raises(WavflowError, match="was distilled from teacher"):
+        train(student_conf, tmp_path / "student", resume=True, overrides=["train.max_steps=3"])
+    with pytest.raises(WavflowError, match="set teacher: PATH"):
+        train(student_conf, tmp_path / "student2", overrides=["teacher="])

@@ -20,8 +20,9 @@ batch_size x world size. GPUs talk over NCCL, CPU processes over gloo.
 The output directory holds:
     last.pt      full training state (model, optimizer, grad scaler, step, RNG states of every process, the
                  data sampler's position, config, mel settings), written atomically every train.ckpt_every
-                 steps; `--resume` continues from it bit-for-bit (the same losses as an uninterrupted run, on
-                 the same hardware; on GPU with train.deterministic: true). It also loads with wavflow.load.
+                 steps; `--resume` continues from it bit-for-bit: the same losses as an uninterrupted run on
+                 the same hardware (on GPU with train.deterministic: true; without it, cuDNN's kernel choice
+                 makes even two uninterrupted GPU runs differ in the last bits). It loads with wavflow.load.
     best.pt      inference checkpoint (no optimizer) with the lowest validation NLL so far.
     config.yaml  the resolved configuration;  log.jsonl  one JSON line per log/validation event;
     tb/          TensorBoard scalars (loss, validation NLL, lr, gradient norm, steps/s) and audio samples.
@@ -91,6 +92,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler and needs CUDA
     device: str = "auto"                      # auto (cuda when available), cpu, cuda, cuda:N
     deterministic: bool = False               # deterministic GPU kernels (bit-for-bit resume on GPU; slower)
+    compile: bool = False                     # torch.compile the training step on GPU (ignored on CPU)
     threads: int = 0                          # CPU threads for torch (0: torch's default, one per core); small
                                               # models on a shared CPU run faster with 1 (no spinning threads)
     seed: int = 1234                          # model init, data order and crops, per-step noise
@@ -510,6 +512,8 @@ class Trainer:
         if self.d.enabled:
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if t.compile and self.device.type == "cuda":  # on CPU inductor's C++ build costs more than it gains
+            self.loss_module = torch.compile(self.loss_module)
 
         self.valid_clips = [a.to(self.device) for a in
                             validation_clips(self.valid_set, t.valid_clips, t.valid_max_seconds)] \
@@ -811,6 +815,8 @@ class Trainer:
                     record = {"step": self.step, **{f"train/{k}": v / steps_in_window for k, v in window.items()},
                               "train/lr": self.lr_at(self.step - 1), "train/steps_per_s": steps_in_window / elapsed,
                               "train/samples_per_s": steps_in_window * audio.numel() * self.d.world_size / elapsed}
+                    if self.device.type == "cuda":
+                        record["train/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                     self._log(record)
                     if bar is None and self.d.main and t.progress:
                         print(f"step {self.step}/{t.max_steps}  loss {record['train/loss']:.4f}  "
