@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
 
@@ -179,10 +180,22 @@ def item_seed(seed: int, mel: np.ndarray) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # Vocoding
 
-def vocode(model: torch.nn.Module, mels: list[np.ndarray], *, seed: int | None = None,
+@dataclass(frozen=True)
+class MelFile:
+    """A mel .npy already checked by load_mel, read again only when its batch comes (a directory of thousands
+    of mels is never held in memory at once)."""
+    path: Path
+    frames: int
+
+
+def _frames(mel: np.ndarray | MelFile) -> int:
+    return mel.frames if isinstance(mel, MelFile) else mel.shape[1]
+
+
+def vocode(model: torch.nn.Module, mels: Sequence[np.ndarray | MelFile], *, seed: int | None = None,
            batch_size: int = DEFAULT_BATCH_SIZE, denoise: float = 0.0, progress: bool = False,
            **options: Any) -> Iterator[tuple[int, torch.Tensor]]:
-    """Vocode float32 [n_mels, F_i] mels in length-sorted batches.
+    """Vocode float32 [n_mels, F_i] mels (arrays, or MelFile references) in length-sorted batches.
 
     Yields (index into `mels`, CPU float32 audio [F_i * hop]) as each batch finishes, so a caller can write
     files while the next batch runs. `seed` None draws the seeds from torch's
@@ -199,22 +212,23 @@ def vocode(model: torch.nn.Module, mels: list[np.ndarray], *, seed: int | None =
     silence = math.log(model.mel_config.clip_val)
     if seed is None:
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    seeds = [item_seed(seed, m) for m in mels]
     denoiser = make_denoiser(model) if denoise > 0 else None
 
-    order = sorted(range(len(mels)), key=lambda i: -mels[i].shape[1])  # similar lengths share a batch
-    total_audio = sum(m.shape[1] for m in mels) * hop / sr
+    n_mels = model.mel_config.n_mels
+    order = sorted(range(len(mels)), key=lambda i: -_frames(mels[i]))  # similar lengths share a batch
+    total_audio = sum(map(_frames, mels)) * hop / sr
     bar = _progress_bar(total_audio, enabled=progress)
     wall, done_audio = 0.0, 0.0
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start: start + batch_size]
-            frames = [mels[i].shape[1] for i in idx]
-            batch = torch.full((len(idx), mels[idx[0]].shape[0], max(frames)), silence)
-            for row, i in enumerate(idx):
-                batch[row, :, : frames[row]] = torch.from_numpy(mels[i])
+            arrays = [load_mel(m.path, n_mels) if isinstance(m, MelFile) else m for m in (mels[i] for i in idx)]
+            frames = [a.shape[1] for a in arrays]
+            batch = torch.full((len(idx), n_mels, max(frames)), silence)
+            for row, a in enumerate(arrays):
+                batch[row, :, : frames[row]] = torch.from_numpy(a)
             t0 = time.perf_counter()
-            audio = _infer(model, batch.to(device), [seeds[i] for i in idx], frames, options)
+            audio = _infer(model, batch.to(device), [item_seed(seed, a) for a in arrays], frames, options)
             if denoiser is not None:
                 audio = denoiser(audio, strength=denoise)
             audio = audio.float().cpu()
@@ -348,10 +362,10 @@ def build_parser() -> ArgumentParser:
                      help="a wavflow checkpoint or an NVIDIA WaveGlow file (default: the shipped WaveGlow)")
     src.add_argument("--model", choices=SHIPPED,
                      help="use a shipped checkpoint: checkpoints/{waveglow,wavenet,student}-ljspeech-mini.pt")
-    p.add_argument("--sigma", type=_nonnegative(float, "--sigma"), help="WaveGlow noise scale (default 0.6)")
-    p.add_argument("--temperature", type=_nonnegative(float, "--temperature"),
+    p.add_argument("--sigma", type=_nonnegative(float), help="WaveGlow noise scale (default 0.6)")
+    p.add_argument("--temperature", type=_nonnegative(float),
                    help="WaveNet / student sampling temperature (default 1.0)")
-    p.add_argument("--denoise", type=_nonnegative(float, "--denoise"), default=0.0, metavar="STRENGTH",
+    p.add_argument("--denoise", type=_nonnegative(float), default=0.0, metavar="STRENGTH",
                    help="subtract STRENGTH x the model's bias spectrum (NVIDIA's denoiser; 0 = off, try 0.01-0.1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, the GPU if there is one)")
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
@@ -362,7 +376,7 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _nonnegative(kind: type, flag: str):
+def _nonnegative(kind: type):
     def parse(text: str):
         try:
             value = kind(text)
@@ -400,7 +414,7 @@ def _main(argv: Sequence[str] | None) -> int:
     options = check_options(vocoder, {"sigma": args.sigma, "temperature": args.temperature})
     n_mels = vocoder.mel_config.n_mels
     inputs = expand_inputs(args.inputs, (".npy",), "mel .npy")
-    mels = [load_mel(path, n_mels) for path in inputs]
+    mels = [MelFile(path, load_mel(path, n_mels).shape[1]) for path in inputs]  # each checked, none kept
     targets = output_paths(inputs, args.output, ".wav", default_dir="out")
     for directory in sorted({t.parent for t in targets}):
         check_writable_dir(directory)
