@@ -142,21 +142,25 @@ def test_sigkill_mid_save_keeps_the_previous_checkpoint(two_clips, tmp_path):
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_finishes_the_step_saves_and_exits(two_clips, tmp_path, signum, status):
-    path = write_config(tmp_path / "c.yaml", two_clips, train={"max_steps": 100000, "ckpt_every": 100000})
+    # SIGINT goes to the whole process group, DataLoader workers included, as Ctrl-C in a terminal does.
+    workers = 2 if signum == signal.SIGINT else 0
+    path = write_config(tmp_path / "c.yaml", two_clips, data={"num_workers": workers},
+                        train={"max_steps": 100000, "ckpt_every": 100000})
     out = tmp_path / "out"
     proc = subprocess.Popen(cli(path, "--out-dir", out), env=ENV, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 240
         while not ((out / "log.jsonl").exists() and len(log_records(out)) >= 2):
             assert proc.poll() is None and time.time() < deadline
             time.sleep(0.02)
-        proc.send_signal(signum)
+        os.killpg(proc.pid, signum)
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == status, stderr
     assert "Traceback" not in stderr
+    assert stderr.count(f"{signal.Signals(signum).name}: finishing step") == 1  # the main process alone acts
     step = read_checkpoint(out / "last.pt")["step"]
     assert step >= 2 and log_records(out)[-1]["step"] == step  # every finished step is in the checkpoint
     assert stderr.strip().splitlines()[-1] == f"{PROG}: stopped at step {step}; saved {out / 'last.pt'}; " \

@@ -734,6 +734,8 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            return  # a DataLoader worker (forked with this handler): the main process decides when to stop
         if self.stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: abort now; last.pt is still the previous complete file
         self.stop_signal = signum
@@ -766,6 +768,7 @@ class Trainer:
                   + (f"resumed at step {self.step}" if self.step else "from scratch") + f" -> {self.out_dir}",
                   file=sys.stderr, flush=True)
 
+        self._pid = os.getpid()
         previous = {s: signal.signal(s, self._on_signal) for s in EXIT_SIGNAL}
         threads = torch.get_num_threads()
         if t.threads:
