@@ -15,7 +15,8 @@ Any key can be overridden on the command line: `train.max_steps=100 data.root=/d
 
 Distributed: launch the same command under torchrun (`torchrun --nproc_per_node 8 -m wavflow.train CONF`);
 each process trains on its own share of every epoch with `data.batch_size` crops, so the global batch is
-batch_size x world size. GPUs talk over NCCL, CPU processes over gloo.
+batch_size x world size. GPUs talk over NCCL, CPU processes over gloo. Rank 0 alone writes files, and every
+rank reads last.pt on --resume, so on several nodes the output directory must be on a shared file system.
 
 The output directory holds:
     last.pt      full training state (model, optimizer, grad scaler, step, RNG states of every process, the
@@ -23,6 +24,7 @@ The output directory holds:
                  steps; `--resume` continues from it bit-for-bit: the same losses as an uninterrupted run on
                  the same hardware (on GPU with train.deterministic: true; without it, cuDNN's kernel choice
                  makes even two uninterrupted GPU runs differ in the last bits). It loads with wavflow.load.
+                 `--resume` with no last.pt starts afresh, so a scheduler can rerun one command line.
     best.pt      inference checkpoint (no optimizer) with the lowest validation NLL so far.
     config.yaml  the resolved configuration;  log.jsonl  one JSON line per log/validation event;
     tb/          TensorBoard scalars (loss, validation NLL, lr, gradient norm, steps/s) and audio samples.
@@ -884,9 +886,12 @@ def train(config: RunConfig | str | os.PathLike, out_dir: str | os.PathLike | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog=PROG, description="Train a wavflow model (WaveGlow, WaveNet teacher, IAF "
+                            "student) as a YAML file describes; under torchrun, on every process.",
                             epilog="Overrides: section.key=value (e.g. train.max_steps=100 data.root=PATH "
-                                   "model_config.n_flows=8); values are read as YAML.")
+                                   "model_config.n_flows=8); values are read as YAML. Exit status: 0 done, 1 loss "
+                                   "became NaN/inf, 2 bad config or data, 130/143 stopped by SIGINT/SIGTERM "
+                                   "after saving.")
     parser.add_argument("config", help="YAML run description (recipes/ljspeech/conf/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value settings applied over the file")
     parser.add_argument("--out-dir", help="output directory (default: train.out_dir, else exp/<config name>)")
