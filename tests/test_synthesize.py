@@ -181,3 +181,37 @@ def test_wavenet_batch_noise_is_per_item(example_mel):
     assert not torch.allclose(t0, single[1])
     with pytest.raises(WavflowError, match="'sigma' does not apply to a wavenet"):
         synthesize(mels[1], model=teacher, sigma=0.5)
+
+
+def test_denoise_applies_nvidias_denoiser_per_item(model, ckpt, example_mel, tmp_path, capsys):
+    from wavflow.denoiser import Denoiser
+
+    mels = [example_mel[:, :14], example_mel[:, 20:29]]
+    plain = synthesize(mels, model=model, seed=8)
+    clean = synthesize(mels, model=model, seed=8, denoise=0.05)
+    reference = Denoiser(model)
+    for p, c, m in zip(plain, clean, mels):
+        assert c.shape == (m.shape[1] * 256,)
+        # each item is denoised after cropping to its own length, never across the batch padding
+        torch.testing.assert_close(c, reference.denoise(p, strength=0.05), rtol=0, atol=1e-6)
+        assert not torch.allclose(c, p)
+    # and the command line's --denoise is the same
+    np.save(tmp_path / "m.npy", mels[0])
+    code, _, err = _main([tmp_path / "m.npy", "--checkpoint", ckpt, "--denoise", "0.05", "--seed", "8", "-q",
+                          "-o", tmp_path / "m.wav"], capsys)
+    assert code == 0, err
+    pcm, _ = sf.read(str(tmp_path / "m.wav"), dtype="int16")
+    assert np.abs(pcm.astype(np.int32) - to_int16(clean[0])).max() <= 1
+
+
+def test_denoise_needs_a_waveglow(tmp_path, capsys, example_mel):
+    from wavflow.checkpoint import model_payload, save_checkpoint
+    from wavflow.models import build_model
+    from wavflow.models.wavenet import WaveNetConfig
+
+    save_checkpoint(tmp_path / "wn.pt", model_payload(build_model("wavenet", WaveNetConfig.tiny())))
+    np.save(tmp_path / "m.npy", example_mel[:, :3])
+    code, _, err = _main([tmp_path / "m.npy", "--checkpoint", tmp_path / "wn.pt", "--denoise", "0.1",
+                          "-o", tmp_path / "out"], capsys)
+    assert code == 2 and "--denoise needs a WaveGlow" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
@@ -228,21 +229,22 @@ def vocode(model: torch.nn.Module, mels: Sequence[np.ndarray | MelFile], *, seed
             for row, a in enumerate(arrays):
                 batch[row, :, : frames[row]] = torch.from_numpy(a)
             t0 = time.perf_counter()
-            audio = _infer(model, batch.to(device), [item_seed(seed, a) for a in arrays], frames, options)
-            if denoiser is not None:
-                audio = denoiser(audio, strength=denoise)
-            audio = audio.float().cpu()
-            elapsed = time.perf_counter() - t0
-            if audio.shape[-1] != max(frames) * hop:
-                raise RuntimeError(f"{model.model_type}.infer returned {audio.shape[-1]} samples for "
+            out = _infer(model, batch.to(device), [item_seed(seed, a) for a in arrays], frames, options)
+            if out.shape[-1] != max(frames) * hop:
+                raise RuntimeError(f"{model.model_type}.infer returned {out.shape[-1]} samples for "
                                    f"{max(frames)} frames; expected {max(frames) * hop}")
+            audio = [out[row, : f * hop] for row, f in enumerate(frames)]
+            if denoiser is not None:  # item by item: an STFT frame across the crop would see the padding
+                audio = [denoiser(a, strength=denoise) for a in audio]
+            audio = [a.float().cpu() for a in audio]
+            elapsed = time.perf_counter() - t0
             wall += elapsed
             done_audio += sum(frames) * hop / sr
             if bar is not None:
                 bar.update(sum(frames) * hop / sr)
                 bar.set_postfix_str(f"RTF {wall / done_audio:.3f} (wall/audio), {done_audio / wall:.1f}x real time")
             for row, i in enumerate(idx):
-                yield i, audio[row, : frames[row] * hop]
+                yield i, audio[row]
     finally:
         if bar is not None:
             bar.close()
@@ -298,8 +300,20 @@ def _pad_time(z: torch.Tensor, length: int) -> torch.Tensor:
     return z.repeat(*([1] * (z.dim() - 1)), reps)[..., :length]
 
 
+_denoisers: "weakref.WeakKeyDictionary[torch.nn.Module, Any]" = weakref.WeakKeyDictionary()
+
+
 def make_denoiser(model: torch.nn.Module):
-    raise WavflowError("denoising is not available yet")
+    """NVIDIA's denoiser for `model` (wavflow.denoiser), built once per model: its bias spectrum is the model's
+    output for an all-zero mel at sigma 0, so only a model with a noise scale (WaveGlow) can have one."""
+    if "sigma" not in infer_parameters(model):
+        raise WavflowError(f"--denoise needs a WaveGlow (its bias is the output at sigma 0); this checkpoint is a "
+                           f"{model.model_type}")
+    if model not in _denoisers:
+        from .denoiser import Denoiser
+
+        _denoisers[model] = Denoiser(model)
+    return _denoisers[model]
 
 
 def _progress_bar(total_audio_seconds: float, enabled: bool):
