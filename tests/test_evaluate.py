@@ -113,17 +113,26 @@ def test_nll_is_pooled_model_likelihood(report, waveglow_ckpt, ljspeech_root):
     assert r["systems"][2]["nll_nats"] == pytest.approx(total / count, rel=1e-5)
 
 
-def test_nll_max_seconds_caps_the_scored_audio(waveglow_ckpt, ljspeech_root, tmp_path):
+def test_nll_max_seconds_caps_the_student_only(waveglow_ckpt, ljspeech_root, tmp_path):
+    """The student's likelihood (step-by-step inversion) scores the first --nll-max-seconds of each clip; WaveGlow
+    keeps the whole clip."""
+    from wavflow.models.student import StudentConfig
+
+    student = tmp_path / "student.pt"
+    save_checkpoint(student, model_payload(build_model("student", StudentConfig.tiny()), step=1))
     out = tmp_path / "e.json"
-    argv = [str(waveglow_ckpt), "--data-root", str(ljspeech_root), "--max-clips", "1", "--max-seconds", "0.5",
-            "--nll-max-seconds", "0.1", "--griffin-lim-iters", "0", "--json", str(out), "--names", "glow"]
+    argv = [str(waveglow_ckpt), str(student), "--data-root", str(ljspeech_root), "--max-clips", "1",
+            "--max-seconds", "0.5", "--nll-max-seconds", "0.1", "--griffin-lim-iters", "0", "--json", str(out),
+            "--names", "glow,iaf"]
     assert _run(argv) == 0
     r = json.loads(out.read_text())
-    cap = max(4, int(0.1 * 22050 / 256)) * 256
-    assert r["systems"][1]["nll_samples"] == cap
-    assert r["systems"][1]["nll_seconds_per_clip"] == pytest.approx(cap / 22050)
-    assert [s["kind"] for s in r["systems"]] == ["reference", "vocoder"]  # --griffin-lim-iters 0: no floor row
-    assert r["systems"][1]["name"] == "glow"
+    assert [s["kind"] for s in r["systems"]] == ["reference", "vocoder", "vocoder"]  # no Griffin-Lim row
+    glow, iaf = r["systems"][1:]
+    assert (glow["name"], iaf["name"]) == ("glow", "iaf")
+    cap = int(0.1 * 22050) // 256 * 256
+    assert glow["nll_samples"] == CROP and glow["nll_seconds_per_clip"] is None
+    assert iaf["nll_samples"] == cap and iaf["nll_seconds_per_clip"] == pytest.approx(cap / 22050)
+    assert math.isfinite(iaf["nll_nats"])
 
 
 def test_default_row_names():
@@ -203,6 +212,7 @@ def _bad_inputs(tmp: Path, ckpt: Path, root: Path) -> list[tuple[str, list[str],
         ("json is a directory", good + ["--json", str(tmp)], "directory"),
         ("negative max-seconds", good + ["--max-seconds", "-1"], "--max-seconds"),
         ("nan max-seconds", good + ["--max-seconds", "nan"], "--max-seconds"),
+        ("negative nll-max-seconds", good + ["--nll-max-seconds", "-1"], "--nll-max-seconds"),
         ("max-clips 0", good + ["--max-clips", "0"], "--max-clips"),
         ("negative sigma", good + ["--sigma", "-0.5"], "--sigma"),
         ("negative griffin-lim", good + ["--griffin-lim-iters", "-3"], "--griffin-lim-iters"),

@@ -6,8 +6,11 @@
 For every checkpoint, on the validation clips (the last --n-valid clips of metadata.csv, as wavflow.data splits):
 
   nll         held-out negative log-likelihood, nats per audio sample on the scale of SPEC section 2
-              (model.log_likelihood: exact for WaveGlow and the WaveNet teacher; the IAF student inverts its
-              flows step by step, so cap the audio with --nll-max-seconds). Pooled: total nats / total samples.
+              (model.log_likelihood), pooled: total nats / total samples. Exact, in one parallel pass, for
+              WaveGlow and the WaveNet teacher, on the whole clips. The IAF student's density of real audio
+              needs its flows inverted one sample at a time (about a second of CPU per 20 ms of audio at
+              the tiny size), so for the student only the first --nll-max-seconds of each clip are scored
+              (default 1; 0: whole clips); the JSON's nll_seconds_per_clip says what each row used.
   copy-synthesis from the ground-truth mel (model.infer), scored against the real recording, mean over clips:
     logmel_l1     mean |log-mel(vocoded) - log-mel(real)| over bands and frames (natural log, SPEC 1 mel)
     mrstft_sc     spectral convergence, multi-resolution (wavflow.losses.stft_loss, 3 resolutions)
@@ -51,6 +54,8 @@ DNSMOS_KEYS = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
 # Every per-clip and per-system metric key, in table order; a metric that was not asked for is null in the JSON.
 METRIC_KEYS = ("logmel_l1", "mrstft", "mrstft_sc", "mrstft_logmag", "pesq_wb", "stoi", *DNSMOS_KEYS)
 PESQ_RATE = 16000  # PESQ wide band and DNSMOS are defined at 16 kHz
+# Model types whose likelihood of real audio runs step by step: --nll-max-seconds caps the audio they score.
+SEQUENTIAL_LIKELIHOOD = ("student",)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,8 +266,9 @@ def evaluate_checkpoint(loaded: Loaded, clips: list[Clip], *, device: torch.devi
     })
     if not skip_nll:
         t0 = time.perf_counter()
-        result.nll_nats, result.nll_samples = _nll(model, clips, nll_cap, device)
-        result.info["nll_seconds_per_clip"] = None if nll_cap is None else nll_cap / sr
+        cap = nll_cap if model.model_type in SEQUENTIAL_LIKELIHOOD else None
+        result.nll_nats, result.nll_samples = _nll(model, clips, cap, device)
+        result.info["nll_seconds_per_clip"] = None if cap is None else cap / sr
         result.info["nll_wall_seconds"] = time.perf_counter() - t0
         log(f"  {path.stem}: NLL {result.nll_nats:.4f} nats/sample over {result.nll_samples} samples")
     options = {k: v for k, v in infer_options.items() if k in _accepted_options(model)}
@@ -356,7 +362,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             v = r.get(key)
             cells.append("-" if v is None else ("nan" if isinstance(v, float) and math.isnan(v) else fmt.format(v)))
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    notes = [f"{r['name']}: NLL over the first {r['nll_seconds_per_clip']:.2f} s of each clip"
+             for r in rows if r.get("nll_seconds_per_clip") is not None and r.get("nll_nats") is not None]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -449,9 +457,10 @@ def build_parser() -> ArgumentParser:
                    help="evaluate only the first N validation clips")
     p.add_argument("--max-seconds", type=_positive(float, "--max-seconds"), default=None,
                    help="crop every clip to its first S seconds (for NLL and copy-synthesis alike)")
-    p.add_argument("--nll-max-seconds", type=_positive(float, "--nll-max-seconds"), default=None,
-                   help="score the NLL on the first S seconds of each clip only (the student's sequential inversion "
-                        "is slow); applies to every model so the NLLs compare")
+    p.add_argument("--nll-max-seconds", type=float, default=1.0,
+                   help="the student's NLL scores the first S seconds of each clip (its inversion runs one sample "
+                        "at a time); 0: whole clips. WaveGlow and the teacher always score whole clips "
+                        "(use --max-seconds to cut every model's audio alike). Default 1")
     p.add_argument("--no-nll", action="store_true", help="skip the likelihood")
     p.add_argument("--metrics", default="",
                    help="optional metrics, comma-separated: pesq,stoi,dnsmos or 'all' (needs wavflow[metrics])")
@@ -499,6 +508,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise WavflowError(f"--{name} must be a finite number >= 0, got {value}")
+    if not (math.isfinite(args.nll_max_seconds) and args.nll_max_seconds >= 0):
+        raise WavflowError(f"--nll-max-seconds must be >= 0 (0: whole clips), got {args.nll_max_seconds}")
     json_path = _writable_output(args.json, "--json")
     plot_path = _writable_output(args.plot, "--plot")
     paths = [Path(c) for c in args.checkpoints]
@@ -531,8 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     systems = evaluate_references(clips, metric_mel, optional, args.griffin_lim_iters, args.seed)
     log(f"  references done in {time.perf_counter() - t0:.1f} s")
-    nll_cap = None if args.nll_max_seconds is None else max(4, int(args.nll_max_seconds * metric_mel.sample_rate
-                                                                     / metric_mel.hop_length)) * metric_mel.hop_length
+    hop = metric_mel.hop_length
+    nll_cap = None if args.nll_max_seconds == 0 else max(4, int(args.nll_max_seconds * metric_mel.sample_rate) // hop) * hop
     # Each model gets the options its infer() takes: sigma reaches WaveGlow, temperature the teacher and student.
     infer_options = {k: v for k, v in (("sigma", args.sigma), ("temperature", args.temperature)) if v is not None}
     taken: set[str] = {s.name for s in systems}
@@ -558,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample_rate": metric_mel.sample_rate,
         "metrics": ["nll_nats", "logmel_l1", "mrstft", *metrics],
         "settings": {"max_clips": args.max_clips, "max_seconds": args.max_seconds,
-                     "nll_max_seconds": None if nll_cap is None else nll_cap / metric_mel.sample_rate,
+                     "student_nll_max_seconds": None if nll_cap is None else nll_cap / metric_mel.sample_rate,
                      "griffin_lim_iters": args.griffin_lim_iters, "seed": args.seed, "sigma": args.sigma,
                      "temperature": args.temperature,
                      "device": str(device), "torch_threads": torch.get_num_threads(),
