@@ -242,7 +242,7 @@ def vocode(model: torch.nn.Module, mels: Sequence[np.ndarray | MelFile], *, seed
             done_audio += sum(frames) * hop / sr
             if bar is not None:
                 bar.update(sum(frames) * hop / sr)
-                bar.set_postfix_str(f"RTF {wall / done_audio:.3f} (wall/audio), {done_audio / wall:.1f}x real time")
+                bar.set_postfix_str(f"RTF {wall / done_audio:.3g} (wall/audio), {done_audio / wall:.3g}x real time")
             for row, i in enumerate(idx):
                 yield i, audio[row]
     finally:
@@ -449,5 +449,5 @@ def _main(argv: Sequence[str] | None) -> int:
     if not args.quiet:
         where = targets[0] if len(targets) == 1 else f"{len(targets)} files in {', '.join(sorted({str(t.parent) for t in targets}))}"
         print(f"wrote {where}: {audio_seconds:.2f} s of audio in {wall:.2f} s "
-              f"(RTF {wall / audio_seconds:.3f} = wall/audio, {audio_seconds / wall:.1f}x real time)")
+              f"(RTF {wall / audio_seconds:.3g} = wall/audio, {audio_seconds / wall:.3g}x real time)")
     return 0
