@@ -38,7 +38,7 @@ usage: bash recipes/ljspeech/run.sh [options]
   --n-valid N          validation clips held out of training (default 20; data.n_valid of every model)
   --max-clips N        vocode/evaluate only the first N validation clips (default: all)
   --max-seconds S      vocode/evaluate only the first S seconds of each clip (default: whole clips)
-  --nll-max-seconds S  evaluate's likelihood on the first S seconds of each clip (the student inverts step by step)
+  --nll-max-seconds S  the student's likelihood on the first S seconds of each clip (evaluate's default: 1; 0: whole)
   --metrics LIST       evaluate's optional metrics: pesq,stoi,dnsmos or all (needs pip install 'wavflow[metrics]')
   --bench-args "..."   arguments for python -m wavflow.benchmark (default: none; with --conf-suffix tiny:
                        --quick without the naive WaveNet row, which takes minutes per 0.1 s on a CPU)
