@@ -33,6 +33,7 @@ _EXPORTS = {
     "StudentConfig": "wavflow.models.student",
     "synthesize": "wavflow.synthesis",
     "LJSpeech": "wavflow.data",
+    "Denoiser": "wavflow.denoiser",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -81,10 +81,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise WavflowError(f"{path}: no such checkpoint file")
     if path.is_dir():
         raise WavflowError(f"{path}: is a directory, expected a checkpoint file")
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(path) and not _is_legacy_torch_file(path):
         raise WavflowError(f"{path}: not a torch checkpoint (truncated, corrupt, or another kind of file)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        from .nvidia import foreign_globals, load_legacy  # NVIDIA's class names, mapped onto inert stand-ins
+
+        if _is_legacy_torch_file(path):
+            obj = load_legacy(path)
+        else:
+            with foreign_globals():
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses any global it does not know: that is how a code-running payload is stopped.
         # torch's message is a page of advice ending in "weights_only=False"; name only what the file asked for.
@@ -97,6 +103,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise WavflowError(f"{path}: checkpoint holds a {type(obj).__name__}, expected a dictionary")
     return obj
+
+
+# torch.save(..., _use_new_zipfile_serialization=False), the format of torch < 1.6 (NVIDIA's 2018-2019 releases),
+# starts with the pickled magic number 0x1950a86a20f9469cfc6c. torch.load(weights_only=True) cannot read the
+# pickled modules in it, so wavflow.nvidia.load_legacy reads it through an allow-listed unpickler.
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def _is_legacy_torch_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC
 
 
 def file_sha256(path: str | os.PathLike) -> str:
