@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from wavflow import evaluate
+from wavflow import benchmark, convert, evaluate
 from wavflow import mel as mel_cli
 from wavflow import train
 from wavflow import synthesis
@@ -372,11 +372,61 @@ TRAIN = [
     Case("resume-plain-tensor", resume_from(torch_file(torch.zeros(2))), "holds a Tensor"),
 ]
 
+# ---------------------------------------------------------------------------------------------------------------
+# convert, benchmark
+
+def convert_args(make: Callable[[Path], Path] | None = None, out: str = "out.pt") -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        (tmp / "file.txt").write_text("regular file\n")
+        return [make(tmp) if make else ckpt, tmp / out]
+    return build
+
+
+CONVERT = [
+    Case("missing-input", convert_args(lambda t: t / "none.pt"), "none.pt: no such checkpoint file"),
+    Case("truncated-input", convert_args(truncated_checkpoint), "not a torch checkpoint"),
+    Case("input-runs-code", convert_args(evil_checkpoint), "refused to load", marker="MARKER"),
+    Case("input-plain-tensor", convert_args(torch_file(torch.zeros(3))), "holds a Tensor"),
+    Case("input-foreign-state-dict", convert_args(torch_file({"conv.weight": torch.zeros(4, 4)})), "other.pt"),
+    Case("input-other-model", convert_args(mismatched_checkpoint), "weights do not fit"),
+    Case("output-under-a-file", convert_args(None, "file.txt/out.pt"), "is not a directory"),
+    Case("output-is-a-dir", convert_args(None, "."), "is a directory"),
+]
+
+
+def bench_args(*extra: str) -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        return ["--quick", "--quiet", "--models", "waveglow", "--repeats", "3", *[
+            str(e).replace("TMP", str(tmp)).replace("CKPT", str(ckpt)) for e in extra]]
+    return build
+
+
+def bench_with(make: Callable[[Path], Path], flag: str) -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        return bench_args(flag, str(make(tmp)))(tmp, ckpt)
+    return build
+
+
+BENCHMARK = [
+    Case("missing-checkpoint", bench_args("--waveglow", "TMP/none.pt"), "none.pt"),
+    Case("checkpoint-runs-code", bench_with(evil_checkpoint, "--waveglow"), "refused to load", marker="MARKER"),
+    Case("truncated-checkpoint", bench_with(truncated_checkpoint, "--waveglow"), "not a torch checkpoint"),
+    Case("mel-pickled-object", lambda t, c: [*bench_args()(t, c), "--mel", pickled_npy(t, c)[0]], "pickled",
+         marker="MARKER"),
+    Case("mel-nan", lambda t, c: [*bench_args()(t, c), "--mel",
+                                  mel_file(np.full((80, 9), np.nan, np.float32))(t, c)[0]], "NaN"),
+    Case("bad-lengths", bench_args("--lengths", "0"), "--lengths"),
+    Case("bad-family-pair", bench_args("--checkpoint", "melgan=x.pt"), "unknown model family 'melgan'"),
+    Case("json-in-missing-dir", bench_args("--json", "TMP/nowhere/b.json"), "nowhere"),
+]
+
 CLIS = {
     "synthesize": (synthesis._main, synthesis.PROG, SYNTHESIZE),
     "mel": (mel_cli.main, mel_cli.PROG, MEL),
     "evaluate": (evaluate.main, "python -m wavflow.evaluate", EVALUATE),
     "train": (train.main, train.PROG, TRAIN),
+    "convert": (convert._main, convert.PROG, CONVERT),
+    "benchmark": (benchmark.main, benchmark.PROG, BENCHMARK),
 }
 
 
