@@ -336,7 +336,8 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
          audio [F * hop]; a batch [B, n_mels, F] -> [B, F * hop]; a .npy path -> [F * hop];
          a list of any of those single mels, of any lengths -> a list of [F_i * hop].
     checkpoint: a checkpoint file (native wavflow or NVIDIA WaveGlow). model: a shipped model name
-         ("waveglow", "wavenet", "student") or an already loaded wavflow model. Neither: the shipped WaveGlow.
+         ("waveglow", "wavenet", "student") or an already loaded wavflow model, used as it is, on its own
+         device (`device` is then ignored). Neither: the shipped WaveGlow.
     sigma: WaveGlow's noise scale (its default 0.6); temperature: WaveNet / student sampling temperature.
     denoise: strength of NVIDIA's WaveGlow denoiser (0 = off; 0.01-0.1 typical).
     seed: with a seed, a mel gives the same audio whatever it is batched with (see the module docstring);
