@@ -165,6 +165,95 @@ class IAFStudent(nn.Module):
             log_scale = log_scale + log_s
         return x, mean, log_scale
 
+    @torch.no_grad()
+    def fast_flow(self, z: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`flow` for inference, same result to rounding: z_0 [B, T], cond [B, C, T] -> (x, M, log S) [B, T].
+
+        Time-major [T, C] activations, so every 1x1 and dilated conv is one GEMM over the whole utterance with no
+        im2col copy: the dilated conv reads its taps as row-shifted views of one zero-padded activation buffer
+        and accumulates them with addmm_ into the gate input. Constant factors are folded into the weights:
+        tanh(a) = 2 sigmoid(2a) - 1, so one sigmoid covers both gate halves (torch's tanh is ~3x slower than
+        its sigmoid on CPU); the residual sqrt(1/2), skip sqrt(1/L) and the gate's 2 go into the 1x1 convs;
+        skip biases are summed once per flow.
+        """
+        B, T = z.shape
+        flows = [self._fold(f, z.dtype) for f in self.flows]
+        pad = max(2 * max(d for d, *_ in fold["layers"]) for fold in flows) if flows else 0
+        R = self.config.residual_channels
+        h_buf = z.new_zeros(pad + T, R)  # rows [0, pad) stay zero: the causal convs' left padding
+        h = h_buf[pad:]
+        gate = z.new_empty(T, self.config.gate_channels)
+        g = z.new_empty(T, self.config.gate_channels // 2)
+        skips = z.new_empty(T, self.config.skip_channels)
+        xs, means, log_scales = [], [], []
+        for b in range(B):
+            c = cond[b].t().contiguous()  # [T, C], shared by every flow
+            x = z[b]
+            mean = torch.zeros_like(x)
+            log_scale = torch.zeros_like(x)
+            for fold in flows:
+                shifted = F.pad(x, (1, -1))
+                torch.addr(fold["in_b"].expand(T, R), shifted, fold["in_w"], out=h)
+                skips.copy_(fold["skip_b"].expand(T, -1))
+                k = fold["kernel_size"]
+                for d, w_taps, w_cond, b_gate, w_res, b_res, w_skip in fold["layers"]:
+                    torch.addmm(b_gate, c, w_cond, out=gate)
+                    for j in range(k):  # tap j looks (k - 1 - j) * d steps back
+                        lag = (k - 1 - j) * d
+                        gate.addmm_(h_buf[pad - lag: pad - lag + T], w_taps[j])
+                    torch.sigmoid(gate, out=gate)
+                    half = gate.shape[1] // 2
+                    torch.sub(gate[:, :half], 0.5, out=g).mul_(gate[:, half:])  # (tanh(a) * sigmoid(b)) / 2
+                    skips.addmm_(g, w_skip)
+                    if w_res is not None:  # the last layer's residual output is never used
+                        h.addmm_(g, w_res, beta=math.sqrt(0.5)).add_(b_res)
+                hid = torch.addmm(fold["hidden_b"], skips.relu_(), fold["hidden_w"]).relu_()
+                out = torch.addmm(fold["out_b"], hid, fold["out_w"])
+                mu, log_s = out[:, 0], out[:, 1].clamp(min=self.config.log_scale_min)
+                s = torch.exp(log_s)
+                x = x * s + mu
+                mean = mean * s + mu
+                log_scale = log_scale + log_s
+            xs.append(x)
+            means.append(mean)
+            log_scales.append(log_scale)
+        return torch.stack(xs), torch.stack(means), torch.stack(log_scales)
+
+    @staticmethod
+    def _fold(f: IAFFlow, dtype: torch.dtype) -> dict[str, Any]:
+        """One flow's weights as [in, out] matrices with the constants of `fast_flow` folded in."""
+        stack = f.stack
+        half = stack.gate_channels // 2
+        # gate columns: tanh half doubled (tanh(a) = 2 sigmoid(2a) - 1), sigmoid half as is
+        col = torch.ones(stack.gate_channels, dtype=dtype, device=f.out.weight.device)
+        col[:half] = 2.0
+        res_scale, skip_scale = math.sqrt(0.5), math.sqrt(1.0 / len(stack.blocks))
+        layers = []
+        skip_b = 0.0
+        for i, block in enumerate(stack.blocks):
+            w = block.conv.weight.to(dtype)  # [G, R, k]
+            last = i == len(stack.blocks) - 1
+            w_rs = block.res_skip.weight[:, :, 0].to(dtype).t()  # [G/2, R + S]
+            b_rs = block.res_skip.bias.to(dtype)
+            r = block.residual_channels
+            # g stored is half the gate output: the 2 goes into the 1x1 convs after it
+            layers.append((
+                block.dilation,
+                [(w[:, :, j] * col[:, None]).t().contiguous() for j in range(w.shape[2])],
+                (block.cond.weight[:, :, 0].to(dtype) * col[:, None]).t().contiguous(),
+                block.conv.bias.to(dtype) * col,
+                None if last else (2 * res_scale * w_rs[:, :r]).contiguous(),
+                None if last else res_scale * b_rs[:r],
+                (2 * skip_scale * w_rs[:, r:]).contiguous(),
+            ))
+            skip_b = skip_b + skip_scale * b_rs[r:]
+        return {
+            "kernel_size": stack.kernel_size, "layers": layers,
+            "in_w": stack.input.weight[:, 0, 0].to(dtype), "in_b": stack.input.bias.to(dtype), "skip_b": skip_b,
+            "hidden_w": f.hidden.weight[:, :, 0].to(dtype).t(), "hidden_b": f.hidden.bias.to(dtype),
+            "out_w": f.out.weight[:, :, 0].to(dtype).t(), "out_b": f.out.bias.to(dtype),
+        }
+
     def sample(self, mel: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
                z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One parallel pass: mel [B, n_mels, F] -> (x, M, log S), each [B, F * hop]; x is not clipped.
@@ -172,12 +261,16 @@ class IAFStudent(nn.Module):
         z [B, F * hop] is the base noise (drawn from p0 if None); temperature scales it, so x = temperature * z * S + M.
         """
         length = mel.shape[-1] * self.mel_config.hop_length
-        if z is None:
-            z = sample_base((mel.shape[0], length), self.config.base, dtype=mel.dtype, device=mel.device,
-                            generator=generator)
+        if z is None:  # drawn where the generator lives, so a CPU generator seeds GPU sampling identically
+            z = sample_base((mel.shape[0], length), self.config.base, dtype=mel.dtype,
+                            device=generator.device if generator is not None else mel.device,
+                            generator=generator).to(mel.device)
         elif z.shape != (mel.shape[0], length):
             raise WavflowError(f"noise of shape {tuple(z.shape)}: expected {(mel.shape[0], length)} for this mel")
-        return self.flow(z * temperature, self.conditioning(mel, length))
+        cond = self.conditioning(mel, length)
+        if torch.is_grad_enabled():
+            return self.flow(z * temperature, cond)
+        return self.fast_flow(z * temperature, cond)
 
     def log_likelihood_of_own_sample(self, z: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
         """Student log-density of x = flow(z): mean_t [log p0(z_t) - log S_t], nats per sample [B]."""
