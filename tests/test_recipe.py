@@ -21,6 +21,9 @@ STAGES = {0: "download", 1: "prepare", 2: "wavenet", 3: "waveglow", 4: "student"
           7: "benchmark"}
 SECONDS = 0.3
 FRAMES = int(SECONDS * 22050) // 256 + 1  # the vocoded mel: the first FRAMES frames of the clip's mel
+# Smallest steps the tiny configs allow: one 4096-sample crop per step, validation on one 0.3 s clip.
+TRAIN_ARGS = ("data.batch_size=1 data.segment_length=4096 data.num_workers=0 train.valid_clips=1 "
+              "train.valid_max_seconds=0.3 train.tensorboard=false train.audio_every=0")
 
 
 def recipe(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -32,8 +35,7 @@ def recipe(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 def cheap_args(root: Path, exp: Path) -> list[str]:
     return ["--data-root", str(root), "--conf-suffix", "tiny", "--exp-dir", str(exp), "--steps", "2",
             "--device", "cpu", "--max-clips", "1", "--max-seconds", str(SECONDS), "--nll-max-seconds", "0.1",
-            "--train-args", "train.valid_clips=1 train.valid_max_seconds=0.3 train.tensorboard=false "
-                            "train.audio_every=0 data.num_workers=0",
+            "--train-args", TRAIN_ARGS,
             "--bench-args", "--quick --models wavenet_cached,waveglow,student --lengths 0.1"]
 
 
@@ -114,12 +116,19 @@ def test_second_run_skips_every_stage(run, ljspeech_root):
 def test_force_reruns_a_stage_and_a_failure_names_its_log(run, ljspeech_root):
     exp, first = run
     assert first.returncode == 0
-    marker = exp / "data" / ".done"
+    # --force redoes a finished stage; --n-gpus 2 trains it with two processes under torchrun (gloo on CPU)
+    marker = exp / "waveglow" / ".done"
     old = marker.stat().st_mtime_ns
-    proc = recipe("--data-root", str(ljspeech_root), "--conf-suffix", "tiny", "--exp-dir", str(exp),
-                  "--stage", "1", "--stop-stage", "1", "--force", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "stage 1 (prepare): done" in proc.stdout and marker.stat().st_mtime_ns > old
+    proc = recipe("--data-root", str(ljspeech_root), "--conf-suffix", "tiny", "--exp-dir", str(exp), "--steps", "2",
+                  "--device", "cpu", "--stage", "3", "--stop-stage", "3", "--force", "--n-gpus", "2",
+                  "--train-args", TRAIN_ARGS,
+                  timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "stage 3 (waveglow): done" in proc.stdout and marker.stat().st_mtime_ns > old
+    import torch
+
+    state = torch.load(exp / "waveglow" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["world_size"] == 2 and state["step"] == 2
 
     # A training stage that fails stops the recipe with the trainer's status, names its log, shows its last
     # lines, and leaves no completion marker behind (the next run retries it).

@@ -45,7 +45,7 @@ usage: bash recipes/ljspeech/run.sh [options]
   --train-args "K=V .." extra overrides for every training stage (e.g. "train.valid_every=50 data.num_workers=0")
   --force              re-run the selected stages even when their outputs exist
   -h, --help           this text
-Environment: PYTHON (default python), TORCHRUN (default torchrun).
+Environment: PYTHON (default python), TORCHRUN (default: $PYTHON -m torch.distributed.run).
 EOF
 }
 
@@ -70,7 +70,7 @@ bench_args=""
 bench_args_set=0
 force=0
 PYTHON="${PYTHON:-python}"
-TORCHRUN="${TORCHRUN:-torchrun}"
+TORCHRUN="${TORCHRUN:-}"  # default: $PYTHON -m torch.distributed.run (torchrun of that interpreter)
 
 die() { echo "run.sh: error: $*" >&2; exit 2; }
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"; }
@@ -262,7 +262,8 @@ train_model() {  # train_model MODEL [extra overrides...]
   overrides+=("$@")
   [[ -f "$out/last.pt" ]] && resume=(--resume)  # an interrupted run continues where it stopped
   if (( n_gpus > 1 )); then
-    cmd=("$TORCHRUN" --standalone --nproc_per_node "$n_gpus" -m wavflow.train)
+    if [[ -n "$TORCHRUN" ]]; then cmd=("$TORCHRUN"); else cmd=("$PYTHON" -m torch.distributed.run); fi
+    cmd+=(--standalone --nproc_per_node "$n_gpus" -m wavflow.train)
   else
     cmd=("$PYTHON" -m wavflow.train)
   fi
