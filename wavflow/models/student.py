@@ -25,9 +25,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +51,13 @@ def _one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _progress(total: int, enabled: bool, invert: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="sample", unit_scale=True, disable=not enabled, leave=False, file=sys.stderr,
+                desc="student inversion" if invert else "student steps")
 
 
 @dataclass(frozen=True)
@@ -328,12 +338,18 @@ class IAFStudent(nn.Module):
         return step
 
     def _sequential(self, values: torch.Tensor, cond: torch.Tensor, invert: bool, chunk: int = 1024,
-                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    progress: bool = False, compiled: bool | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Step-by-step pass. invert=False: values = z_0 -> (x, M, log S). invert=True: values = x -> (z_0, M, log S).
 
         At step t every flow's (mu, s) needs only its input at t - 1, already known: forwards, flows run first to
         last; inverting, last to first, each peeling z_{k-1}[t] = (z_k[t] - mu_k[t]) / s_k[t] off its output.
+        compiled (default: float32 on CPU) runs the loop in numba, ~10x faster than the torch reference loop.
         """
+        if compiled is None:
+            compiled = values.device.type == "cpu" and values.dtype == torch.float32
+        if compiled:
+            return self._sequential_numba(values, cond, invert, chunk, progress)
         batch, length = values.shape
         steppers = [self._flow_stepper(f, batch, values.dtype, values.device) for f in self.flows]
         order = list(range(len(self.flows)))
@@ -343,16 +359,13 @@ class IAFStudent(nn.Module):
         mean = torch.zeros_like(values)
         log_scale = torch.zeros_like(values)
         prev = [values.new_zeros(batch) for _ in self.flows]  # flow k's input at t - 1, i.e. z_{k-1}[t-1]
-        steps = range(length)
-        if progress:
-            from tqdm import tqdm
-            steps = tqdm(steps, desc="student inversion" if invert else "student steps", unit="sample")
         cond_chunk: list[list[torch.Tensor]] = []
-        with _one_thread():
-            for t in steps:
+        with _one_thread(), _progress(length, progress, invert) as bar:
+            for t in range(length):
                 if t % chunk == 0:  # conditioning projections of every layer of every flow, a chunk at a time
                     c = cond[..., t: t + chunk]
                     cond_chunk = [[blk.cond(c) for blk in f.stack.blocks] for f in self.flows]
+                    bar.update(min(chunk, length - t))
                 i = t % chunk
                 cur = values[:, t]
                 m = values.new_zeros(batch)
@@ -373,6 +386,51 @@ class IAFStudent(nn.Module):
         if invert:  # M from x = z_0 * S + M, with z_0 and S now known
             mean = values - out * torch.exp(log_scale)
         return out, mean, log_scale
+
+    def _sequential_numba(self, values: torch.Tensor, cond: torch.Tensor, invert: bool, chunk: int,
+                          progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_sequential` as one compiled loop over steps, utterances, flows and layers (float32, CPU)."""
+        batch, length = values.shape
+        k = self.config.kernel_size
+        blocks = [blk for f in self.flows for blk in f.stack.blocks]
+        first = np.cumsum([0] + [len(f.stack.blocks) for f in self.flows]).astype(np.int64)
+        dil = np.array([blk.dilation for blk in blocks], dtype=np.int64)
+        qlen = (k - 1) * dil
+        qoff = np.concatenate([[0], np.cumsum(qlen)[:-1]]).astype(np.int64)
+
+        def np32(t: torch.Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().float().cpu().numpy())
+
+        # [in, out] matrices; conv rows j * R + r hold tap j (lag (k - 1 - j) d) of input channel r
+        conv_w = np32(torch.stack([b.conv.weight.permute(2, 1, 0).reshape(-1, b.conv.weight.shape[0]) for b in blocks]))
+        rs_w = np32(torch.stack([b.res_skip.weight[:, :, 0].t() for b in blocks]))
+        rs_b = np32(torch.stack([b.res_skip.bias for b in blocks]))
+        in_w = np32(torch.stack([f.stack.input.weight[:, 0, 0] for f in self.flows]))
+        in_b = np32(torch.stack([f.stack.input.bias for f in self.flows]))
+        hid_w = np32(torch.stack([f.hidden.weight[:, :, 0].t() for f in self.flows]))
+        hid_b = np32(torch.stack([f.hidden.bias for f in self.flows]))
+        out_w = np32(torch.stack([f.out.weight[:, :, 0].t() for f in self.flows]))
+        out_b = np32(torch.stack([f.out.bias for f in self.flows]))
+        cond_w = torch.stack([b.cond.weight[:, :, 0].t() for b in blocks]).detach().float()  # [L, C, G]
+        conv_b = torch.stack([b.conv.bias for b in blocks]).detach().float()  # [L, G]
+        vals = np32(values)
+        out = np.zeros_like(vals)
+        log_scale = np.zeros_like(vals)
+        queue = np.zeros((batch, int(qlen.sum()), self.config.residual_channels), np.float32)
+        x_prev = np.zeros((batch, len(self.flows)), np.float32)
+        with _progress(length, progress, invert) as bar:
+            for t0 in range(0, length, chunk):
+                t1 = min(t0 + chunk, length)
+                c = cond[..., t0:t1].detach().float().cpu()
+                cond_proj = (torch.einsum("bct,lcg->tblg", c, cond_w) + conv_b).reshape(t1 - t0, batch, -1)
+                _iaf_steps(t0, t1, vals, out, log_scale, np.ascontiguousarray(cond_proj.numpy()), queue, x_prev,
+                           invert, first, dil, qoff, k, in_w, in_b, conv_w, rs_w, rs_b, hid_w, hid_b, out_w, out_b,
+                           np.float32(self.config.log_scale_min))
+                bar.update(t1 - t0)
+        out_t = torch.from_numpy(out).to(values.device, values.dtype)
+        log_scale_t = torch.from_numpy(log_scale).to(values.device, values.dtype)
+        z, x = (out_t, values) if invert else (values, out_t)
+        return out_t, x - z * torch.exp(log_scale_t), log_scale_t
 
     @torch.no_grad()
     def invert(self, audio: torch.Tensor, mel: torch.Tensor, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -478,3 +536,99 @@ class IAFStudent(nn.Module):
                 "log_scale": log_scale.mean().item(),
             }
         return loss, logs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Compiled step-by-step loop (exact inversion x -> z of real audio, and the forward reference)
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _iaf_steps(t0, t1, values, out, log_scale, cond, queue, x_prev, invert, first, dil, qoff, k,
+               in_w, in_b, conv_w, rs_w, rs_b, hid_w, hid_b, out_w, out_b, log_scale_min):
+    """Steps t0..t1-1 of every utterance through every flow; `queue` and `x_prev` carry the state across chunks.
+
+    values/out/log_scale [B, T]; cond [Tc, B, L*G]: each layer's mel projection plus conv bias, for this chunk;
+    queue [B, sum_l (k-1) d_l, R]: layer l's past inputs, slot t mod (k-1) d_l (zeros: the causal left padding);
+    x_prev [B, K]: flow f's input at t - 1. Flow f's layers are first[f]..first[f+1]-1. Weights are [in, out], so
+    every inner loop runs along contiguous output channels and vectorises.
+    """
+    B = values.shape[0]
+    K = in_w.shape[0]
+    L, KR, G = conv_w.shape
+    R = KR // k
+    Gh = G // 2
+    S = hid_w.shape[1]
+    res_scale = np.float32(math.sqrt(0.5))
+    taps = np.zeros(KR, np.float32)
+    z = np.zeros(G, np.float32)
+    gated = np.zeros(Gh, np.float32)
+    rs = np.zeros(R + S, np.float32)
+    h = np.zeros(R, np.float32)
+    skips = np.zeros(S, np.float32)
+    hid = np.zeros(S, np.float32)
+    for t in range(t0, t1):
+        tc = t - t0
+        for b in range(B):
+            cur = values[b, t]
+            total = np.float32(0.0)
+            for i in range(K):
+                f = K - 1 - i if invert else i
+                for r in range(R):
+                    h[r] = in_w[f, r] * x_prev[b, f] + in_b[f, r]
+                for o in range(S):
+                    skips[o] = 0.0
+                for l in range(first[f], first[f + 1]):
+                    d = dil[l]
+                    ql = (k - 1) * d
+                    base = qoff[l]
+                    for j in range(k - 1):  # tap j looks (k - 1 - j) d steps back
+                        src = base + (t - (k - 1 - j) * d) % ql
+                        for r in range(R):
+                            taps[j * R + r] = queue[b, src, r]
+                    slot = base + t % ql
+                    for r in range(R):
+                        taps[(k - 1) * R + r] = h[r]
+                        queue[b, slot, r] = h[r]
+                    for g in range(G):
+                        z[g] = cond[tc, b, l * G + g]
+                    for q in range(KR):
+                        xq = taps[q]
+                        for g in range(G):
+                            z[g] += xq * conv_w[l, q, g]
+                    for u in range(Gh):
+                        gated[u] = math.tanh(z[u]) / (np.float32(1.0) + math.exp(-z[Gh + u]))
+                    for o in range(R + S):
+                        rs[o] = rs_b[l, o]
+                    for u in range(Gh):
+                        gu = gated[u]
+                        for o in range(R + S):
+                            rs[o] += gu * rs_w[l, u, o]
+                    for r in range(R):
+                        h[r] = (h[r] + rs[r]) * res_scale
+                    for o in range(S):
+                        skips[o] += rs[R + o]
+                skip_scale = np.float32(math.sqrt(1.0 / (first[f + 1] - first[f])))
+                for o in range(S):
+                    hid[o] = hid_b[f, o]
+                for q in range(S):
+                    v = skips[q] * skip_scale
+                    if v > 0:
+                        for o in range(S):
+                            hid[o] += v * hid_w[f, q, o]
+                mu = out_b[f, 0]
+                ls = out_b[f, 1]
+                for q in range(S):
+                    v = hid[q]
+                    if v > 0:
+                        mu += v * out_w[f, q, 0]
+                        ls += v * out_w[f, q, 1]
+                if ls < log_scale_min:
+                    ls = log_scale_min
+                if invert:
+                    cur = (cur - mu) * math.exp(-ls)
+                    x_prev[b, f] = cur  # z_{f}[t]: this flow's input at t, fed to it at t + 1
+                else:
+                    x_prev[b, f] = cur
+                    cur = cur * math.exp(ls) + mu
+                total += ls
+            out[b, t] = cur
+            log_scale[b, t] = total
