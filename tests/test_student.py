@@ -98,6 +98,16 @@ def test_fast_inference_path_equals_module_path(mel):
     x_ref, _, _ = model.sample(mel2, z=z)  # grad enabled: the module path
     assert x_ref.requires_grad and not x_fast.requires_grad
     assert torch.allclose(x_ref, x_fast, atol=1e-12, rtol=0)
+    # other kernel sizes (the zero-padded buffer must cover the longest lag, (k - 1) * d)
+    for k in (2, 4):
+        torch.manual_seed(k)
+        other = IAFStudent(dataclasses.replace(StudentConfig.tiny(), kernel_size=k)).double().eval()
+        with torch.no_grad():
+            for f in other.flows:
+                f.out.weight.normal_(0, 0.3)
+            cond = other.conditioning(mel2, z.shape[-1])
+            for ref, fast in zip(other.flow(z, cond), other.fast_flow(z, cond)):
+                assert torch.allclose(ref, fast, atol=1e-12, rtol=0)
     # the default layout too (60 layers, 64 channels), in float32
     big = IAFStudent(StudentConfig()).eval()
     with torch.no_grad():

@@ -183,12 +183,12 @@ class IAFStudent(nn.Module):
         im2col copy: the dilated conv reads its taps as row-shifted views of one zero-padded activation buffer
         and accumulates them with addmm_ into the gate input. Constant factors are folded into the weights:
         tanh(a) = 2 sigmoid(2a) - 1, so one sigmoid covers both gate halves (torch's tanh is ~3x slower than
-        its sigmoid on CPU); the residual sqrt(1/2), skip sqrt(1/L) and the gate's 2 go into the 1x1 convs;
-        skip biases are summed once per flow.
+        its sigmoid on CPU); the residual sqrt(1/2) (as addmm's beta), skip sqrt(1/L) and the gate's 2 go into
+        the 1x1 convs; skip biases are summed once per flow.
         """
         B, T = z.shape
         flows = [self._fold(f, z.dtype) for f in self.flows]
-        pad = max(2 * max(d for d, *_ in fold["layers"]) for fold in flows) if flows else 0
+        pad = (self.config.kernel_size - 1) * max(d for fold in flows for d, *_ in fold["layers"])
         R = self.config.residual_channels
         h_buf = z.new_zeros(pad + T, R)  # rows [0, pad) stay zero: the causal convs' left padding
         h = h_buf[pad:]
