@@ -317,27 +317,31 @@ class WaveGlow(nn.Module):
 
 
 # -------------------------------------------------------------------- fast sampling
-# `infer` runs the same arithmetic as WN.stack + AffineCoupling.inverse, regrouped for speed:
-# - each coupling's conditioning conv is one [2 * channels * layers, n_cond] x [n_cond, G] matmul, with every
-#   in_layer bias folded into its bias, and each in_layer then accumulates into its slice of that product;
-# - a dilated conv is k matmuls of the tap weights with shifted views of a zero-margined buffer (no im2col copy,
+# `infer` runs the arithmetic of WN.stack + AffineCoupling.inverse, regrouped so nearly all the work is a few
+# large matmuls (a test pins it to the plain `inverse`):
+# - each coupling's conditioning conv is one [2 * channels * layers, n_cond] x [n_cond, G] matmul, and every
+#   in_layer then accumulates into its slice of that product (its bias folded into the conditioning bias);
+# - a dilated conv is k matmuls of its tap weights with shifted views of a zero-margined buffer (no im2col copy,
 #   no padding per layer);
-# - the skip 1x1 convs feed only the (linear) end conv, so end o skip_i is folded into one [2 * n_b, channels]
-#   matrix per layer: every skip path shrinks from channels x channels to 2 * n_b x channels, and each layer's
-#   residual and folded skip outputs come from a single matmul into a buffer holding both.
-# A test pins infer to the plain `inverse`.
+# - the skip 1x1 convs feed only the (linear) end conv, so end o skip_i is one [2 * n_b, channels] matrix per
+#   layer, and each layer's residual and folded skip outputs come from one matmul into a buffer holding both;
+# - the residual stream is kept without its biases (start bias + residual biases so far, a constant B_i per
+#   layer): a conv of a constant is the constant W_ij B_i per tap wherever the tap lands inside the signal, so
+#   it joins the conditioning bias, minus the few edge columns where zero padding is read instead;
+# - without its bias the first layer's input is start_w x_a, of rank n_a, so its taps are folded to
+#   W_0j start_w: a [2 * channels, n_a] matmul replaces a [2 * channels, channels] one.
 
 
 @dataclass
 class _CouplingPlan:
     channels: int
     cond_w: Tensor  # [2 * channels * layers, n_cond]
-    cond_b: Tensor  # [2 * channels * layers]: cond bias + in_layer biases
+    cond_b: Tensor  # [2 * channels * layers]: cond + in_layer biases + the in_layers' response to the B_i
     start_w: Tensor  # [channels, n_a]
-    start_b: Tensor  # [channels]
-    taps: list[list[tuple[int, Tensor]]]  # per layer: (time offset, weight [2 * channels, channels]) per tap
+    first_taps: list[tuple[int, Tensor]]  # layer 0: (time offset, W_0j start_w [2 * channels, n_a])
+    taps: list[list[tuple[int, Tensor]]]  # layers 1...: (time offset, W_ij [2 * channels, channels]) per tap
+    edges: list[list[tuple[int, Tensor]]]  # per layer: (offset != 0, W_ij B_i [2 * channels]) to undo at the edges
     res_skip: list[Tensor]  # per layer: [channels + 2 * n_b, channels] (residual, end o skip); last: [2 * n_b, channels]
-    res_b: list[Tensor]  # per layer but the last: residual bias [channels]
     out_b: Tensor  # [2 * n_b]: end bias + end o (sum of skip biases)
     margin: int  # largest tap offset
 
@@ -345,41 +349,57 @@ class _CouplingPlan:
     def fold(cls, net: WN) -> "_CouplingPlan":
         c, n_layers = net.channels, net.n_layers
         end_w = net.end.weight[:, :, 0]
-        taps, res_skip, res_b = [], [], []
+        start_w = net.start.weight[:, :, 0]
+        stream_b = net.start.bias  # B_i: the bias the residual stream carries into layer i
         skip_b = end_w.new_zeros(c)
+        cond_b, first_taps, taps, edges, res_skip = [], [], [], [], []
         for i, (layer, rs) in enumerate(zip(net.in_layers, net.res_skip_layers)):
             w, k, d = layer.weight, layer.kernel_size[0], layer.dilation[0]
-            taps.append([((j - (k - 1) // 2) * d, w[:, :, j].contiguous()) for j in range(k)])
+            layer_taps = [((j - (k - 1) // 2) * d, w[:, :, j].contiguous()) for j in range(k)]
+            responses = [(off, w_j @ stream_b) for off, w_j in layer_taps]
+            cond_b.append(layer.bias + sum(r for _, r in responses))
+            edges.append([(off, r) for off, r in responses if off != 0])
+            if i == 0:
+                first_taps = [(off, w_j @ start_w) for off, w_j in layer_taps]
+            else:
+                taps.append(layer_taps)
             rs_w = rs.weight[:, :, 0]
             if i < n_layers - 1:
                 res_skip.append(torch.cat([rs_w[:c], end_w @ rs_w[c:]]))
-                res_b.append(rs.bias[:c])
+                stream_b = stream_b + rs.bias[:c]
                 skip_b = skip_b + rs.bias[c:]
             else:
                 res_skip.append(end_w @ rs_w)
                 skip_b = skip_b + rs.bias
-        in_b = torch.cat([layer.bias for layer in net.in_layers])
-        return cls(channels=c, cond_w=net.cond_layer.weight[:, :, 0], cond_b=net.cond_layer.bias + in_b,
-                   start_w=net.start.weight[:, :, 0], start_b=net.start.bias, taps=taps, res_skip=res_skip,
-                   res_b=res_b, out_b=net.end.bias + end_w @ skip_b,
-                   margin=max(abs(off) for layer in taps for off, _ in layer))
+        return cls(channels=c, cond_w=net.cond_layer.weight[:, :, 0],
+                   cond_b=net.cond_layer.bias + torch.cat(cond_b), start_w=start_w, first_taps=first_taps,
+                   taps=taps, edges=edges, res_skip=res_skip, out_b=net.end.bias + end_w @ skip_b,
+                   margin=max(abs(off) for off, _ in first_taps + [t for layer in taps for t in layer]))
 
     def run(self, x_a: Tensor, cond_in: Tensor) -> tuple[Tensor, Tensor]:
         """x_a [n_a, G], cond_in [n_cond, G] -> (shift, log_s), each [n_b, G]. Equals WN(x_a, cond_in) split."""
         c, m, g = self.channels, self.margin, x_a.shape[1]
         cond = torch.addmm(self.cond_b[:, None], self.cond_w, cond_in)  # every layer's gate input, accumulated below
-        state = x_a.new_zeros(self.out_b.shape[0] + c, g + 2 * m)  # rows: residual stream h, then end-conv output
-        h = state[:c, m:m + g]
-        both, out = state[:, m:m + g], state[c:, m:m + g]
-        h.copy_(self.start_b[:, None].expand(c, g)).addmm_(self.start_w, x_a)
-        for i, taps in enumerate(self.taps):
+        # Zero margins make shifted views exact zero-padded convolutions. Rows: residual stream, then end output.
+        state = x_a.new_zeros(self.out_b.shape[0] + c, g + 2 * m)
+        x_pad = x_a.new_zeros(x_a.shape[0], g + 2 * m)
+        x_pad[:, m:m + g] = x_a
+        h, both, out = state[:c, m:m + g], state[:, m:m + g], state[c:, m:m + g]
+        h.addmm_(self.start_w, x_a)
+        for i, edges in enumerate(self.edges):
             gate = cond[2 * c * i: 2 * c * (i + 1)]
-            for offset, w in taps:  # zero margins make the shifted views exact zero-padded convolution
-                gate.addmm_(w, state[:c, m + offset: m + offset + g])
+            if i == 0:
+                for offset, w in self.first_taps:
+                    gate.addmm_(w, x_pad[:, m + offset: m + offset + g])
+            else:
+                for offset, w in self.taps[i - 1]:
+                    gate.addmm_(w, state[:c, m + offset: m + offset + g])
+            for offset, response in edges:  # where a tap reads padding, the stream's bias was not there
+                cols = gate[:, : min(-offset, g)] if offset < 0 else gate[:, max(g - offset, 0):]
+                cols.sub_(response[:, None])
             acts = torch.tanh_(gate[:c]).mul_(torch.sigmoid_(gate[c:]))
-            if i < len(self.taps) - 1:
+            if i < len(self.edges) - 1:
                 both.addmm_(self.res_skip[i], acts)
-                h.add_(self.res_b[i][:, None])
             else:
                 out.addmm_(self.res_skip[i], acts)
         out.add_(self.out_b[:, None])
