@@ -130,6 +130,16 @@ def test_force_reruns_a_stage_and_a_failure_names_its_log(run, ljspeech_root):
     state = torch.load(exp / "waveglow" / "last.pt", map_location="cpu", weights_only=True)
     assert state["world_size"] == 2 and state["step"] == 2
 
+    # the retrained WaveGlow makes the evaluation out of date: it is redone without --force
+    proc = recipe(*cheap_args(ljspeech_root, exp), "--stage", "6", "--stop-stage", "6", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "changed since it was made: redoing it" in proc.stdout and "stage 6 (evaluate): done" in proc.stdout
+    r = json.loads((exp / "eval" / "results.json").read_text())
+    from wavflow.checkpoint import file_sha256
+
+    glow = exp / "waveglow" / ("best.pt" if (exp / "waveglow" / "best.pt").exists() else "last.pt")
+    assert r["systems"][3]["name"] == "waveglow" and r["systems"][3]["sha256"] == file_sha256(glow)
+
     # A training stage that fails stops the recipe with the trainer's status, names its log, shows its last
     # lines, and leaves no completion marker behind (the next run retries it).
     proc = recipe("--data-root", str(ljspeech_root), "--conf-suffix", "tiny", "--exp-dir", str(exp),

@@ -155,12 +155,19 @@ run_stage() {
   echo "stage $n ($name): done in $((SECONDS - t0)) s"
 }
 
-# A stage's output counts as complete when its marker exists; --force removes the marker (and the stage redoes
-# its work). Markers are written last, so an interrupted stage is never taken for a finished one.
-stage_done() {  # stage_done DIR: true when DIR/.done exists and --force is off
-  [[ $force -eq 0 && -f "$1/.done" ]]
+# A stage's output counts as complete when its marker DIR/.done exists and records the same key: the stage's
+# inputs (files, as path, size and mtime) and options. So a retrained checkpoint or a new --max-clips re-runs
+# the stages that depend on it, and --force re-runs a stage regardless. Markers are written last, so an
+# interrupted stage is never taken for a finished one.
+stage_done() {  # stage_done DIR KEY
+  [[ $force -eq 0 && -f "$1/.done" ]] || return 1
+  if [[ "$(sed -n 2p "$1/.done")" != "$2" ]]; then
+    echo "note: the inputs or options of $1 changed since it was made: redoing it"
+    return 1
+  fi
 }
-mark_done() { date -u +%Y-%m-%dT%H:%M:%SZ >"$1/.done"; }
+mark_done() { printf '%s\n%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$2" >"$1/.done"; }
+stamp() { local f; for f in "$@"; do stat -c '%n:%s:%Y' "$f"; done | tr '\n' ' '; }
 skip() { echo "stage $1 ($2): skipped, $3 is complete (--force re-runs it)"; }
 in_range() { (( stage <= $1 && $1 <= stop_stage )); }
 
@@ -240,11 +247,12 @@ PY
 
 data_dir="$exp_dir/data"
 if in_range 1; then
-  if stage_done "$data_dir"; then skip 1 prepare "$data_dir"; else
+  key_prepare="$data_root n_valid=$n_valid $(stamp "$data_root/metadata.csv")"
+  if stage_done "$data_dir" "$key_prepare"; then skip 1 prepare "$data_dir"; else
     need_data
     rm -rf "$data_dir"; mkdir -p "$data_dir"
     run_stage 1 prepare prepare "$data_dir"
-    mark_done "$data_dir"
+    mark_done "$data_dir" "$key_prepare"
   fi
 fi
 
@@ -274,21 +282,31 @@ train_stage() {  # train_stage N MODEL [extra overrides...]
   local n="$1" model="$2"; shift 2
   local out="$exp_dir/$model"
   in_range "$n" || return 0
-  if stage_done "$out"; then skip "$n" "$model" "$out"; return 0; fi
+  # Changed steps or overrides continue the run from its last.pt (a larger --steps trains on); the trainer
+  # refuses a last.pt of another model config or teacher, and --force starts afresh.
+  local key
+  key="$(stamp "$conf_dir/$model$suffix.yaml") root=$data_root n_valid=$n_valid steps=$steps device=$device n_gpus=$n_gpus train_args=$train_args $* ${key_extra:-}"
+  if stage_done "$out" "$key"; then skip "$n" "$model" "$out"; return 0; fi
   need_data
   if (( force )); then rm -rf "$out"; fi
+  # A run distilled from another teacher cannot continue: start it afresh.
+  if [[ -f "$out/.inputs" && "$(cat "$out/.inputs")" != "${key_extra:-}" ]]; then
+    echo "note: $out was trained from other inputs (a retrained teacher): starting it afresh"
+    rm -rf "$out"
+  fi
   mkdir -p "$out"
+  printf '%s\n' "${key_extra:-}" >"$out/.inputs"
   run_stage "$n" "$model" train_model "$model" "$@"
-  mark_done "$out"
+  mark_done "$out" "$key"
 }
 
 train_stage 2 wavenet
 train_stage 3 waveglow
-teacher=""
-if in_range 4 && ! stage_done "$exp_dir/student"; then
+if in_range 4; then
   teacher="$(checkpoint_of wavenet)" || exit 2
+  key_extra="$(stamp "$teacher")"  # a retrained teacher restarts the distillation
+  train_stage 4 student "teacher=$teacher"
 fi
-train_stage 4 student "teacher=$teacher"
 
 # --------------------------------------------------------------------------------------------------------------
 # Stage 5: vocode the validation mels with each model
@@ -322,12 +340,13 @@ PY
 
 vocoded_dir="$exp_dir/vocoded"
 if in_range 5; then
-  if stage_done "$vocoded_dir"; then skip 5 vocode "$vocoded_dir"; else
-    [[ -f "$data_dir/.done" ]] || die "no validation mels in $data_dir: run stage 1 first"
-    all_checkpoints
+  [[ -f "$data_dir/.done" ]] || die "no validation mels in $data_dir: run stage 1 first"
+  all_checkpoints
+  key="$(stamp "$data_dir/.done" "$ckpt_wavenet" "$ckpt_waveglow" "$ckpt_student") clips=$max_clips seconds=$max_seconds device=$device"
+  if stage_done "$vocoded_dir" "$key"; then skip 5 vocode "$vocoded_dir"; else
     rm -rf "$vocoded_dir"; mkdir -p "$vocoded_dir"
     run_stage 5 vocode vocode "$vocoded_dir"
-    mark_done "$vocoded_dir"
+    mark_done "$vocoded_dir" "$key"
   fi
 fi
 
@@ -349,12 +368,13 @@ evaluate() {
 
 eval_dir="$exp_dir/eval"
 if in_range 6; then
-  if stage_done "$eval_dir"; then skip 6 evaluate "$eval_dir"; else
+  all_checkpoints
+  key="$(stamp "$ckpt_wavenet" "$ckpt_waveglow" "$ckpt_student") root=$data_root n_valid=$n_valid clips=$max_clips seconds=$max_seconds nll_seconds=$nll_max_seconds metrics=$metrics device=$device"
+  if stage_done "$eval_dir" "$key"; then skip 6 evaluate "$eval_dir"; else
     need_data
-    all_checkpoints
     rm -rf "$eval_dir"; mkdir -p "$eval_dir"
     run_stage 6 evaluate evaluate "$eval_dir"
-    mark_done "$eval_dir"
+    mark_done "$eval_dir" "$key"
     cat "$eval_dir/results.md"
   fi
 fi
@@ -381,11 +401,12 @@ benchmark() {
 
 bench_dir="$exp_dir/bench"
 if in_range 7; then
-  if stage_done "$bench_dir"; then skip 7 benchmark "$bench_dir"; else
-    all_checkpoints
+  all_checkpoints
+  key="$(stamp "$ckpt_wavenet" "$ckpt_waveglow" "$ckpt_student") device=$device bench_args=$bench_args"
+  if stage_done "$bench_dir" "$key"; then skip 7 benchmark "$bench_dir"; else
     rm -rf "$bench_dir"; mkdir -p "$bench_dir"
     run_stage 7 benchmark benchmark "$bench_dir"
-    mark_done "$bench_dir"
+    mark_done "$bench_dir" "$key"
     cat "$bench_dir/bench.md"
   fi
 fi
