@@ -6,7 +6,8 @@
 #   bash recipes/ljspeech/run.sh --data-root ../shared/data/LJSpeech-1.1-mini --conf-suffix tiny   # CPU-sized
 #   bash recipes/ljspeech/run.sh --stage 3 --stop-stage 3 --n-gpus 8      # WaveGlow only, on 8 GPUs
 #
-# Stages (each skipped when its output is complete, unless --force; each logs to EXP/logs/stageN.*.log):
+# Stages (each logs to EXP/logs/stageN.NAME.log; each is skipped when its output is complete and was made from
+# the same inputs and options, unless --force):
 #   0 download   LJSpeech-1.1.tar.bz2 (2.6 GB) with curl -C - (resumable), sha256-checked, unpacked;
 #                skipped when --data-root already holds metadata.csv
 #   1 prepare    check the clips against SHA256SUMS when the root has one; write the split lists
@@ -19,7 +20,8 @@
 #   6 evaluate   python -m wavflow.evaluate on the three checkpoints -> EXP/eval/{results.md,results.json,spectrograms.png}
 #   7 benchmark  python -m wavflow.benchmark with the three checkpoints -> EXP/bench/{bench.md,bench.json,bench.png}
 # A model's checkpoint for stages 4-7 is best.pt (lowest validation NLL) when training wrote one, else last.pt.
-# An interrupted training stage resumes from its last.pt when run again.
+# An interrupted training stage resumes from its last.pt when run again, and so does one given a larger --steps;
+# a retrained model redoes the stages that use it (a retrained teacher restarts the distillation).
 set -euo pipefail
 
 usage() {
