@@ -1,50 +1,53 @@
 """Autoregressive vs parallel sampling: `python -m wavflow.benchmark` (SPEC section 6).
 
     python -m wavflow.benchmark                                  # paper-size configs, random weights, CPU
-    python -m wavflow.benchmark --quick --json out.json --plot out.png      # tiny configs, < 1 min (CI)
-    python -m wavflow.benchmark --device cuda --dtype fp16 --lengths 0.5,1,2,4,8
+    python -m wavflow.benchmark --quick --json out.json --plot out.png      # tiny configs, ~1 min (CI)
+    python -m wavflow.benchmark --device cuda --dtype fp16 --ar-max 0.5     # GPU; AR rows at short lengths only
     python -m wavflow.benchmark --checkpoint waveglow=wg.pt wavenet=wn.pt student=st.pt
 
-Every model vocodes the same mel (the example mel, tiled or cropped to each length) in one process, so the
-ratios between rows hold on a noisy, shared machine. The rows are listed once, in ENTRIES:
+Every model vocodes the same mel (examples/LJ002-0020.npy, tiled or cropped to each length) in one process, so
+the ratios between rows hold on a noisy, shared machine. The rows are listed once, in ENTRIES:
 
-    wavenet_naive    WaveNet teacher, recomputing the receptive field for every sample (O(T * receptive field));
+    wavenet_naive    WaveNet teacher recomputing the receptive field for every sample (O(T x receptive field)):
                      run at one short length (--naive-length, 0.1 s) with the cached WaveNet beside it, and at
-                     every length only with --naive-all: at paper size it takes minutes per second of audio
-    wavenet_cached   WaveNet teacher, per-layer queues (the numba-compiled inner loop on CPU)
+                     every length only with --naive-all; at paper size it takes minutes per second of audio
+    wavenet_cached   WaveNet teacher with per-layer queues (a numba-compiled loop on CPU, torch steps on GPU)
     wavenet_batched  the cached generator on 16 utterances at once (--batch; 16 different stretches of the mel,
                      each of the row's length); samples/s is aggregate over the batch
     waveglow         WaveGlow, one parallel pass (sigma 0.6)
     student          the IAF student, one parallel pass
 
-Protocol. Weight norm is folded into the weights first (as for any inference). Per length, every parallel model
-is warmed up once at that length (allocator and oneDNN/cuDNN plans are shape-specific); the autoregressive
-generators do the same work per sample at any length, so each is warmed up once, on a short clip, which also
-triggers the numba compilation. Then the rows are timed round-robin, `--repeats` times (>= 3), and the median is
-quoted: interleaving spreads a neighbour's load over all rows alike. The clock is read with
-time.perf_counter, after torch.cuda.synchronize() on a GPU.
+Protocol. Weight norm is folded into the weights first, as for any inference. At each length every parallel
+model is warmed up once at that length (allocator and oneDNN/cuDNN plans are shape-specific); an
+autoregressive generator does the same work per sample at any length, so it is warmed up once, on a short clip
+(which also compiles the numba loop). Then the rows are timed round-robin, `--repeats` times (>= 3), and the
+median is quoted: interleaving spreads a neighbour's load over all rows alike. The clock is time.perf_counter,
+read after torch.cuda.synchronize() on a GPU. Every call uses the same seed, so every run does the same work.
 
 What the columns mean:
-- samples/s: audio samples produced per wall second (batched: all 16 utterances together).
+- samples/s: audio samples produced per wall second (batched: all utterances together).
   RTF = wall seconds / audio seconds produced (< 1 is faster than real time); x real time = 1 / RTF.
 - speed-up: samples/s over the cached WaveNet's at the same length.
-- FLOPs/sample: COUNTED while the call runs, with torch.utils.flop_counter's per-op formulas (matmuls and
-  convolutions; element-wise work such as tanh, exp and sampling is not counted), divided by the audio samples
-  of the call. Parallel models and naive WaveNet are counted over their own warm-up call at that length. The cached generator runs its loop in
-  numba, which the counter cannot see, so it is credited with the count of the teacher-forced torch forward
-  `model(audio, mel)` on the same length of audio: the same convolutions, residual, skip and output matmuls per
-  sample, and the same conditioning network run once over the mel.
-- GFLOP/s = FLOPs/sample * samples/s; % peak divides it by the matmul peak this run measured on this device in
-  this precision (best of several large square matmuls, see `matmul_peak`).
-- peak memory: working memory of the call above what was resident before it (the loaded models included).
-  GPU: torch.cuda.max_memory_allocated() - memory_allocated() before the call (tensors only, not the
-  allocator's cache). CPU: growth of the resident set, VmHWM - VmRSS from /proc/self/status, with the
+- FLOPs/sample: COUNTED, with torch.utils.flop_counter's per-op formulas (matmuls and convolutions; element-wise
+  work such as tanh, exp and sampling is not counted), divided by the audio samples of the call. The parallel
+  models are counted over their warm-up call at that length. Naive WaveNet is counted over its own calls
+  stopped after R and R + 16 samples (R the receptive field): every later step costs the same, so the total
+  follows exactly (a test checks it against counting every step). The cached generator's numba loop is
+  invisible to a counter, so it is credited with the count of the teacher-forced torch forward
+  `model(audio, mel)` over the same length: the same causal-conv, conditioning, residual, skip and output
+  matmuls per sample and the same mel upsampling, which is exactly the arithmetic the queues evaluate.
+- GFLOP/s = FLOPs/sample x samples/s; % peak divides it by the matmul peak this run measured on this device in
+  the precision the row computes in (best of several large square matmuls, see `matmul_peak`).
+- peak memory: working memory of the call above what was resident before it (weights excluded).
+  GPU: torch.cuda.max_memory_allocated() - memory_allocated() before the call (tensors only, not the caching
+  allocator's reserve). CPU: growth of the resident set, VmHWM - VmRSS from /proc/self/status, with the
   high-water mark reset (/proc/self/clear_refs) and freed heap returned to the OS (malloc_trim) before the
   call: it counts every allocation (torch, numpy, numba), not only tensors. Where /proc cannot be reset it
-  falls back to ru_maxrss growth, which only shows new process-wide highs and is labelled so.
-- Precision: --dtype bf16/fp16 runs the torch models under torch.autocast (convolutions and matmuls in half
-  precision, exp/log/reductions kept in fp32 by autocast's own rules; NVIDIA's WaveGlow likewise inverts its
-  1x1 convolutions in fp32 before casting). The numba loop of the cached WaveNet always computes in fp32.
+  falls back to ru_maxrss growth, which only shows new process-wide highs, and says so in the JSON.
+- Precision (--dtype bf16/fp16): WaveGlow and the student run natively in that dtype, weights and mel cast, as
+  NVIDIA runs its fp16 WaveGlow (the 1x1 inverses are computed in float64 and cast, where NVIDIA uses fp32);
+  WaveNet runs under torch.autocast. The numba loop of the cached WaveNet always computes in fp32 (the table's
+  JSON says which precision each row ran in).
 """
 from __future__ import annotations
 
@@ -141,6 +144,11 @@ ENTRIES: tuple[Entry, ...] = (
 )
 ENTRY_BY_NAME = {e.name: e for e in ENTRIES}
 FAMILIES = ("wavenet", "waveglow", "student")
+# How --dtype bf16/fp16 is applied. The parallel models run natively in that dtype: weights and mel cast, the
+# way NVIDIA runs its fp16 WaveGlow (its 1x1 inverses are computed in float64 and then cast, as NVIDIA computes
+# them in fp32); their fast sampling paths accumulate with in-place matmuls, which torch.autocast leaves alone.
+# WaveNet runs under torch.autocast: its generators keep fp32 sample buffers and queues between the matmuls.
+CAST_FAMILIES = ("waveglow", "student")
 REFERENCE = "wavenet_cached"  # the speed-up column divides by this row's samples/s
 
 
@@ -211,6 +219,9 @@ def build_parser() -> ArgumentParser:
                    f"{NAIVE_LENGTH:g} s; --quick: the shortest length): it costs O(T * receptive field)")
     p.add_argument("--naive-all", action="store_true", help="also run naive WaveNet at every length of the sweep "
                    "(slow: minutes per second of audio at paper size on a CPU)")
+    p.add_argument("--ar-max", type=float, default=None, metavar="SECONDS",
+                   help="run the cached and batched WaveNet rows only at lengths up to this (default: every "
+                   "length); on a GPU their per-sample kernel launches make long lengths take minutes")
     p.add_argument("--batch", type=int, default=BATCH, help=f"utterances in the batched WaveNet row (default {BATCH})")
     p.add_argument("--quick", action="store_true", help="tiny configs, short lengths, smaller matmul probe: "
                    "under a minute on 2 CPU cores (what CI runs)")
@@ -235,6 +246,7 @@ class Settings:
     config_objects: dict[str, Any]          # family -> its config dataclass, for families without a checkpoint
     naive_length: float
     naive_all: bool
+    ar_max: float | None
     batch: int
     quick: bool
     seed: int
@@ -273,6 +285,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
                                                                             else NAIVE_LENGTH)
     if not (math.isfinite(naive_length) and 0 < naive_length <= 600):
         raise WavflowError(f"--naive-length: must be in (0, 600] seconds, got {naive_length:g}")
+    if args.ar_max is not None and not (math.isfinite(args.ar_max) and args.ar_max > 0):
+        raise WavflowError(f"--ar-max: must be a positive number of seconds, got {args.ar_max:g}")
     if args.threads is not None and args.threads < 1:
         raise WavflowError(f"--threads: must be at least 1, got {args.threads}")
 
@@ -327,6 +341,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     return Settings(lengths=lengths, entries=tuple(sorted(entries, key=ENTRIES.index)), skipped=skipped,
                     device=device, dtype=args.dtype, threads=torch.get_num_threads(), repeats=args.repeats,
                     checkpoints=checkpoints, configs=configs, config_objects=config_objects, naive_length=naive_length, naive_all=args.naive_all,
+                    ar_max=args.ar_max,
                     batch=args.batch, quick=args.quick,
                     seed=args.seed, mel=args.mel, json=args.json, plot=args.plot, quiet=args.quiet)
 
@@ -405,6 +420,8 @@ def load_model(family: str, settings: Settings) -> Loaded:
     if hasattr(model, "remove_weight_norm"):
         model.remove_weight_norm()
     model = model.to(settings.device).eval()
+    if family in CAST_FAMILIES and settings.dtype != "fp32":
+        model = model.to(DTYPES[settings.dtype])
     for p in model.parameters():
         p.requires_grad_(False)
     return Loaded(model, source, parameters)
@@ -591,7 +608,8 @@ class Row:
     flops_per_sample: float
     flops_method: str
     gflops: float
-    pct_peak: float
+    pct_peak: float               # of peak_gflops
+    peak_gflops: float            # the measured matmul peak in the precision this row computes in
     peak_mem_bytes: int
     dtype: str
     note: str = ""
@@ -613,23 +631,28 @@ class Runner:
             log(f"{family}: {m.source}, {m.parameters:,} parameters")
         self.warm: set[str] = set()
 
-    def precision(self):
+    def precision(self, entry: Entry | None = None):
+        if entry is not None and entry.family in CAST_FAMILIES:
+            return nullcontext()  # weights already in the dtype (load_model)
         return precision_context(self.device, self.s.dtype)
 
-    def generator(self) -> torch.Generator:
-        # The same noise on every run: each timed call does exactly the same work.
-        return torch.Generator(device=self.device).manual_seed(self.s.seed)
+    def generator(self, entry: Entry | None = None) -> torch.Generator:
+        # The same noise on every run: each timed call does exactly the same work. WaveNet draws its noise on the
+        # CPU whatever the device (so a GPU reproduces CPU output), which needs a CPU generator.
+        device = "cpu" if entry is not None and entry.family == "wavenet" else self.device
+        return torch.Generator(device=device).manual_seed(self.s.seed)
 
     def batch(self, entry: Entry) -> int:
         return self.s.batch if entry.batch > 1 else 1
 
     def mel_for(self, entry: Entry, seconds: float) -> torch.Tensor:
-        return mel_batch(self.mel, frames_for(seconds), self.batch(entry)).to(self.device)
+        mel = mel_batch(self.mel, frames_for(seconds), self.batch(entry)).to(self.device)
+        return mel.to(DTYPES[self.s.dtype]) if entry.family in CAST_FAMILIES else mel
 
     def call(self, entry: Entry, mel: torch.Tensor) -> torch.Tensor:
         model = self.models[entry.family].model
-        with torch.no_grad(), self.precision():
-            return entry.call(model, mel, self.generator())
+        with torch.no_grad(), self.precision(entry):
+            return entry.call(model, mel, self.generator(entry))
 
     def check_audio(self, entry: Entry, audio: torch.Tensor, mel: torch.Tensor) -> None:
         expected = (mel.shape[0], mel.shape[-1] * MelConfig().hop_length)
@@ -673,8 +696,8 @@ class Runner:
         R = int(getattr(model, "receptive_field", T))
 
         def counted(n: int) -> int:
-            with torch.no_grad(), self.precision():
-                return count_flops(lambda: model.generate(mel, method="naive", generator=self.generator(),
+            with torch.no_grad(), self.precision(entry):
+                return count_flops(lambda: model.generate(mel, method="naive", generator=self.generator(entry),
                                                           lengths=[n] * mel.shape[0], progress=False))[1]
 
         m = 16
@@ -693,7 +716,7 @@ class Runner:
         mel = mel[:1]
         samples = mel.shape[-1] * model.mel_config.hop_length
         audio = torch.rand(1, samples, generator=self.generator(), device=self.device) * 1.6 - 0.8
-        with torch.no_grad(), self.precision():
+        with torch.no_grad(), self.precision(entry):
             _, flops = count_flops(lambda: model(audio, mel))
         return flops / samples
 
@@ -708,7 +731,7 @@ class Runner:
         self.check_audio(entry, audio, mel)
         return elapsed, peak
 
-    def run_length(self, seconds: float, entries: Sequence[Entry], peak_gflops: float) -> list[Row]:
+    def run_length(self, seconds: float, entries: Sequence[Entry], peaks: dict[str, float]) -> list[Row]:
         hop, sr = MelConfig().hop_length, MelConfig().sample_rate
         mels = {e.name: self.mel_for(e, seconds) for e in entries}
         flops = {}
@@ -716,12 +739,12 @@ class Runner:
             self.log(f"{seconds:g} s  warm-up {e.name}")
             flops[e.name] = self.warm_up(e, mels[e.name])
         times: dict[str, list[float]] = {e.name: [] for e in entries}
-        peaks: dict[str, int] = {e.name: 0 for e in entries}
+        mem_peaks: dict[str, int] = {e.name: 0 for e in entries}
         for r in range(self.s.repeats):
             for e in entries:
                 elapsed, peak = self.time_once(e, mels[e.name])
                 times[e.name].append(elapsed)
-                peaks[e.name] = max(peaks[e.name], peak)
+                mem_peaks[e.name] = max(mem_peaks[e.name], peak)
                 self.log(f"{seconds:g} s  {e.name} run {r + 1}/{self.s.repeats}: {elapsed:.3f} s")
         rows = []
         for e in entries:
@@ -737,18 +760,24 @@ class Runner:
                             parameters=loaded.parameters, length_s=frames * hop / sr, batch=batch, samples=samples,
                             times_s=times[e.name], median_s=median, samples_per_s=sps, rtf=median / audio_s,
                             x_real_time=audio_s / median, speedup_vs_cached=None, flops_per_sample=per_sample,
-                            flops_method=method, gflops=gflops, pct_peak=100.0 * gflops / peak_gflops,
-                            peak_mem_bytes=peaks[e.name], dtype=self.row_dtype(e), note=self.note(e, batch)))
+                            flops_method=method, gflops=gflops, pct_peak=100.0 * gflops / self.peak_for(e, peaks),
+                            peak_gflops=self.peak_for(e, peaks),
+                            peak_mem_bytes=mem_peaks[e.name], dtype=self.row_dtype(e), note=self.note(e, batch)))
         ref = next((r for r in rows if r.model == REFERENCE), None)
         if ref is not None:
             for r in rows:
                 r.speedup_vs_cached = r.samples_per_s / ref.samples_per_s
         return rows
 
+    def peak_for(self, entry: Entry, peaks: dict[str, float]) -> float:
+        return peaks["fp32" if self.row_dtype(entry).startswith("fp32") else self.s.dtype]
+
     def row_dtype(self, entry: Entry) -> str:
         if entry.flops == "teacher_forced" and self.device.type == "cpu":
             return "fp32 (numba loop)"
-        return self.s.dtype
+        if self.s.dtype == "fp32" or entry.family in CAST_FAMILIES:
+            return self.s.dtype
+        return f"{self.s.dtype} autocast"
 
     def note(self, entry: Entry, batch: int) -> str:
         if entry.naive:
@@ -769,6 +798,8 @@ def plan(settings: Settings) -> list[tuple[float, list[Entry]]]:
         for e in settings.entries:
             if e.naive:
                 keep = seconds in naive_at
+            elif e.autoregressive and settings.ar_max is not None and seconds > settings.ar_max:
+                keep = False
             elif seconds in settings.lengths:
                 keep = True
             else:  # the extra naive length: only the reference goes with it
@@ -879,10 +910,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise WavflowError(f"{out}: its directory does not exist")
     runner = Runner(settings, log)
     log(f"measuring the {settings.dtype} matmul peak on {settings.device}")
-    peak = matmul_peak(settings.device, DTYPES[settings.dtype], settings.quick)
+    peaks = {settings.dtype: matmul_peak(settings.device, DTYPES[settings.dtype], settings.quick)}
+    if settings.dtype != "fp32" and settings.device.type == "cpu" and any(e.flops == "teacher_forced"
+                                                                          for e in settings.entries):
+        peaks["fp32"] = matmul_peak(settings.device, torch.float32, settings.quick)  # for the numba rows
+    peak = peaks[settings.dtype]
     rows: list[Row] = []
     for seconds, entries in plan(settings):
-        rows += runner.run_length(seconds, entries, peak)
+        rows += runner.run_length(seconds, entries, peaks)
     meta = {
         "machine": machine_description(settings.device),
         "device": str(settings.device),
@@ -891,6 +926,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "torch": torch.__version__,
         "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if settings.device.type == "cuda" else None,
         "matmul_peak_gflops": peak,
+        "matmul_peak_gflops_by_dtype": peaks,
         "repeats": settings.repeats,
         "lengths_s": list(settings.lengths),
         "mel": runner.mel_source,
@@ -902,8 +938,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(f"wavflow benchmark: {meta['machine']}, device {meta['device']}, {settings.dtype}, "
           f"{meta['torch_threads']} torch threads, torch {torch.__version__}")
-    print(f"matmul peak measured: {peak:,.0f} GFLOP/s ({settings.dtype}); mel: {runner.mel_source}; "
-          f"median of {settings.repeats} runs after a warm-up")
+    print("matmul peak measured: " + ", ".join(f"{v:,.0f} GFLOP/s ({k})" for k, v in peaks.items())
+          + f"; mel: {runner.mel_source}; median of {settings.repeats} runs after a warm-up")
+    precisions = sorted({(r.label, r.dtype) for r in rows})
+    if settings.dtype != "fp32":
+        print("precision: " + ", ".join(f"{label} {dtype}" for label, dtype in precisions))
     for family, m in runner.models.items():
         print(f"{family}: {m.source}, {m.parameters:,} parameters")
     print()
@@ -913,6 +952,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("* naive WaveNet recomputes the receptive field for every sample (O(T x receptive field)); it runs at "
               "--naive-length only (--naive-all for every length); past the first receptive field its cost per "
               "sample does not depend on the length, so its ratio to the cached row holds at any length.")
+    if settings.ar_max is not None:
+        print(f"cached and batched WaveNet ran only at lengths up to {settings.ar_max:g} s (--ar-max).")
     for name, why in settings.skipped.items():
         print(f"skipped {name}: {why}")
     for line in summary_lines(rows):
