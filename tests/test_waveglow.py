@@ -1,7 +1,6 @@
 """WaveGlow: exact inverse, log-determinant against the autograd Jacobian, likelihood scale, sampling, size."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
