@@ -259,7 +259,10 @@ class WaveGlow(nn.Module):
 
         sigma: std of the noise (default config.infer_sigma = 0.6; 0 gives the flow's mode-like output).
         z: explicit standard-normal noise [B, n_group, F * hop / n_group] in forward's layout (scaled by sigma
-        here), for reproducible output; otherwise drawn from `generator`.
+        here), for reproducible output; otherwise drawn from `generator`. In NVIDIA's infer the last flow's
+        channels z[:, -remaining:] are drawn first and the early blocks join from the last exit back to the
+        first, so NVIDIA's draws map onto z one-to-one (tests/test_nvidia.py checks equal audio).
+        Runs on a cached, folded copy of the weights (see _CouplingPlan); `inverse` is the plain reference.
         """
         cfg = self.config
         sigma = cfg.infer_sigma if sigma is None else float(sigma)
