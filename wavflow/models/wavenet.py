@@ -55,7 +55,7 @@ class WaveNetConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> "WaveNetConfig":
-        """A CPU-sized teacher for tests: 8 layers in 2 cycles (receptive field 31), 16/32/16 channels."""
+        """A CPU-sized teacher for tests: 8 layers in 2 cycles (receptive field 61), 16/32/16 channels."""
         d = dict(layers=8, cycles=2, residual_channels=16, gate_channels=32, skip_channels=16, upsample_channels=16)
         d.update(overrides)
         return cls(**d)
@@ -137,7 +137,7 @@ class WaveNet(nn.Module):
     def generate(self, mel: torch.Tensor, method: str = "cached", temperature: float = 1.0,
                  generator: torch.Generator | None = None, lengths: Sequence[int] | torch.Tensor | None = None,
                  frames: Sequence[int] | torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                 progress: bool | None = None) -> torch.Tensor:
+                 progress: bool | None = None, threads: int | None = None) -> torch.Tensor:
         """Sample audio [B, F * hop] for mel [B, n_mels, F], one sample at a time.
 
         method: "cached" (compiled on CPU, torch elsewhere), "naive" (reference), "cached_torch".
@@ -145,6 +145,8 @@ class WaveNet(nn.Module):
         lengths (samples) or frames (mel frames, times hop) per utterance for a padded batch: output beyond each
         length is zero. noise [B, N, F * hop] replaces the draw from `generator` (distribution.draw_noise).
         progress: tqdm bar on stderr; None shows it for long runs on a terminal.
+        threads: compiled cached generation runs groups of utterances in this many threads (default: torch's
+        thread count); one utterance always runs in one thread (the layers are sequential).
         """
         self._check_mel(mel)
         if method not in METHODS:
@@ -167,7 +169,7 @@ class WaveNet(nn.Module):
             if method == "naive":
                 audio = self._generate_naive(c, noise, temperature, lens, progress)
             elif method == "cached" and c.device.type == "cpu":
-                audio = self._generate_numba(c, noise, temperature, lens, progress)
+                audio = self._generate_numba(c, noise, temperature, lens, progress, threads=threads)
             else:
                 audio = self._generate_cached_torch(c, noise, temperature, lens, progress)
         finally:
@@ -249,6 +251,7 @@ class WaveNet(nn.Module):
         per_step = B * self.config.layers * self.config.gate_channels * 4
         return max(64, min(4096, (32 << 20) // max(per_step, 1)))
 
+    @torch.no_grad()
     def _generate_cached_torch(self, c: torch.Tensor, noise: torch.Tensor, temperature: float,
                                lens: torch.Tensor, progress: bool, forced: torch.Tensor | None = None) -> torch.Tensor:
         """Cached generation in torch: queue_l[:, slot] holds layer l's input from a past step, slot = t mod Q_l.
@@ -306,8 +309,10 @@ class WaveNet(nn.Module):
 
     # -- cached, compiled -----------------------------------------------------------------------------------------
 
+    @torch.no_grad()
     def _generate_numba(self, c: torch.Tensor, noise: torch.Tensor, temperature: float, lens: torch.Tensor,
-                        progress: bool, forced: torch.Tensor | None = None) -> torch.Tensor:
+                        progress: bool, forced: torch.Tensor | None = None,
+                        threads: int | None = None) -> torch.Tensor:
         """Cached generation in one compiled loop over time, layers and utterances (float32, CPU).
 
         Utterances are sorted by length so the ones still running are a prefix of the batch; with more than
@@ -317,7 +322,9 @@ class WaveNet(nn.Module):
         cfg, dist = self.config, self.dist
         B, _, T = c.shape
         w = {n: v.float() for n, v in self._flat_weights().items()}
-        np_w = {n: v.numpy() for n, v in w.items() if n not in ("cond_w", "conv_b")}
+        # the compiled loop wants [out, in] matrices (see _matmul_acc)
+        np_w = {n: (v.transpose(-1, -2) if n in ("conv_w", "rs_w", "out1_w", "out2_w") else v).contiguous().numpy()
+                for n, v in w.items() if n not in ("cond_w", "conv_b")}
         P = dist.num_params
         if isinstance(dist, Gaussian):
             kind, table = 0, np.zeros(1, np.float32)
@@ -341,7 +348,7 @@ class WaveNet(nn.Module):
         queue = np.zeros((B, int(qlen.sum()), cfg.residual_channels), np.float32)
         x_prev = np.zeros(B, np.float32)
         T_run = int(lens_s[0]) if B else 0
-        groups = _split_groups(lens_s, torch.get_num_threads())
+        groups = _split_groups(lens_s, threads or torch.get_num_threads())
         chunk = self._chunk_size(B)
         c_s = c[order].float()
         pool = ThreadPoolExecutor(len(groups)) if len(groups) > 1 else None
@@ -355,7 +362,9 @@ class WaveNet(nn.Module):
                         b0, b1 = g
                         if lens_s[b0] <= t0:
                             return
-                        _cached_loop(t0, t1, cond[:, b0:b1], noise_s[t0:t1, b0:b1], lens_s[b0:b1], x_prev[b0:b1],
+                        # contiguous copies: one compiled specialisation serves any grouping
+                        _cached_loop(t0, t1, np.ascontiguousarray(cond[:, b0:b1]),
+                                     np.ascontiguousarray(noise_s[t0:t1, b0:b1]), lens_s[b0:b1], x_prev[b0:b1],
                                      queue[b0:b1], out[b0:b1], teacher, forced_s[b0:b1] if teacher else forced_s,
                                      params_out[b0:b1] if teacher else params_out,
                                      np_w["in_w"], np_w["in_b"], np_w["conv_w"], np_w["rs_w"], np_w["rs_b"],
@@ -395,21 +404,56 @@ def _split_groups(lens_sorted: np.ndarray, threads: int) -> list[tuple[int, int]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
+def _matmul_acc(W, X, Z, n):
+    """Z[b, o] += sum_i W[o, i] X[b, i] for b < n; W [out, in].
+
+    Four outputs per pass over X[b]: five loads feed four multiply-adds (one output per pass needs two loads
+    per multiply-add), and four rows of W stay in L1 while they serve every utterance of the batch.
+    """
+    n_out, n_in = W.shape
+    o = 0
+    while o + 4 <= n_out:
+        for b in range(n):
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            a2 = np.float32(0.0)
+            a3 = np.float32(0.0)
+            for i in range(n_in):
+                x = X[b, i]
+                a0 += W[o, i] * x
+                a1 += W[o + 1, i] * x
+                a2 += W[o + 2, i] * x
+                a3 += W[o + 3, i] * x
+            Z[b, o] += a0
+            Z[b, o + 1] += a1
+            Z[b, o + 2] += a2
+            Z[b, o + 3] += a3
+        o += 4
+    while o < n_out:
+        for b in range(n):
+            a0 = np.float32(0.0)
+            for i in range(n_in):
+                a0 += W[o, i] * X[b, i]
+            Z[b, o] += a0
+        o += 1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def _cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out, teacher, forced, params_out,
                  in_w, in_b, conv_w, rs_w, rs_b, out1_w, out1_b, out2_w, out2_b,
                  dil, qoff, k, kind, temperature, log_scale_min, table):
     """Steps t0..t1-1 of cached generation for a length-sorted group of utterances.
 
     cond [Tc, B, L*G] (mel projections + conv bias), noise [Tc, B, N], queue [B, sum_l (k-1) d_l, R] (state),
-    x_prev [B] (state), out [B, T]. Weights are [in, out]: each product is a sum of rows scaled by inputs, so the
-    innermost loop runs along contiguous output channels and vectorises.
+    x_prev [B] (state), out [B, T]. Weights are [out, in]: conv_w [L, G, k*R] (column j*R + r is tap j, lag
+    (k-1-j) d, of channel r), rs_w [L, R+S, G/2], out1_w [S, S], out2_w [P, S].
     """
     B = out.shape[0]
-    L, KR, G = conv_w.shape
+    L, G, KR = conv_w.shape
     R = KR // k
     Gh = G // 2
     S = out1_w.shape[0]
-    P = out2_w.shape[1]
+    P = out2_w.shape[0]
     res_scale = np.float32(math.sqrt(0.5))
     skip_scale = np.float32(math.sqrt(1.0 / L))
     taps = np.zeros((B, KR), np.float32)
@@ -418,6 +462,7 @@ def _cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out, teacher, forced,
     rs = np.zeros((B, R + S), np.float32)
     h = np.zeros((B, R), np.float32)
     skips = np.zeros((B, S), np.float32)
+    a0 = np.zeros((B, S), np.float32)
     a1 = np.zeros((B, S), np.float32)
     params = np.zeros((B, P), np.float32)
     probs = np.zeros(P, np.float64)
@@ -439,6 +484,7 @@ def _cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out, teacher, forced,
             base = qoff[l]
             slot = t % ql
             for b in range(active):
+                # gather the taps, then push the current input where the oldest one (lag (k-1) d) was
                 for j in range(k - 1):
                     src = base + (t - (k - 1 - j) * d) % ql
                     for r in range(R):
@@ -448,21 +494,13 @@ def _cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out, teacher, forced,
                     queue[b, base + slot, r] = h[b, r]
                 for g in range(G):
                     z[b, g] = cond[tc, b, l * G + g]
-            for i in range(KR):
-                for b in range(active):
-                    xi = taps[b, i]
-                    for g in range(G):
-                        z[b, g] += xi * conv_w[l, i, g]
+            _matmul_acc(conv_w[l], taps, z, active)
             for b in range(active):
                 for u in range(Gh):
                     gated[b, u] = math.tanh(z[b, u]) / (np.float32(1.0) + math.exp(-z[b, Gh + u]))
                 for o in range(R + S):
                     rs[b, o] = rs_b[l, o]
-            for u in range(Gh):
-                for b in range(active):
-                    gu = gated[b, u]
-                    for o in range(R + S):
-                        rs[b, o] += gu * rs_w[l, u, o]
+            _matmul_acc(rs_w[l], gated, rs, active)
             for b in range(active):
                 for r in range(R):
                     h[b, r] = (h[b, r] + rs[b, r]) * res_scale
@@ -471,19 +509,16 @@ def _cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out, teacher, forced,
         # output head: ReLU -> 1x1 -> ReLU -> 1x1
         for b in range(active):
             for s in range(S):
+                a0[b, s] = max(skips[b, s] * skip_scale, np.float32(0.0))
                 a1[b, s] = out1_b[s]
-            for s in range(S):
-                v = skips[b, s] * skip_scale
-                if v > 0:
-                    for o in range(S):
-                        a1[b, o] += v * out1_w[s, o]
             for p in range(P):
                 params[b, p] = out2_b[p]
+        _matmul_acc(out1_w, a0, a1, active)
+        for b in range(active):
             for s in range(S):
-                v = a1[b, s]
-                if v > 0:
-                    for p in range(P):
-                        params[b, p] += v * out2_w[s, p]
+                a1[b, s] = max(a1[b, s], np.float32(0.0))
+        _matmul_acc(out2_w, a1, params, active)
+        for b in range(active):
             x = _sample(params[b], noise[tc, b], kind, temperature, log_scale_min, table, probs)
             out[b, t] = x
             if teacher:
