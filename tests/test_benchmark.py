@@ -88,6 +88,14 @@ def test_flop_count_matches_torch_counter_and_formula():
         with ref:
             f()
     assert ours == ref.get_total_flops() == 2 * (2 * 50 * (6 * 4 * 3 + 5 * 6 * 1) + 10 * 7 * 3)
+    # In-place and out= products, which the fast WaveGlow and student paths use, count like the plain ones
+    # (FlopCounterMode itself counts addmm_ as zero); matrix-vector products too.
+    a, b, c = torch.randn(64, 32), torch.randn(32, 16), torch.zeros(64, 16)
+    assert bm.count_flops(lambda: c.addmm_(a, b))[1] == 2 * 64 * 32 * 16
+    assert bm.count_flops(lambda: torch.mm(a, b, out=c))[1] == 2 * 64 * 32 * 16
+    assert bm.count_flops(lambda: torch.baddbmm(torch.zeros(3, 4, 5), torch.randn(3, 4, 6), torch.randn(3, 6, 5))
+                          )[1] == 2 * 3 * 4 * 6 * 5
+    assert bm.count_flops(lambda: torch.mv(a, torch.randn(32)))[1] == 2 * 64 * 32
 
 
 def test_naive_flops_extrapolation_equals_counting_every_step(monkeypatch):

@@ -475,12 +475,29 @@ def mel_batch(mel: np.ndarray, frames: int, batch: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # Measurement
 
+def _mv_flops(a: torch.Tensor, b: torch.Tensor) -> int:
+    return 2 * a.shape[0] * a.shape[1]
+
+
+def _addbmm_flops(mats1: torch.Tensor, mats2: torch.Tensor) -> int:
+    return 2 * mats1.shape[0] * mats1.shape[1] * mats1.shape[2] * mats2.shape[2]
+
+
+# Matrix-vector and summed batched products, which torch's table leaves out: (op, formula over its two factors).
+_EXTRA_FLOPS = {
+    torch.ops.aten.mv: lambda args: _mv_flops(args[0], args[1]),
+    torch.ops.aten.addmv: lambda args: _mv_flops(args[1], args[2]),
+    torch.ops.aten.addbmm: lambda args: _addbmm_flops(args[1], args[2]),
+    torch.ops.aten.dot: lambda args: 2 * args[0].numel(),
+}
+
+
 class FlopCount(TorchDispatchMode):
     """Sum of the FLOPs of every matmul and convolution dispatched while active.
 
-    The per-op formulas are torch.utils.flop_counter's own (the ones FlopCounterMode uses); this mode leaves out
-    FlopCounterMode's module tracking and decompositions, whose Python overhead per op made counting a naive
-    WaveNet call (hundreds of small ops per sample) several times slower than the call. The totals agree.
+    The per-op formulas are torch.utils.flop_counter's (those of FlopCounterMode), applied also to the in-place
+    variants (addmm_, baddbmm_: FlopCounterMode counts them as zero, and the fast WaveGlow and student paths
+    accumulate with them), plus matrix-vector products. No module tracking: counting stays cheap per op.
     """
 
     def __init__(self) -> None:
@@ -490,9 +507,16 @@ class FlopCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
+        packet = func._overloadpacket
+        name = packet.__name__
+        if name.endswith("_") and not name.startswith("_"):  # in place: same arithmetic as the plain op
+            packet = getattr(torch.ops.aten, name[:-1], packet)
+        formula = flop_registry.get(packet)
         if formula is not None:
-            self.total += int(formula(*args, **kwargs, out_val=out))
+            plain_kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+            self.total += int(formula(*args, **plain_kwargs, out_val=out))
+        elif packet in _EXTRA_FLOPS:
+            self.total += int(_EXTRA_FLOPS[packet](args))
         return out
 
 
