@@ -178,3 +178,18 @@ def test_checkpoint_of_another_family_is_refused(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds a student model" in err
+
+
+def test_plan_naive_length_and_caps():
+    def names(argv):
+        return [(s, [e.name for e in entries]) for s, entries in bm.plan(bm.parse_args(argv))]
+
+    all_rows = [e.name for e in bm.ENTRIES]
+    parallel = ["wavenet_cached", "wavenet_batched", "waveglow", "student"]
+    assert names(["--lengths", "0.5,1,2", "--cap", "wavenet_batched=1"]) == [
+        (0.1, ["wavenet_naive", "wavenet_cached"]), (0.5, parallel), (1.0, parallel),
+        (2.0, ["wavenet_cached", "waveglow", "student"])]
+    assert names(["--lengths", "0.5,1", "--naive-length", "0.5", "--naive-all"]) == [(0.5, all_rows),
+                                                                                    (1.0, all_rows)]
+    assert names(["--lengths", "0.5,1", "--ar-max", "0.5", "--models", "waveglow,wavenet_batched"]) == [
+        (0.5, ["wavenet_batched", "waveglow"]), (1.0, ["waveglow"])]

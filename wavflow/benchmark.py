@@ -222,6 +222,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--ar-max", type=float, default=None, metavar="SECONDS",
                    help="run the cached and batched WaveNet rows only at lengths up to this (default: every "
                    "length); on a GPU their per-sample kernel launches make long lengths take minutes")
+    p.add_argument("--cap", nargs="+", default=[], metavar="MODEL=SECONDS",
+                   help="run a row only at lengths up to SECONDS, e.g. --cap wavenet_batched=1 (16 utterances of "
+                   "4 s take minutes per run on 2 CPU cores)")
     p.add_argument("--batch", type=int, default=BATCH, help=f"utterances in the batched WaveNet row (default {BATCH})")
     p.add_argument("--quick", action="store_true", help="tiny configs, short lengths, smaller matmul probe: "
                    "under a minute on 2 CPU cores (what CI runs)")
@@ -246,7 +249,7 @@ class Settings:
     config_objects: dict[str, Any]          # family -> its config dataclass, for families without a checkpoint
     naive_length: float
     naive_all: bool
-    ar_max: float | None
+    caps: dict[str, float]                  # row name -> longest length it runs at
     batch: int
     quick: bool
     seed: int
@@ -287,6 +290,18 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         raise WavflowError(f"--naive-length: must be in (0, 600] seconds, got {naive_length:g}")
     if args.ar_max is not None and not (math.isfinite(args.ar_max) and args.ar_max > 0):
         raise WavflowError(f"--ar-max: must be a positive number of seconds, got {args.ar_max:g}")
+    caps = {e.name: args.ar_max for e in ENTRIES if e.autoregressive and not e.naive and args.ar_max is not None}
+    for item in args.cap:
+        name, sep, value = item.partition("=")
+        if name not in ENTRY_BY_NAME or not sep:
+            raise WavflowError(f"--cap: expected MODEL=SECONDS with MODEL one of {', '.join(ENTRY_BY_NAME)}, "
+                               f"got '{item}'")
+        try:
+            caps[name] = float(value)
+        except ValueError:
+            raise WavflowError(f"--cap {item}: '{value}' is not a number of seconds") from None
+        if not (math.isfinite(caps[name]) and caps[name] > 0):
+            raise WavflowError(f"--cap {item}: must be a positive number of seconds")
     if args.threads is not None and args.threads < 1:
         raise WavflowError(f"--threads: must be at least 1, got {args.threads}")
 
@@ -341,7 +356,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     return Settings(lengths=lengths, entries=tuple(sorted(entries, key=ENTRIES.index)), skipped=skipped,
                     device=device, dtype=args.dtype, threads=torch.get_num_threads(), repeats=args.repeats,
                     checkpoints=checkpoints, configs=configs, config_objects=config_objects, naive_length=naive_length, naive_all=args.naive_all,
-                    ar_max=args.ar_max,
+                    caps=caps,
                     batch=args.batch, quick=args.quick,
                     seed=args.seed, mel=args.mel, json=args.json, plot=args.plot, quiet=args.quiet)
 
@@ -822,7 +837,7 @@ def plan(settings: Settings) -> list[tuple[float, list[Entry]]]:
         for e in settings.entries:
             if e.naive:
                 keep = seconds in naive_at
-            elif e.autoregressive and settings.ar_max is not None and seconds > settings.ar_max:
+            elif e.name in settings.caps and seconds > settings.caps[e.name] + 1e-9:
                 keep = False
             elif seconds in settings.lengths:
                 keep = True
@@ -976,8 +991,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("* naive WaveNet recomputes the receptive field for every sample (O(T x receptive field)); it runs at "
               "--naive-length only (--naive-all for every length); past the first receptive field its cost per "
               "sample does not depend on the length, so its ratio to the cached row holds at any length.")
-    if settings.ar_max is not None:
-        print(f"cached and batched WaveNet ran only at lengths up to {settings.ar_max:g} s (--ar-max).")
+    for name, cap in settings.caps.items():
+        if any(e.name == name for e in settings.entries):
+            print(f"{ENTRY_BY_NAME[name].label} ran only at lengths up to {cap:g} s (--cap / --ar-max).")
     for name, why in settings.skipped.items():
         print(f"skipped {name}: {why}")
     for line in summary_lines(rows):
