@@ -227,20 +227,23 @@ def loaded(tmp_path_factory) -> dict:
     add("fused_legacy_format", fused, lambda f, m: save_train_py_style(f, m, legacy=True))
     add("per_layer_cond_layers", split, lambda f, m: save_train_py_style(f, m))
 
-    def dle(prefix: str, modern_weight_norm: bool):
+    def dle(prefix: str, modern_weight_norm: bool, legacy: bool = False):
         def write(f: Path, m: WaveGlow) -> None:
             state = m.state_dict()
             if modern_weight_norm:  # names torch.nn.utils.parametrizations.weight_norm gives the same pair
                 state = {k.replace("weight_g", "parametrizations.weight.original0")
                           .replace("weight_v", "parametrizations.weight.original1"): v for k, v in state.items()}
             config = {**FLOWS, "WN_config": WN_CONFIG}
-            torch.save({"epoch": 1000, "config": config, "state_dict": {prefix + k: v for k, v in state.items()},
-                        "optimizer": {}}, f)
+            if prefix:  # otherwise the state_dict's own OrderedDict, with its _metadata attribute, is saved
+                state = {prefix + k: v for k, v in state.items()}
+            torch.save({"epoch": 1000, "config": config, "state_dict": state,
+                        "optimizer": {}}, f, _use_new_zipfile_serialization=not legacy)
         return write
 
     add("dle_module_prefix", split, dle("module.", False))
     add("dle_no_prefix", split, dle("", False))
     add("dle_parametrizations", split, dle("module.", True))
+    add("dle_legacy_format", split, dle("", False, legacy=True))  # the 2019 Torch Hub files
     manifest, results = tmp / "cases.json", tmp / "results.json"
     manifest.write_text(json.dumps(cases))
     script = tmp / "load_them.py"
@@ -253,7 +256,8 @@ def loaded(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("case", ["fused_cond_layer", "fused_legacy_format", "per_layer_cond_layers",
-                                  "dle_module_prefix", "dle_no_prefix", "dle_parametrizations"])
+                                  "dle_module_prefix", "dle_no_prefix", "dle_parametrizations",
+                                  "dle_legacy_format"])
 def test_nvidia_checkpoint_vocodes_like_nvidia_infer(loaded, case):
     result = loaded[case]
     assert "error" not in result, result.get("error")
