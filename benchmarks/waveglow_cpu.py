@@ -5,7 +5,9 @@
 Random weights (speed does not depend on them), fp32, weight norm removed for both. "nvidia" replays the op
 sequence of NVIDIA/waveglow's glow.py `infer` on the same weights (ConvTranspose1d upsampler, per-flow fused
 cond conv, conv1d layers, torch.cat), so the two are compared in one process on one mel. Warm-up once, then
-the median of --repeats runs (SPEC 6). On a shared machine, run it a few times.
+the median of --repeats runs (SPEC 6). On a shared machine, run it a few times: wall-clock figures then
+depend on the other jobs, so the CPU seconds the process used per second of audio are printed too (with
+--threads 1 they give a per-core throughput that other jobs barely disturb).
 """
 from __future__ import annotations
 
@@ -59,14 +61,16 @@ def nvidia_infer(model: WaveGlow, mel: torch.Tensor, z: torch.Tensor, sigma: flo
     return audio.permute(0, 2, 1).contiguous().view(audio.size(0), -1)
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def median_time(fn, repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds of fn() over `repeats` runs after one warm-up."""
+    fn()
+    wall, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> None:
@@ -93,14 +97,16 @@ def main() -> None:
         n = frames * hop
         with torch.inference_mode():
             ours = model.infer(mel, z=z, sigma=0.6)
-            t_ours = median_time(lambda: model.infer(mel, z=z, sigma=0.6), args.repeats)
-            line = f"{n / sr:5.2f} s audio: wavflow {n / t_ours:8.0f} samples/s (RTF {t_ours * sr / n:.2f})"
+            t_ours, c_ours = median_time(lambda: model.infer(mel, z=z, sigma=0.6), args.repeats)
+            line = (f"{n / sr:5.2f} s audio: wavflow {n / t_ours:7.0f} samples/s (RTF {t_ours * sr / n:.2f}, "
+                    f"{c_ours * sr / n:.2f} CPU-s per audio-s)")
             if not args.no_nvidia:
                 ref = nvidia_infer(model, mel, z, 0.6)
-                t_ref = median_time(lambda: nvidia_infer(model, mel, z, 0.6), args.repeats)
+                t_ref, c_ref = median_time(lambda: nvidia_infer(model, mel, z, 0.6), args.repeats)
                 diff = (ours - ref).abs().max().item()
-                line += (f" | nvidia-style {n / t_ref:8.0f} samples/s (RTF {t_ref * sr / n:.2f})"
-                         f" | speed-up x{t_ref / t_ours:.2f} | max |diff| {diff:.1e}")
+                line += (f" | nvidia-style {n / t_ref:7.0f} samples/s (RTF {t_ref * sr / n:.2f}, "
+                         f"{c_ref * sr / n:.2f} CPU-s per audio-s) | speed-up x{t_ref / t_ours:.2f} wall, "
+                         f"x{c_ref / c_ours:.2f} CPU | max |diff| {diff:.1e}")
         print(line, flush=True)
 
 
