@@ -104,8 +104,10 @@ class WaveNet(nn.Module):
         return self.upsampler(mel)[..., :length]
 
     def head(self, skips: torch.Tensor) -> torch.Tensor:
-        """skip sum [B, S, T] -> distribution parameters [B, P, T]."""
-        return self.out2(F.relu(self.out1(F.relu(skips))))
+        """skip sum [B, S, T] -> distribution parameters [B, P, T], in float32 even under autocast: a bf16 mean
+        is off by ~1e-3, which is many sigmas of a confident prediction."""
+        with torch.autocast(device_type=skips.device.type, enabled=False):
+            return self.out2(F.relu(self.out1(F.relu(skips.float()))))
 
     def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """audio [B, T], mel [B, n_mels, F] -> parameters [B, P, T] of p(x_t | x_<t, mel) at every t."""
