@@ -107,7 +107,9 @@ class WaveNet(nn.Module):
         """skip sum [B, S, T] -> distribution parameters [B, P, T], in float32 even under autocast: a bf16 mean
         is off by ~1e-3, which is many sigmas of a confident prediction."""
         with torch.autocast(device_type=skips.device.type, enabled=False):
-            return self.out2(F.relu(self.out1(F.relu(skips.float()))))
+            if skips.dtype in (torch.float16, torch.bfloat16):
+                skips = skips.float()
+            return self.out2(F.relu(self.out1(F.relu(skips))))
 
     def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """audio [B, T], mel [B, n_mels, F] -> parameters [B, P, T] of p(x_t | x_<t, mel) at every t."""
