@@ -19,8 +19,8 @@ the ratios between rows hold on a noisy, shared machine. The rows are listed onc
 
 Protocol. Weight norm is folded into the weights first, as for any inference. At each length every parallel
 model is warmed up once at that length (allocator and oneDNN/cuDNN plans are shape-specific); an
-autoregressive generator does the same work per sample at any length, so it is warmed up once, on a short clip
-(which also compiles the numba loop). Then the rows are timed round-robin, `--repeats` times (>= 3), and the
+autoregressive generator does the same work per sample at any length, so it is warmed up once on a short clip
+(the cached one: which also compiles the numba loop; naive: by the short calls that count its FLOPs). Then the rows are timed round-robin, `--repeats` times (>= 3), and the
 median is quoted: interleaving spreads a neighbour's load over all rows alike. The clock is time.perf_counter,
 read after torch.cuda.synchronize() on a GPU. Every call uses the same seed, so every run does the same work.
 
@@ -705,15 +705,15 @@ class Runner:
 
         A parallel model is warmed up at every length by a counted call at that length (counting adds
         dispatch overhead, so it never happens in a timed call). An autoregressive generator does the same
-        work per sample at any length; it is warmed up once, on a short clip (numba compiles then), and
-        counted as `naive_flops` or `teacher_forced_flops` say.
+        work per sample at any length; the cached one is warmed up once, on a short clip (numba compiles then),
+        naive WaveNet by the short calls `naive_flops` counts.
         """
         if entry.flops == "call":
             audio, flops = count_flops(lambda: self.call(entry, mel))
             synchronize(self.device)
             self.check_audio(entry, audio, mel)
             return flops / audio.numel(), "counted over the call"
-        if entry.name not in self.warm:
+        if entry.name not in self.warm and entry.flops != "naive":  # naive: its counted calls below warm it up
             short = mel[..., :frames_for(AR_WARMUP_SECONDS)]
             self.check_audio(entry, self.call(entry, short), short)
             synchronize(self.device)
