@@ -12,6 +12,11 @@ returns, at every t, the parameters of the distribution of x_t. Generation is se
   batched either method over several utterances of different lengths (`lengths`); a finished utterance drops
           out of the compiled loop and its output beyond its length is zero.
 All methods draw the same noise from the same generator, so they produce the same audio (tests check it).
+
+Speed (tools/wavenet_speed.py): one sample of the default teacher is 3.15 M multiply-adds over 12.6 MB of
+float32 weights. At batch 1 the compiled loop streams those weights from L3 for every sample (~0.28 ms at the
+~44 GB/s one core gets here), which bounds it near 3,500 samples/s per core; torch ops per step would instead
+cost ~200 dispatches (~1 ms). Batches reuse each weight row across utterances and become compute-bound.
 """
 from __future__ import annotations
 
