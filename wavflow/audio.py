@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 import torchaudio.functional as AF
 
 from .errors import WavflowError
+from .fileio import atomic_write
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> torch.Tensor:
@@ -51,19 +51,4 @@ def save_wav(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_r
     """
     path = Path(path)
     pcm = to_int16(audio).reshape(-1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, pcm, sample_rate, subtype="PCM_16", format="WAV")
-        _umask_mode(tmp)  # mkstemp makes 0600 files; give the result the mode any new file gets
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask_mode(path: str) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    atomic_write(path, lambda f: sf.write(f, pcm, sample_rate, subtype="PCM_16", format="WAV"))

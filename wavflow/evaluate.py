@@ -48,6 +48,7 @@ from .cli import ArgumentParser, run_cli
 from .errors import WavflowError
 from .losses import stft_loss
 from .melspec import MelConfig, mel_spectrogram
+from .synthesis import resolve_device
 
 OPTIONAL_METRICS = ("pesq", "stoi", "dnsmos")
 DNSMOS_KEYS = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
@@ -475,20 +476,6 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise WavflowError(f"--device {name}: not a device (cpu, cuda, cuda:N, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise WavflowError(f"--device {name}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise WavflowError(f"--device {name}: only cpu and cuda are supported")
-    return device
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
@@ -524,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.is_file():
             raise WavflowError(f"{path}: no such checkpoint file")
     optional = require_metrics(metrics)
-    device = _device(args.device)
+    device = resolve_device(args.device)
 
     # Every checkpoint is read before any work, so a bad one costs seconds, not an evaluation.
     models = [load_model(path, device) for path in paths]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import WavflowError
+from .fileio import atomic_write
 
 
 @dataclass(frozen=True)
@@ -201,24 +202,7 @@ def load_mel(path: str | os.PathLike, n_mels: int = 80, max_frames: int = MAX_FR
 
 def save_mel(path: str | os.PathLike, mel: np.ndarray | torch.Tensor) -> None:
     """Write a mel [n_mels, F] as a float32 .npy, under a temporary name renamed into place (never half a file)."""
-    import tempfile
-
     path = Path(path)
     arr = mel.detach().cpu().numpy() if isinstance(mel, torch.Tensor) else np.asarray(mel)
     arr = np.ascontiguousarray(arr, dtype=np.float32)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        _umask_mode(tmp)  # mkstemp makes 0600 files; give the result the mode any new file gets
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask_mode(path: str) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
