@@ -20,9 +20,10 @@ the ratios between rows hold on a noisy, shared machine. The rows are listed onc
 Protocol. Weight norm is folded into the weights first, as for any inference. At each length every parallel
 model is warmed up once at that length (allocator and oneDNN/cuDNN plans are shape-specific); an
 autoregressive generator does the same work per sample at any length, so it is warmed up once on a short clip
-(the cached one: which also compiles the numba loop; naive: by the short calls that count its FLOPs). Then the rows are timed round-robin, `--repeats` times (>= 3), and the
-median is quoted: interleaving spreads a neighbour's load over all rows alike. The clock is time.perf_counter,
-read after torch.cuda.synchronize() on a GPU. Every call uses the same seed, so every run does the same work.
+(which also compiles the numba loop; naive WaveNet: its first 64 samples, ~0.1 s each at paper size on a
+CPU). Then the rows are timed round-robin, `--repeats` times (>= 3), and the median is quoted: interleaving
+spreads a neighbour's load over all rows alike. The clock is time.perf_counter, read after
+torch.cuda.synchronize() on a GPU. Every call uses the same seed, so every run does the same work.
 
 What the columns mean:
 - samples/s: audio samples produced per wall second (batched: all utterances together).
@@ -31,8 +32,8 @@ What the columns mean:
 - FLOPs/sample: COUNTED, with torch.utils.flop_counter's per-op formulas (matmuls and convolutions; element-wise
   work such as tanh, exp and sampling is not counted), divided by the audio samples of the call. The parallel
   models are counted over their warm-up call at that length. Naive WaveNet is counted over its own calls
-  stopped after R and R + 16 samples (R the receptive field): every later step costs the same, so the total
-  follows exactly (a test checks it against counting every step). The cached generator's numba loop is
+  stopped after a few samples; its step cost is linear in the window it recomputes, so the total follows
+  exactly (see `Runner.naive_flops`; a test checks it against counting every step). The cached generator's numba loop is
   invisible to a counter, so it is credited with the count of the teacher-forced torch forward
   `model(audio, mel)` over the same length: the same causal-conv, conditioning, residual, skip and output
   matmuls per sample and the same mel upsampling, which is exactly the arithmetic the queues evaluate.
@@ -355,7 +356,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         torch.set_num_threads(args.threads)
     return Settings(lengths=lengths, entries=tuple(sorted(entries, key=ENTRIES.index)), skipped=skipped,
                     device=device, dtype=args.dtype, threads=torch.get_num_threads(), repeats=args.repeats,
-                    checkpoints=checkpoints, configs=configs, config_objects=config_objects, naive_length=naive_length, naive_all=args.naive_all,
+                    checkpoints=checkpoints, configs=configs, config_objects=config_objects,
+                    naive_length=naive_length, naive_all=args.naive_all,
                     caps=caps,
                     batch=args.batch, quick=args.quick,
                     seed=args.seed, mel=args.mel, json=args.json, plot=args.plot, quiet=args.quiet)
@@ -705,17 +707,22 @@ class Runner:
 
         A parallel model is warmed up at every length by a counted call at that length (counting adds
         dispatch overhead, so it never happens in a timed call). An autoregressive generator does the same
-        work per sample at any length; the cached one is warmed up once, on a short clip (numba compiles then),
-        naive WaveNet by the short calls `naive_flops` counts.
+        work per sample at any length: it is warmed up once, on a short clip (the numba loop compiles then).
         """
         if entry.flops == "call":
             audio, flops = count_flops(lambda: self.call(entry, mel))
             synchronize(self.device)
             self.check_audio(entry, audio, mel)
             return flops / audio.numel(), "counted over the call"
-        if entry.name not in self.warm and entry.flops != "naive":  # naive: its counted calls below warm it up
+        if entry.name not in self.warm:
             short = mel[..., :frames_for(AR_WARMUP_SECONDS)]
-            self.check_audio(entry, self.call(entry, short), short)
+            if entry.flops == "naive":  # a naive step costs ~0.1 s at paper size on a CPU: 64 of them will do
+                model = self.models[entry.family].model
+                with torch.no_grad(), self.precision(entry):
+                    model.generate(short, method="naive", generator=self.generator(entry),
+                                   lengths=[64] * short.shape[0], progress=False)
+            else:
+                self.check_audio(entry, self.call(entry, short), short)
             synchronize(self.device)
             self.warm.add(entry.name)
         if entry.flops == "naive":
@@ -725,25 +732,40 @@ class Runner:
     def naive_flops(self, entry: Entry, mel: torch.Tensor) -> float:
         """FLOPs per sample of naive generation over this mel, counted over the generator's own calls.
 
-        Step t runs the stack over a window of min(t + 1, R) samples (R the receptive field) and the head on the
-        last one, so its cost is a fixed amount for every t >= R - 1. Counting the calls that stop after R and
-        R + 16 samples (`lengths`) gives the mel upsampling plus the first R steps, and that per-step cost:
-        the total for T samples follows exactly, without counting T steps (counting costs ~5x the call).
+        Step t runs the stack over the window of the last w_t = min(t + 1, R) samples (R the receptive field)
+        and the output head on the newest, so its cost is a * w_t + b, on top of the mel upsampling U done once.
+        Counting is slow (about 5x the call), so instead of counting T steps this counts the calls that stop
+        after 1, 2, 3, 4 and 8 samples (`lengths`): three give U, a and b, the other two must agree exactly,
+        and then the total for T samples is U + a * sum_t w_t + b * T. Should they disagree (a generator of
+        another shape), the calls stopping after R and R + 16 samples are counted: every step past R costs
+        the same. A test checks both against counting every step.
         """
         model = self.models[entry.family].model
-        T = mel.shape[-1] * model.mel_config.hop_length
+        B, T = mel.shape[0], mel.shape[-1] * model.mel_config.hop_length
         R = int(getattr(model, "receptive_field", T))
 
         def counted(n: int) -> int:
             with torch.no_grad(), self.precision(entry):
                 return count_flops(lambda: model.generate(mel, method="naive", generator=self.generator(entry),
-                                                          lengths=[n] * mel.shape[0], progress=False))[1]
+                                                          lengths=[n] * B, progress=False))[1]
 
+        def window_sum(n: int) -> int:  # sum over t < n of min(t + 1, R)
+            return n * (n + 1) // 2 if n <= R else R * (R + 1) // 2 + (n - R) * R
+
+        if T <= 16:
+            return counted(T) / (B * T)
+        if R > 8:
+            c1, c2, c3, c4, c8 = (counted(n) for n in (1, 2, 3, 4, 8))
+            a = (c3 - c2) - (c2 - c1)
+            b = (c2 - c1) - 2 * a
+            u = c1 - a - b
+            if c4 - c3 == 4 * a + b and c8 == u + a * window_sum(8) + b * 8:
+                return (u + a * window_sum(T) + b * T) / (B * T)
         m = 16
         if T <= R + m:
-            return counted(T) / (mel.shape[0] * T)
+            return counted(T) / (B * T)
         first, second = counted(R), counted(R + m)
-        return (first + (T - R) * (second - first) / m) / (mel.shape[0] * T)
+        return (first + (T - R) * (second - first) / m) / (B * T)
 
     def teacher_forced_flops(self, entry: Entry, mel: torch.Tensor) -> float:
         """FLOPs per sample of WaveNet's teacher-forced forward on one utterance of this length.
@@ -881,7 +903,8 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def format_table(rows: Sequence[Row]) -> str:
     header = ("model", "parameters", "MFLOP/sample", "length s", "median s", "samples/s", "RTF", "x real time",
               "speed-up vs cached", "GFLOP/s", "% peak", "peak mem MiB")
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule]
     for r in rows:
         label = r.label + (" *" if r.note.startswith("naive") else "")
         cells = (label, f"{r.parameters / 1e6:.2f} M", _fmt(r.flops_per_sample / 1e6), f"{r.length_s:.2f}",
