@@ -193,3 +193,19 @@ def test_plan_naive_length_and_caps():
                                                                                     (1.0, all_rows)]
     assert names(["--lengths", "0.5,1", "--ar-max", "0.5", "--models", "waveglow,wavenet_batched"]) == [
         (0.5, ["wavenet_batched", "waveglow"]), (1.0, ["waveglow"])]
+
+
+def test_speedups_against_cached_at_same_or_longest_length():
+    def row(model, length, sps):
+        return bm.Row(model=model, label=model, family="x", source="", parameters=1, length_s=length, batch=1,
+                      samples=1, times_s=[1.0] * 3, median_s=1.0, samples_per_s=sps, rtf=1.0, x_real_time=1.0,
+                      speedup_vs_cached=None, speedup_ref_length_s=None, flops_per_sample=1.0, flops_method="",
+                      gflops=1.0, pct_peak=1.0, peak_gflops=1.0, peak_mem_bytes=0, dtype="fp32")
+
+    rows = [row("wavenet_naive", 0.1, 2.0), row("wavenet_cached", 0.1, 100.0), row("wavenet_cached", 0.5, 200.0),
+            row("student", 0.5, 5000.0), row("student", 4.0, 8000.0)]
+    bm.add_speedups(rows)
+    assert [r.speedup_vs_cached for r in rows] == [0.02, 1.0, 1.0, 25.0, 40.0]
+    assert [r.speedup_ref_length_s for r in rows] == [0.1, 0.1, 0.5, 0.5, 0.5]
+    table = bm.format_table(rows)
+    assert table.count("†") == 1 and "| 40 † |" in table

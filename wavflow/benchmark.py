@@ -646,6 +646,7 @@ class Row:
     rtf: float                    # wall s / audio s produced
     x_real_time: float
     speedup_vs_cached: float | None
+    speedup_ref_length_s: float | None    # length of the cached row divided by (differs where it was capped)
     flops_per_sample: float
     flops_method: str
     gflops: float
@@ -820,14 +821,11 @@ class Runner:
             rows.append(Row(model=e.name, label=e.label, family=e.family, source=loaded.source,
                             parameters=loaded.parameters, length_s=frames * hop / sr, batch=batch, samples=samples,
                             times_s=times[e.name], median_s=median, samples_per_s=sps, rtf=median / audio_s,
-                            x_real_time=audio_s / median, speedup_vs_cached=None, flops_per_sample=per_sample,
+                            x_real_time=audio_s / median, speedup_vs_cached=None, speedup_ref_length_s=None,
+                            flops_per_sample=per_sample,
                             flops_method=method, gflops=gflops, pct_peak=100.0 * gflops / self.peak_for(e, peaks),
                             peak_gflops=self.peak_for(e, peaks),
                             peak_mem_bytes=mem_peaks[e.name], dtype=self.row_dtype(e), note=self.note(e, batch)))
-        ref = next((r for r in rows if r.model == REFERENCE), None)
-        if ref is not None:
-            for r in rows:
-                r.speedup_vs_cached = r.samples_per_s / ref.samples_per_s
         return rows
 
     def peak_for(self, entry: Entry, peaks: dict[str, float]) -> float:
@@ -909,9 +907,25 @@ def format_table(rows: Sequence[Row]) -> str:
         label = r.label + (" *" if r.note.startswith("naive") else "")
         cells = (label, f"{r.parameters / 1e6:.2f} M", _fmt(r.flops_per_sample / 1e6), f"{r.length_s:.2f}",
                  _fmt(r.median_s), _fmt(r.samples_per_s), _fmt(r.rtf), _fmt(r.x_real_time),
-                 _fmt(r.speedup_vs_cached), _fmt(r.gflops), _fmt(r.pct_peak, 2), f"{r.peak_mem_bytes / 2**20:.1f}")
+                 _fmt(r.speedup_vs_cached) + ("" if r.speedup_ref_length_s in (None, r.length_s) else " †"),
+                 _fmt(r.gflops), _fmt(r.pct_peak, 2), f"{r.peak_mem_bytes / 2**20:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def add_speedups(rows: Sequence[Row]) -> None:
+    """samples/s over the cached WaveNet's at the same length; where the cached row was capped (--cap, --ar-max),
+    over its longest one: its samples/s hardly depends on the length (a fixed cost per sample)."""
+    refs = sorted((r for r in rows if r.model == REFERENCE), key=lambda r: r.length_s)
+    if not refs:
+        return
+    for r in rows:
+        ref = next((c for c in refs if abs(c.length_s - r.length_s) < 1e-9), None)
+        if ref is None and r.length_s > refs[-1].length_s:
+            ref = refs[-1]
+        if ref is not None:
+            r.speedup_vs_cached = r.samples_per_s / ref.samples_per_s
+            r.speedup_ref_length_s = ref.length_s
 
 
 def summary_lines(rows: Sequence[Row]) -> list[str]:
@@ -925,7 +939,9 @@ def summary_lines(rows: Sequence[Row]) -> list[str]:
                 out.append(f"WaveNet cached / naive at {r.length_s:.2f} s: {c.samples_per_s / r.samples_per_s:,.1f}x")
     for r in rows:
         if r.model in ("student", "waveglow", "wavenet_batched") and r.speedup_vs_cached is not None:
-            out.append(f"{r.label} / WaveNet cached at {r.length_s:.2f} s: {r.speedup_vs_cached:,.1f}x")
+            against = ("" if r.speedup_ref_length_s == r.length_s
+                       else f" (cached WaveNet at {r.speedup_ref_length_s:.2f} s)")
+            out.append(f"{r.label} / WaveNet cached at {r.length_s:.2f} s{against}: {r.speedup_vs_cached:,.1f}x")
     return out
 
 
@@ -982,6 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     for seconds, entries in plan(settings):
         rows += runner.run_length(seconds, entries, peaks)
+    add_speedups(rows)
     meta = {
         "machine": machine_description(settings.device),
         "device": str(settings.device),
@@ -1016,6 +1033,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("* naive WaveNet recomputes the receptive field for every sample (O(T x receptive field)); it runs at "
               "--naive-length only (--naive-all for every length); past the first receptive field its cost per "
               "sample does not depend on the length, so its ratio to the cached row holds at any length.")
+    if any(r.speedup_ref_length_s not in (None, r.length_s) for r in rows):
+        print("† over the cached WaveNet at the longest length it ran (capped below): its samples/s hardly depends "
+              "on the length.")
     for name, cap in settings.caps.items():
         if any(e.name == name for e in settings.entries):
             print(f"{ENTRY_BY_NAME[name].label} ran only at lengths up to {cap:g} s (--cap / --ar-max).")
