@@ -48,7 +48,7 @@ from .cli import ArgumentParser, run_cli
 from .errors import WavflowError
 from .losses import stft_loss
 from .melspec import MelConfig, mel_spectrogram
-from .synthesis import resolve_device
+from .synthesis import infer_parameters, resolve_device
 
 OPTIONAL_METRICS = ("pesq", "stoi", "dnsmos")
 DNSMOS_KEYS = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
@@ -272,7 +272,7 @@ def evaluate_checkpoint(loaded: Loaded, clips: list[Clip], *, device: torch.devi
         result.info["nll_seconds_per_clip"] = None if cap is None else cap / sr
         result.info["nll_wall_seconds"] = time.perf_counter() - t0
         log(f"  {path.stem}: NLL {result.nll_nats:.4f} nats/sample over {result.nll_samples} samples")
-    options = {k: v for k, v in infer_options.items() if k in _accepted_options(model)}
+    options = {k: v for k, v in infer_options.items() if k in infer_parameters(model)}
     result.info["infer_options"] = options
     # One short untimed call first, so the RTF leaves out one-off costs (numba compilation, allocator warm-up).
     with torch.no_grad():
@@ -307,21 +307,6 @@ def default_name(path: Path) -> str:
     model (the trainer's best.pt / last.pt / step-N.pt)."""
     generic = path.stem in ("best", "last") or path.stem.startswith("step-")
     return f"{path.parent.name}/{path.stem}" if generic and path.parent.name else path.stem
-
-
-def _accepted_options(model: torch.nn.Module) -> set[str]:
-    """Keyword options model.infer names (or, where it forwards **options to generate(), that one names)."""
-    import inspect
-
-    names: set[str] = set()
-    for fn in (model.infer, getattr(model, "generate", None)):
-        if fn is None:
-            break
-        params = inspect.signature(fn).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return names
 
 
 def evaluate_references(clips: list[Clip], metric_mel: MelConfig, optional: dict[str, Callable], gl_iters: int,
