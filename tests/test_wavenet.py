@@ -131,6 +131,56 @@ def test_batched_utterances_of_different_lengths_match_one_by_one(output):
         torch.testing.assert_close(torch_batched[b], batched[b], **tol)
 
 
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_whole_chunk_replay_as_a_cuda_graph_runs_it_equals_naive(output):
+    """A CUDA graph replays every step of a chunk, also past the end of the audio, and keeps its step counter
+    on the device; emulate that on the CPU (ring of a dilation larger than the chunk, a partial last chunk)."""
+    from wavflow.models.wavenet import _CachedSteps
+
+    model = _tiny(output, seed=13, layers=6, cycles=1)  # dilations up to 32, kernel 3: a ring of 64 rows
+    mel = _mel(2, 1, seed=14)
+    T, chunk = 200, 48  # 4 full chunks and one of 8
+    noise = model.dist.draw_noise(2, 256, torch.Generator().manual_seed(15))
+    naive = model.generate(mel, method="naive", temperature=0.9, noise=noise)
+    with torch.no_grad():
+        c = model.upsampler(mel)
+        steps = _CachedSteps(model, 2, chunk, 0.9, c.device, torch.float32)
+        out = torch.zeros(2, T)
+        for t0 in range(0, T, chunk):
+            t1 = min(t0 + chunk, T)
+            steps.load(c, noise, t0, t1)
+            for s in range(chunk):
+                steps.step(s)
+            out[:, t0:t1] = steps.out[: t1 - t0].t()
+    assert int(steps.t) == 5 * chunk
+    if output == "mulaw":
+        assert torch.equal(model.dist.encode(out), model.dist.encode(naive[:, :T]))
+    else:
+        torch.testing.assert_close(out, naive[:, :T], atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_cuda_graph_generation_equals_naive_and_eager_on_the_gpu(output, monkeypatch):
+    # cuDNN's convolutions (naive generation) default to TF32, ~1e-3 relative: compare in true float32
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model = _tiny(output, seed=16).cuda()
+    mel = _mel(3, 2, seed=17).cuda()
+    noise = model.dist.draw_noise(3, 512, torch.Generator().manual_seed(18)).cuda()
+    frames = [2, 1, 2]
+    graph = model.generate(mel, method="cached", frames=frames, noise=noise, temperature=0.8)
+    eager = model.generate(mel, method="cached_torch", frames=frames, noise=noise, temperature=0.8)
+    naive = model.generate(mel, method="naive", frames=frames, noise=noise, temperature=0.8)
+    if output == "mulaw":
+        assert torch.equal(model.dist.encode(graph), model.dist.encode(naive))
+    else:
+        torch.testing.assert_close(graph, naive, atol=1e-4, rtol=0)
+    torch.testing.assert_close(graph, eager, atol=1e-5, rtol=0)
+    cpu = model.cpu().generate(mel.cpu(), frames=frames, noise=noise.cpu(), temperature=0.8)
+    torch.testing.assert_close(graph.cpu(), cpu, atol=1e-3, rtol=0)
+
+
 def test_batched_generation_equals_each_row_with_the_full_mel():
     """With every utterance's mel the full padded mel, each batch row is exactly its own single-row generation."""
     model = _tiny("gaussian", seed=10)

@@ -11,7 +11,8 @@ the ratios between rows hold on a noisy, shared machine. The rows are listed onc
     wavenet_naive    WaveNet teacher recomputing the receptive field for every sample (O(T x receptive field)):
                      run at one short length (--naive-length, 0.1 s) with the cached WaveNet beside it, and at
                      every length only with --naive-all; at paper size it takes minutes per second of audio
-    wavenet_cached   WaveNet teacher with per-layer queues (a numba-compiled loop on CPU, torch steps on GPU)
+    wavenet_cached   WaveNet teacher with per-layer queues (a numba-compiled loop on CPU, torch steps replayed
+                     as a CUDA graph on GPU)
     wavenet_batched  the cached generator on 16 utterances at once (--batch; 16 different stretches of the mel,
                      each of the row's length); samples/s is aggregate over the batch
     waveglow         WaveGlow, one parallel pass (sigma 0.6)

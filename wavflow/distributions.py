@@ -181,6 +181,7 @@ class MuLaw(Distribution):
                              torch.tensor([1.0], dtype=torch.float64)])
         edges = self._expand(edges_f)
         self.values = self._expand(f).float()  # [256] amplitude of each level
+        self._tables: dict[torch.device, torch.Tensor] = {}
         self.log_widths = torch.log(edges[1:] - edges[:-1]).float()  # [256] log bin width in amplitude
 
     def _expand(self, f: torch.Tensor) -> torch.Tensor:
@@ -193,7 +194,11 @@ class MuLaw(Distribution):
         return torch.clamp(torch.floor((f + 1) / 2 * self.mu + 0.5), 0, self.mu).long()
 
     def decode(self, index: torch.Tensor) -> torch.Tensor:
-        return self.values.to(index.device)[index]
+        # a table per device, made once: a copy to the GPU at every sample would also break CUDA-graph capture
+        table = self._tables.get(index.device)
+        if table is None:
+            table = self._tables[index.device] = self.values.to(index.device)
+        return table[index]
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         index = self.encode(x)

@@ -8,7 +8,8 @@ returns, at every t, the parameters of the distribution of x_t. Generation is se
   cached  each dilated layer keeps a queue of its last (k-1)*d inputs, so one sample costs one matrix-vector
           product per layer; the mel's projections into every layer's gate are computed for a chunk of samples
           before the loop, never per step. On CPU the loop runs compiled (numba, float32), over all layers and
-          all utterances of a batch, with the output head and the sampler inside; elsewhere in torch.
+          all utterances of a batch, with the output head and the sampler inside; on a GPU the torch steps of a
+          chunk of samples are captured once as a CUDA graph and replayed (`_CachedSteps`).
   batched either method over several utterances of different lengths (`lengths`); a finished utterance drops
           out of the compiled loop and its output beyond its length is zero.
 All methods draw the same noise from the same generator, so they produce the same audio (tests check it).
@@ -17,6 +18,8 @@ Speed (tools/wavenet_speed.py): one sample of the default teacher is 3.15 M mult
 float32 weights. At batch 1 the compiled loop streams those weights from L3 for every sample (~0.28 ms at the
 ~44 GB/s one core gets here), which bounds it near 3,500 samples/s per core; torch ops per step would instead
 cost ~200 dispatches (~1 ms). Batches reuse each weight row across utterances and become compute-bound.
+On an H100 the same ~170 kernels per sample take ~3.3 ms as Python dispatches and ~0.45 ms as a replayed
+CUDA graph (301 vs 2,210 samples/s at batch 1, fp32).
 """
 from __future__ import annotations
 
@@ -180,7 +183,8 @@ class WaveNet(nn.Module):
             elif method == "cached" and c.device.type == "cpu":
                 audio = self._generate_numba(c, noise, temperature, lens, progress, threads=threads)
             else:
-                audio = self._generate_cached_torch(c, noise, temperature, lens, progress)
+                audio = self._generate_cached_torch(c, noise, temperature, lens, progress,
+                                                    graph=method == "cached" and c.device.type == "cuda")
         finally:
             self.train(was_training)
         mask = torch.arange(T, device=audio.device)[None, :] < lens.to(audio.device)[:, None]
@@ -262,58 +266,42 @@ class WaveNet(nn.Module):
 
     @torch.no_grad()
     def _generate_cached_torch(self, c: torch.Tensor, noise: torch.Tensor, temperature: float,
-                               lens: torch.Tensor, progress: bool, forced: torch.Tensor | None = None) -> torch.Tensor:
-        """Cached generation in torch: queue_l[:, slot] holds layer l's input from a past step, slot = t mod Q_l.
+                               lens: torch.Tensor, progress: bool, forced: torch.Tensor | None = None,
+                               graph: bool = False) -> torch.Tensor:
+        """Cached generation in torch, one `_CachedSteps.step` per sample. Returns audio [B, T].
 
+        graph (CUDA only): the steps of one chunk are captured once as a CUDA graph and replayed chunk after
+        chunk, so a sample costs ~170 kernel replays instead of ~170 Python dispatches and launches.
         forced [B, T]: feed these samples instead of the drawn ones and return the parameters [B, P, T]
         (step-by-step teacher forcing, which tests compare with `forward`).
         """
-        cfg = self.config
         B, _, T = c.shape
-        k, R, Gh = cfg.kernel_size, cfg.residual_channels, cfg.gate_channels // 2
-        dil = self.stack.dilations
-        w = self._flat_weights()
-        dev, dt = c.device, w["conv_w"].dtype
-        queues = [torch.zeros(B, (k - 1) * d, R, device=dev, dtype=dt) for d in dil]
-        taps = torch.empty(B, k * R, device=dev, dtype=dt)
-        z = torch.empty(B, cfg.gate_channels, device=dev, dtype=dt)
-        rs = torch.empty(B, R + cfg.skip_channels, device=dev, dtype=dt)
-        h = torch.empty(B, R, device=dev, dtype=dt)
-        skips = torch.empty(B, cfg.skip_channels, device=dev, dtype=dt)
-        x_prev = torch.zeros(B, device=dev, dtype=dt)
-        out = torch.zeros(B, T, device=dev, dtype=dt)
-        params_out = torch.zeros(B, self.dist.num_params, T, device=dev, dtype=dt) if forced is not None else None
-        if forced is not None:
-            forced = self.dist.prepare_input(forced).to(dt)
         T_run = int(lens.max()) if B else 0
-        chunk = self._chunk_size(B)
-        res_scale, skip_scale = math.sqrt(0.5), math.sqrt(1.0 / cfg.layers)
-        with self._progress(T_run, progress) as bar:
-            for t0 in range(0, T_run, chunk):
-                cond = self._cond_chunk(w, c[..., t0: min(t0 + chunk, T_run)].to(dt))
-                for t in range(t0, min(t0 + chunk, T_run)):
-                    torch.addcmul(w["in_b"], x_prev[:, None], w["in_w"][None, :], out=h)
-                    skips.zero_()
-                    for l, d in enumerate(dil):
-                        q = queues[l]
-                        for j in range(k - 1):  # tap j looks (k-1-j)*d steps back
-                            taps[:, j * R: (j + 1) * R] = q[:, (t - (k - 1 - j) * d) % q.shape[1]]
-                        taps[:, (k - 1) * R:] = h
-                        q[:, t % q.shape[1]] = h
-                        torch.addmm(cond[t - t0, :, l], taps, w["conv_w"][l], out=z)
-                        gated = torch.tanh(z[:, :Gh]) * torch.sigmoid(z[:, Gh:])
-                        torch.addmm(w["rs_b"][l], gated, w["rs_w"][l], out=rs)
-                        h.add_(rs[:, :R]).mul_(res_scale)
-                        skips.add_(rs[:, R:])
-                    a = F.relu(torch.addmm(w["out1_b"], F.relu(skips * skip_scale), w["out1_w"]))
-                    params = torch.addmm(w["out2_b"], a, w["out2_w"])[:, :, None]
-                    x = self.dist.sample(params, temperature, noise=noise[..., t: t + 1].to(dt))[:, 0]
-                    out[:, t] = x
-                    if forced is not None:
-                        params_out[:, :, t] = params[:, :, 0]
-                        x = forced[:, t]
-                    x_prev.copy_(x)
-                bar.update(min(t0 + chunk, T_run) - t0)
+        dev = c.device
+        # under autocast the matmuls run in its dtype; the weights are cast once here, not at every step
+        dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else torch.float32
+        chunk = min(128, max(T_run, 1)) if graph else self._chunk_size(B)
+        with torch.autocast(dev.type, enabled=False):
+            steps = _CachedSteps(self, B, chunk, temperature, dev, dtype)
+            out = torch.zeros(B, T, device=dev)
+            params_out = torch.zeros(B, self.dist.num_params, T, device=dev) if forced is not None else None
+            if forced is not None:
+                forced = self.dist.prepare_input(forced).float()
+            replay = steps.capture() if graph and T_run else None
+            with self._progress(T_run, progress) as bar:
+                for t0 in range(0, T_run, chunk):
+                    t1 = min(t0 + chunk, T_run)
+                    steps.load(c, noise, t0, t1)
+                    if replay is not None:
+                        replay.replay()
+                    else:
+                        for s in range(t1 - t0):
+                            params = steps.step(s)
+                            if forced is not None:
+                                params_out[:, :, t0 + s] = params
+                                steps.x_prev.copy_(forced[:, t0 + s])
+                    out[:, t0:t1] = steps.out[: t1 - t0].t()
+                    bar.update(t1 - t0)
         return params_out if forced is not None else out
 
     # -- cached, compiled -----------------------------------------------------------------------------------------
@@ -393,6 +381,116 @@ class WaveNet(nn.Module):
         if teacher:
             return torch.from_numpy(params_out)[inverse]
         return torch.from_numpy(out)[inverse]
+
+
+class _CachedSteps:
+    """Cached WaveNet generation as fixed-shape torch steps on fixed buffers, so a CUDA graph can replay them.
+
+    Every layer's past inputs live in one ring, hist [B, L * H, R] with H = (k - 1) * max dilation: layer l's
+    input at step t sits in row l * H + t mod H. The step counter t is a device tensor that each step
+    increments, so no kernel depends on a Python value that changes from step to step. A step first gathers
+    the taps at lags >= 1 of all layers at once (they were written by earlier steps) and projects them with the
+    mel conditioning in one batched matmul; only the lag-0 tap has to run layer after layer. Skip outputs are
+    kept per layer and projected in one matmul at the end; the output head runs in float32 as in `head`.
+
+    load() copies a chunk of conditioning [N, L, B, G] and noise [N, B, n, 1] into the buffers; step(s) reads
+    position s of them and writes out[s] [B].
+    """
+
+    def __init__(self, model: "WaveNet", B: int, chunk: int, temperature: float, device: torch.device,
+                 dtype: torch.dtype):
+        cfg = model.config
+        k, R, G = cfg.kernel_size, cfg.residual_channels, cfg.gate_channels
+        dil = model.stack.dilations
+        L, H = len(dil), (k - 1) * max(dil)
+        self.model, self.B, self.L, self.H, self.k, self.R, self.Gh = model, B, L, H, k, R, G // 2
+        self.temperature, self.dtype = temperature, dtype
+        blocks = model.stack.blocks
+
+        def put(t: torch.Tensor, dt: torch.dtype = dtype) -> torch.Tensor:
+            return t.detach().to(device=device, dtype=dt).contiguous()
+
+        res_scale, skip_scale = math.sqrt(0.5), math.sqrt(1.0 / L)
+        # conv taps j = 0 .. k-2 look (k - 1 - j) * d steps back; rows j * R + r of w_past
+        self.w_past = put(torch.stack([b.conv.weight[:, :, : k - 1].permute(2, 1, 0).reshape((k - 1) * R, G)
+                                       for b in blocks]))  # [L, (k-1) R, G]
+        self.w_now = put(torch.stack([b.conv.weight[:, :, k - 1].t() for b in blocks]))  # [L, R, G]
+        self.cond_w = put(torch.stack([b.cond.weight[:, :, 0].t() for b in blocks]))  # [L, C, G]
+        self.conv_b = put(torch.stack([b.conv.bias for b in blocks]))  # [L, G]
+        rs_w = torch.stack([b.res_skip.weight[:, :, 0].t() for b in blocks])  # [L, G/2, R + S]
+        rs_b = torch.stack([b.res_skip.bias for b in blocks])  # [L, R + S]
+        self.res_w, self.res_b = put(res_scale * rs_w[:, :, :R]), put(res_scale * rs_b[:, :R])
+        self.skip_w = put(skip_scale * rs_w[:, :, R:])  # [L, G/2, S]
+        self.skip_b = put(skip_scale * rs_b[:, R:].sum(0), torch.float32)
+        self.in_w, self.in_b = put(model.stack.input.weight[:, 0, 0]), put(model.stack.input.bias)
+        self.out1_w, self.out1_b = put(model.out1.weight[:, :, 0].t(), torch.float32), put(model.out1.bias, torch.float32)
+        self.out2_w, self.out2_b = put(model.out2.weight[:, :, 0].t(), torch.float32), put(model.out2.bias, torch.float32)
+        lags = torch.tensor([[(k - 1 - j) * d for j in range(k - 1)] for d in dil], dtype=torch.long)
+        self.lags = lags.reshape(-1).to(device)  # [L (k-1)]
+        self.lag_base = (torch.arange(L)[:, None] * H).expand(L, k - 1).reshape(-1).to(device)
+        self.row_base = (torch.arange(L) * H).to(device)  # [L]
+        n = model.dist.noise_channels
+        self.hist = torch.zeros(B, L * H, R, device=device, dtype=dtype)
+        self.h = torch.zeros(L, B, R, device=device, dtype=dtype)  # h[l]: layer l's input at this step
+        self.gates = torch.zeros(L, B, self.Gh, device=device, dtype=dtype)
+        self.x_prev = torch.zeros(B, device=device, dtype=dtype)
+        self.t = torch.zeros((), dtype=torch.long, device=device)
+        self.cond = torch.zeros(chunk, L, B, G, device=device, dtype=dtype)
+        self.noise = torch.zeros(chunk, B, n, 1, device=device)
+        self.out = torch.zeros(chunk, B, device=device)
+        self.chunk = chunk
+
+    def reset(self) -> None:
+        for buf in (self.hist, self.h, self.gates, self.x_prev, self.t, self.out):
+            buf.zero_()
+
+    def load(self, c: torch.Tensor, noise: torch.Tensor, t0: int, t1: int) -> None:
+        """Conditioning of samples [t0, t1) from the upsampled mel c [B, C, T], with the conv bias, and their noise."""
+        n = t1 - t0
+        torch.add(torch.einsum("bct,lcg->tlbg", c[..., t0:t1].to(self.dtype), self.cond_w), self.conv_b[:, None],
+                  out=self.cond[:n])
+        self.noise[:n].copy_(noise[..., t0:t1].permute(2, 0, 1)[..., None])
+        if n < self.chunk:  # a replayed graph runs the whole chunk; the extra steps' output is never read
+            self.cond[n:].zero_()
+            self.noise[n:].fill_(0.5)
+
+    def step(self, s: int) -> torch.Tensor:
+        """One sample at chunk position s: writes out[s] and the state; returns the parameters [B, P]."""
+        B, L, H, k, R, Gh = self.B, self.L, self.H, self.k, self.R, self.Gh
+        rows = torch.remainder(self.t - self.lags, H) + self.lag_base
+        past = self.hist.index_select(1, rows).view(B, L, (k - 1) * R).transpose(0, 1)  # [L, B, (k-1) R]
+        z_all = torch.baddbmm(self.cond[s], past, self.w_past)  # [L, B, G]
+        torch.addcmul(self.in_b, self.x_prev[:, None], self.in_w[None, :], out=self.h[0])
+        for l in range(L):
+            z = torch.addmm(z_all[l], self.h[l], self.w_now[l])
+            torch.mul(torch.tanh(z[:, :Gh]), torch.sigmoid(z[:, Gh:]), out=self.gates[l])
+            if l + 1 < L:  # the last layer's residual output is never used
+                torch.addmm(self.h[l], self.gates[l], self.res_w[l], beta=math.sqrt(0.5), out=self.h[l + 1])
+                self.h[l + 1].add_(self.res_b[l])
+        skips = torch.bmm(self.gates, self.skip_w).sum(0).float() + self.skip_b
+        a = torch.relu(torch.addmm(self.out1_b, torch.relu(skips), self.out1_w))
+        params = torch.addmm(self.out2_b, a, self.out2_w)
+        x = self.model.dist.sample(params[:, :, None], self.temperature, noise=self.noise[s])[:, 0]
+        self.out[s].copy_(x)
+        self.x_prev.copy_(x)
+        self.hist.index_copy_(1, self.row_base + torch.remainder(self.t, H), self.h.transpose(0, 1))
+        self.t.add_(1)
+        return params
+
+    def capture(self) -> "torch.cuda.CUDAGraph":
+        """Record the `chunk` steps of one chunk as a CUDA graph, after a warm-up that leaves the state at zero."""
+        side = torch.cuda.Stream(self.t.device)
+        side.wait_stream(torch.cuda.current_stream(self.t.device))
+        with torch.cuda.stream(side):  # first calls create cuBLAS handles and workspaces, which capture forbids
+            for s in range(min(3, self.chunk)):
+                self.step(s)
+        torch.cuda.current_stream(self.t.device).wait_stream(side)
+        self.reset()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for s in range(self.chunk):
+                self.step(s)
+        return graph
 
 
 def _split_groups(lens_sorted: np.ndarray, threads: int) -> list[tuple[int, int]]:
