@@ -119,6 +119,47 @@ def test_fast_inference_path_equals_module_path(mel):
     assert (ref - fast).abs().max() < 1e-5 * ref.abs().max()
 
 
+@pytest.mark.parametrize("kernel_size", [2, 3])
+def test_blocked_fast_flow_equals_whole_utterance(kernel_size, monkeypatch):
+    # Time blocks carry each layer's last (k - 1) * d input rows into the next block, so blocking only changes
+    # GEMM shapes. Three flows of dilations 1..16 (longest carried context 16 or 32 rows); blocks shorter than
+    # that context (the carried rows then span earlier blocks too), blocks that do not divide T, one that does,
+    # and blocks as long as or longer than the utterance; two utterances and three flows share the buffers.
+    torch.manual_seed(kernel_size)
+    config = dataclasses.replace(StudentConfig.tiny(), flow_layers=(5, 5, 5), dilation_cycle=5,
+                                 kernel_size=kernel_size)
+    model = IAFStudent(config).eval()
+    T = 700
+    with torch.no_grad():
+        for f in model.flows:
+            f.out.weight.normal_(0, 0.3)
+            f.out.bias.normal_(0, 0.3)
+        z = torch.randn(2, T)
+        z_before = z.clone()
+        cond = torch.randn(2, config.upsample_channels, T)
+        ref = model.flow(z, cond)
+        whole = model.fast_flow(z, cond, block=T)
+        for r, w in zip(ref, whole):
+            assert (r - w).abs().max() < 1e-5
+        for block in (3, 13, 24, 64, 350, T, 2 * T):
+            for w, b in zip(whole, model.fast_flow(z, cond, block=block)):
+                assert (w - b).abs().max() < 1e-5, block
+        assert torch.equal(z, z_before)  # the input is never written
+        # the CPU default blocks too
+        monkeypatch.setattr(IAFStudent, "FAST_BLOCK", 24)
+        for r, b in zip(ref, model.fast_flow(z, cond)):
+            assert (r - b).abs().max() < 1e-5
+        # a float64 copy agrees to float64 rounding at any block size
+        model64 = model.double()
+        z64, cond64 = z.double(), cond.double()
+        ref64 = model64.flow(z64, cond64)
+        for block in (5, 64):
+            for r, b in zip(ref64, model64.fast_flow(z64, cond64, block=block)):
+                assert (r - b).abs().max() < 1e-12, block
+        with pytest.raises(WavflowError, match="block"):
+            model.fast_flow(z64, cond64, block=0)
+
+
 @pytest.mark.parametrize("base", ["gaussian", "logistic"])
 def test_inversion_recovers_noise_and_likelihood(base, mel):
     model = _student(base)
