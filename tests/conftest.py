@@ -39,3 +39,13 @@ def short_clip(ljspeech_root: Path) -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared 2-core CPU: a second intra-op thread only spins (10-100x the CPU time per step).
+    Modules of tiny-model tests opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

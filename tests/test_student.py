@@ -200,13 +200,7 @@ CLIPS = ("LJ002-0020", "LJ001-0002")
 CROP = 4096
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: on the shared 2-core machine two intra-op threads cost ~10x the CPU time in spinning.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from wavflow.models.wavenet import WaveNet, WaveNetConfig
 OUTPUTS = ("gaussian", "mixture", "mulaw")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core CPU: a second torch thread only spins (20-100x slower per step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny(output: str = "gaussian", seed: int = 0, **kw) -> WaveNet:
