@@ -1,38 +1,25 @@
-"""Shared fixtures. Real LJSpeech clips come from ../shared/data (or $WAVFLOW_DATA); they are never copied here."""
+"""Shared fixtures. Real speech comes from tests/data/ljspeech: 33 genuine LJSpeech clips (public domain) in the
+dataset's layout, LJ001-0001..0032 as FLAC and LJ002-0020 as WAV, so the suite runs from a bare clone."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _data_dir() -> Path:
-    env = os.environ.get("WAVFLOW_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+from synth_helpers import LJSPEECH
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    d = _data_dir()
-    if not (d / "LJSpeech-1.1-mini" / "metadata.csv").exists():
-        pytest.fail(f"LJSpeech test data not found under {d}: set WAVFLOW_DATA to the folder holding LJSpeech-1.1-mini")
-    return d
+def ljspeech_root() -> Path:
+    """The fixture's LJSpeech-layout root (metadata.csv + wavs/)."""
+    return LJSPEECH
 
 
 @pytest.fixture(scope="session")
-def ljspeech_root(data_dir: Path) -> Path:
-    """The 335-clip LJSpeech-1.1-mini root (metadata.csv + wavs/)."""
-    return data_dir / "LJSpeech-1.1-mini"
-
-
-@pytest.fixture(scope="session")
-def short_clip(ljspeech_root: Path) -> Path:
-    """LJ002-0020.wav: 1.54 s of real speech."""
-    return ljspeech_root / "wavs" / "LJ002-0020.wav"
+def short_clip() -> Path:
+    """LJ002-0020.wav: 1.54 s of real speech, the clip of examples/LJ002-0020.npy."""
+    return LJSPEECH / "wavs" / "LJ002-0020.wav"
 
 
 @pytest.fixture(autouse=True)

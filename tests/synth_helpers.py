@@ -17,6 +17,15 @@ from wavflow.models import build_model
 from wavflow.models.waveglow import WaveGlowConfig
 
 REPO = Path(__file__).resolve().parents[1]
+LJSPEECH = REPO / "tests" / "data" / "ljspeech"  # the fixture clips: metadata.csv + wavs/
+
+
+def clip(clip_id: str) -> Path:
+    """The fixture's file of one LJSpeech clip (FLAC or WAV)."""
+    for suffix in (".flac", ".wav"):
+        if (LJSPEECH / "wavs" / f"{clip_id}{suffix}").is_file():
+            return LJSPEECH / "wavs" / f"{clip_id}{suffix}"
+    raise FileNotFoundError(f"clip {clip_id} is not in {LJSPEECH}")
 
 # 4 flows of WN 2 x 16 and an upsampler kernel of one hop (the 1024 default alone would be 6.5M parameters).
 TINY_WAVEGLOW = WaveGlowConfig(n_flows=4, n_group=8, n_early_every=2, n_early_size=2, wn_layers=2, wn_channels=16,

@@ -23,9 +23,9 @@ from wavflow.cli import run_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_quick_run_writes_every_promised_row(tmp_path, data_dir):
+def test_quick_run_writes_every_promised_row(tmp_path):
     out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
-    env = dict(os.environ, WAVFLOW_DATA=str(data_dir))
+    env = dict(os.environ)
     # One torch thread: on a CPU shared with other jobs, two spinning OpenMP threads per small op make the tiny
     # models' step loops erratic; the run checks what is reported, not how fast.
     proc = subprocess.run([sys.executable, "-m", "wavflow.benchmark", "--quick", "--threads", "1", "--json",

@@ -13,6 +13,8 @@ from wavflow.data import CropSampler, LJSpeech, read_metadata
 from wavflow.errors import WavflowError
 from wavflow.melspec import MelConfig, mel_spectrogram
 
+from synth_helpers import clip
+
 
 def make_root(tmp: Path, clips: dict[str, Path], lines: list[str] | None = None) -> Path:
     """A temporary LJSpeech-layout root whose wavs/ are symlinks to real clips (no audio is copied)."""
@@ -27,9 +29,9 @@ def make_root(tmp: Path, clips: dict[str, Path], lines: list[str] | None = None)
 def test_split_is_the_last_n_valid_lines_of_metadata(ljspeech_root):
     ids = [line.split("|")[0] for line in (ljspeech_root / "metadata.csv").read_text().splitlines()]
     train, valid = LJSpeech(ljspeech_root, "train"), LJSpeech(ljspeech_root, "valid")
-    assert (len(train), len(valid)) == (len(ids) - 20, 20) == (315, 20)
+    assert (len(train), len(valid)) == (len(ids) - 20, 20) == (13, 20)
     assert valid.ids == ids[-20:] and train.ids == ids[:-20]  # metadata order, nothing shuffled or lost
-    assert valid.ids[-1] == "LJ002-0150"
+    assert valid.ids[-1] == "LJ002-0020"
     again = LJSpeech(ljspeech_root, "valid", n_valid=20)
     assert again.ids == valid.ids
     assert LJSpeech(ljspeech_root, "valid", n_valid=5).ids == ids[-5:]
@@ -39,7 +41,7 @@ def test_split_is_the_last_n_valid_lines_of_metadata(ljspeech_root):
 def test_validation_items_are_whole_utterances(ljspeech_root):
     valid = LJSpeech(ljspeech_root, "valid", n_valid=2)
     for i in range(2):
-        whole = load_audio(ljspeech_root / "wavs" / f"{valid.ids[i]}.wav", 22050)
+        whole = load_audio(clip(valid.ids[i]), 22050)
         assert torch.equal(valid[i], whole)
 
 
@@ -74,40 +76,51 @@ def test_return_mel_matches_the_mel_of_the_crop(ljspeech_root):
     assert torch.equal(mel, mel_spectrogram(audio.unsqueeze(0))[0])
 
 
-def test_flac_root_decodes_like_the_wavs(data_dir):
-    flac = LJSpeech(data_dir / "ljspeech-flac32", "valid", n_valid=2)
-    wav = LJSpeech(data_dir / "LJSpeech-1.1-mini", "valid", n_valid=335 - 32 + 2)
-    assert [p.suffix for p in flac.paths] == [".flac", ".flac"]
-    assert flac.ids == wav.ids[:2] == ["LJ001-0031", "LJ001-0032"]
+def as_wav(flac: Path, wav: Path) -> Path:
+    """The same clip as 16-bit PCM WAV, written with soundfile from the FLAC's integer samples."""
+    pcm, sr = sf.read(str(flac), dtype="int16")
+    sf.write(str(wav), pcm, sr, subtype="PCM_16")
+    return wav
+
+
+def test_flac_root_decodes_like_the_wavs(ljspeech_root, tmp_path):
+    flac = LJSpeech(ljspeech_root, "valid", n_valid=3)
+    assert [p.suffix for p in flac.paths] == [".flac", ".flac", ".wav"]
+    assert flac.ids == ["LJ001-0031", "LJ001-0032", "LJ002-0020"]
+    (tmp_path / "w").mkdir()
     for i in range(2):
-        assert torch.equal(flac.load(i), wav.load(i))  # lossless
+        wav = as_wav(flac.paths[i], tmp_path / "w" / f"{flac.ids[i]}.wav")
+        assert sf.info(str(flac.paths[i])).format == "FLAC" and sf.info(str(wav)).format == "WAV"
+        assert torch.equal(flac.load(i), load_audio(wav, 22050))  # lossless
 
 
-def test_mixed_wav_and_flac_root(data_dir, tmp_path):
-    mini, flac = data_dir / "LJSpeech-1.1-mini" / "wavs", data_dir / "ljspeech-flac32" / "wavs"
+def test_mixed_wav_and_flac_root(ljspeech_root, tmp_path):
+    flac = ljspeech_root / "wavs"
+    wav = as_wav(flac / "LJ001-0002.flac", tmp_path / "LJ001-0002.wav")
     root = make_root(tmp_path / "r", {"LJ001-0001.flac": flac / "LJ001-0001.flac",
-                                      "LJ001-0002.wav": mini / "LJ001-0002.wav",
+                                      "LJ001-0002.wav": wav,
                                       "LJ001-0003.flac": flac / "LJ001-0003.flac"})
     train = LJSpeech(root, "train", n_valid=1, segment_length=4096)
     assert [p.name for p in train.paths] == ["LJ001-0001.flac", "LJ001-0002.wav"]
     assert train[(0, 0, 0)].shape == (4096,)
-    assert torch.equal(train.load(0), load_audio(mini / "LJ001-0001.wav", 22050))
+    assert torch.equal(train.load(1), load_audio(flac / "LJ001-0002.flac", 22050))
 
 
 def test_audio_is_resampled_to_the_mel_rate(ljspeech_root, short_clip):
     data = LJSpeech(ljspeech_root, "valid", n_valid=1, mel_config=MelConfig(sample_rate=16000))
-    n = sf.info(str(ljspeech_root / "wavs" / f"{data.ids[0]}.wav")).frames
+    n = sf.info(str(clip(data.ids[0]))).frames
     assert abs(data[0].shape[0] - n * 16000 / 22050) <= 1
 
 
 def test_sampler_shards_and_resumes_epochs(ljspeech_root):
-    data = LJSpeech(ljspeech_root, "train")
+    data = LJSpeech(ljspeech_root, "train", n_valid=0)
+    assert len(data) == 33
     ranks = [CropSampler(data, num_replicas=2, rank=r, seed=5) for r in (0, 1)]
     for s in ranks:
         s.set_epoch(3)
     shards = [[i for i, _, _ in s] for s in ranks]
-    assert all(len(x) == 158 for x in shards)  # 315 clips over 2 processes, padded to 316
-    assert set(shards[0]) | set(shards[1]) == set(range(315))
+    assert all(len(x) == 17 for x in shards)  # 33 clips over 2 processes, padded to 34
+    assert set(shards[0]) | set(shards[1]) == set(range(33))
     assert len(set(shards[0]) & set(shards[1])) <= 1
     single = CropSampler(data, seed=5)
     single.set_epoch(3)
@@ -115,7 +128,7 @@ def test_sampler_shards_and_resumes_epochs(ljspeech_root):
     single.set_epoch(4)
     assert [i for i, _, _ in single] != [i for i, _, _ in full]  # reshuffled each epoch
     single.set_state(3, 10)
-    assert list(single) == full[10:] and len(single) == 315 - 10
+    assert list(single) == full[10:] and len(single) == 33 - 10
     assert all(seed == 5 and epoch == 3 for _, seed, epoch in full)
 
 

@@ -27,7 +27,7 @@ from wavflow import synthesis
 from wavflow.checkpoint import model_payload
 from wavflow.melspec import MAX_FRAMES, MelConfig
 
-from synth_helpers import REPO, run_in_process, run_module, save_tiny_waveglow, snapshot, tiny_waveglow
+from synth_helpers import LJSPEECH, REPO, run_in_process, run_module, save_tiny_waveglow, snapshot, tiny_waveglow
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -237,7 +237,7 @@ SYNTHESIZE = [
     Case("unknown-model", options("--model", "melgan"), "argument --model: invalid choice"),
     Case("checkpoint-and-model", options("--model", "wavenet"), "not allowed with argument"),
     Case("unknown-flag", options("--frobnicate"), "unrecognized arguments: --frobnicate"),
-    Case("no-inputs", lambda t, c: ["--checkpoint", c], "the following arguments are required: MEL"),
+    Case("no-inputs", lambda t, c: ["--checkpoint", c], "give at least one mel .npy file or directory (or --example)"),
 ]
 
 
@@ -321,13 +321,11 @@ EVALUATE = [
 # train (its own finer cases live in test_train.py)
 
 TINY_YAML = REPO / "recipes" / "ljspeech" / "conf" / "waveglow.tiny.yaml"
-DATA_ROOT = Path(os.environ["WAVFLOW_DATA"]) if os.environ.get("WAVFLOW_DATA") else REPO.parent / "shared" / "data"
-LJ_MINI = DATA_ROOT / "LJSpeech-1.1-mini"
 
 
 def train_args(*extra, config: Path | None = None) -> Callable[[Path, Path], list]:
     def build(tmp: Path, ckpt: Path) -> list:
-        return [config or TINY_YAML, "--out-dir", tmp / "run", f"data.root={LJ_MINI}", "data.cache_audio=false",
+        return [config or TINY_YAML, "--out-dir", tmp / "run", f"data.root={LJSPEECH}", "data.cache_audio=false",
                 "train.device=cpu", *extra]
     return build
 
@@ -345,6 +343,21 @@ def resume_from(make: Callable[[Path], Path]) -> Callable[[Path, Path], list]:
         shutil.move(make(tmp), tmp / "run" / "last.pt")
         return [*train_args()(tmp, ckpt), "--resume"]
     return build
+
+
+WAVENET_YAML = REPO / "recipes" / "ljspeech" / "conf" / "wavenet.tiny.yaml"
+STUDENT_YAML = REPO / "recipes" / "ljspeech" / "conf" / "student.tiny.yaml"
+LONGEST_TRAIN_CLIP = 213149  # samples of LJ001-0003, the longest of LJSPEECH's 13 training clips (n_valid: 20)
+
+
+def wavenet_args(*extra: str) -> Callable[[Path, Path], list]:
+    return train_args(*extra, config=WAVENET_YAML)
+
+
+def student_args(*extra: str) -> Callable[[Path, Path], list]:
+    # student.tiny.yaml names a teacher (exp/wavenet-tiny/best.pt) that does not exist under tmp_path: the config
+    # error must come before the teacher is loaded, or the line would name the missing teacher instead.
+    return train_args(*extra, config=STUDENT_YAML)
 
 
 def train_under_file(tmp: Path, ckpt: Path) -> list:
@@ -370,6 +383,95 @@ TRAIN = [
     Case("resume-code-running-checkpoint", resume_from(evil_checkpoint), "refused to load", marker="MARKER"),
     Case("resume-truncated-checkpoint", resume_from(truncated_checkpoint), "not a torch checkpoint"),
     Case("resume-plain-tensor", resume_from(torch_file(torch.zeros(2))), "holds a Tensor"),
+    # model_config values that cannot build a model: refused by the config dataclass (or, where the mel's hop
+    # is needed, by the model's constructor), never a ValueError from a layer
+    Case("waveglow-flows-zero", train_args("model_config.n_flows=0"), "n_flows=0 must be an integer >= 1"),
+    Case("waveglow-flows-negative", train_args("model_config.n_flows=-8"), "n_flows=-8"),
+    Case("waveglow-group-odd", train_args("model_config.n_group=7"), "n_group=7 must be an even integer"),
+    Case("waveglow-group-zero", train_args("model_config.n_group=0"), "n_group=0 must be an even integer"),
+    Case("waveglow-group-vs-hop", train_args("model_config.n_group=6"), "n_group 6 must divide the hop length 256"),
+    Case("waveglow-early-every-zero", train_args("model_config.n_early_every=0"), "n_early_every=0"),
+    Case("waveglow-early-size-odd", train_args("model_config.n_early_size=3"), "n_early_size=3 must be an even"),
+    Case("waveglow-early-size-negative", train_args("model_config.n_early_size=-2"), "n_early_size=-2"),
+    Case("waveglow-early-exits-leave-nothing",
+         train_args("model_config.n_early_every=4", "model_config.n_early_size=8"),
+         "n_early_every=4 and n_early_size=8 leave fewer than 2 channels"),
+    Case("waveglow-wn-layers-zero", train_args("model_config.wn_layers=0"), "wn_layers=0 must be an integer >= 1"),
+    Case("waveglow-wn-channels-negative", train_args("model_config.wn_channels=-64"), "wn_channels=-64"),
+    Case("waveglow-wn-kernel-even", train_args("model_config.wn_kernel_size=4"), "wn_kernel_size=4 must be an odd"),
+    Case("waveglow-wn-kernel-zero", train_args("model_config.wn_kernel_size=0"), "wn_kernel_size=0"),
+    Case("waveglow-upsample-kernel-vs-hop", train_args("model_config.upsample_kernel=300"),
+         "upsample_kernel 300 must be a multiple of the hop length 256"),
+    Case("waveglow-sigma-zero", train_args("model_config.sigma=0"), "sigma=0.0 must be a finite number > 0"),
+    Case("wavenet-layers-zero", wavenet_args("model_config.layers=0"), "layers=0 must be an integer >= 1"),
+    Case("wavenet-layers-not-cycles", wavenet_args("model_config.layers=13", "model_config.cycles=2"),
+         "layers=13 must be a multiple of cycles=2"),
+    Case("wavenet-cycles-not-divisor", wavenet_args("model_config.layers=12", "model_config.cycles=5"),
+         "layers=12 must be a multiple of cycles=5"),
+    Case("wavenet-cycles-zero", wavenet_args("model_config.cycles=0"), "cycles=0 must be an integer >= 1"),
+    Case("wavenet-residual-zero", wavenet_args("model_config.residual_channels=0"), "residual_channels=0"),
+    Case("wavenet-gate-odd", wavenet_args("model_config.gate_channels=33"), "gate_channels=33 must be an even"),
+    Case("wavenet-gate-zero", wavenet_args("model_config.gate_channels=0"), "gate_channels=0 must be an even"),
+    Case("wavenet-skip-negative", wavenet_args("model_config.skip_channels=-32"), "skip_channels=-32"),
+    Case("wavenet-kernel-one", wavenet_args("model_config.kernel_size=1"), "kernel_size=1 must be an integer >= 2"),
+    Case("wavenet-kernel-zero", wavenet_args("model_config.kernel_size=0"), "kernel_size=0"),
+    Case("wavenet-upsample-channels-zero", wavenet_args("model_config.upsample_channels=0"), "upsample_channels=0"),
+    Case("wavenet-upsample-factor-zero", wavenet_args("model_config.upsample_factors=[4,0,16,4]"),
+         "upsample_factors=(4, 0, 16, 4)"),
+    Case("wavenet-upsample-factors-vs-hop", wavenet_args("model_config.upsample_factors=[4,4,4]"),
+         "upsample_factors (4, 4, 4) multiply to 64, but the mel hop is 256"),
+    Case("wavenet-context-kernel-even", wavenet_args("model_config.context_kernel=4"), "context_kernel=4"),
+    Case("wavenet-output-unknown", wavenet_args("model_config.output=laplace"), "output='laplace' is not a known"),
+    Case("wavenet-mixture-no-components", wavenet_args("model_config.output=mixture",
+                                                       "model_config.mixture_components=0"), "mixture_components=0"),
+    Case("wavenet-mulaw-one-channel", wavenet_args("model_config.output=mulaw", "model_config.mulaw_channels=1"),
+         "mulaw_channels=1"),
+    Case("student-flow-not-whole-cycles",
+         student_args("model_config.flow_layers=[6,5]", "model_config.dilation_cycle=6"),
+         "a flow of 5 layers is not a whole number of dilation cycles of dilation_cycle=6"),
+    Case("student-no-flows", student_args("model_config.flow_layers=[]"), "flow_layers=() must be a non-empty list"),
+    Case("student-flow-of-zero-layers", student_args("model_config.flow_layers=[6,0]"), "flow_layers=(6, 0)"),
+    Case("student-dilation-cycle-zero", student_args("model_config.dilation_cycle=0"), "dilation_cycle=0"),
+    Case("student-residual-zero", student_args("model_config.residual_channels=0"), "residual_channels=0"),
+    Case("student-gate-odd", student_args("model_config.gate_channels=63"), "gate_channels=63 must be an even"),
+    Case("student-skip-zero", student_args("model_config.skip_channels=0"), "skip_channels=0"),
+    Case("student-kernel-one", student_args("model_config.kernel_size=1"), "kernel_size=1 must be an integer >= 2"),
+    Case("student-upsample-factors-vs-hop", student_args("model_config.upsample_factors=[4,4,4]"),
+         "upsample_factors (4, 4, 4) multiply to 64, but the mel hop is 256"),
+    Case("student-stft-window-over-fft", student_args("model_config.stft_resolutions=[[512,128,1024]]"),
+         "stft_resolutions [512, 128, 1024]"),
+    Case("student-mc-samples-zero", student_args("model_config.mc_samples=0"), "mc_samples=0"),
+    Case("student-kl-weight-negative", student_args("model_config.kl_weight=-1"), "kl_weight=-1.0"),
+    Case("student-base-unknown", student_args("model_config.base=laplace"),
+         "model_config.base: expected gaussian | logistic, got 'laplace'"),
+    # data and optimiser values
+    Case("segment-length-zero", train_args("data.segment_length=0"), "data.segment_length must be positive, got 0"),
+    Case("segment-length-negative", train_args("data.segment_length=-8192"),
+         "data.segment_length must be positive, got -8192"),
+    Case("segment-length-too-short-for-a-mel", train_args("data.segment_length=512"),
+         "segment_length=512 is too short"),
+    Case("segment-length-over-every-clip", train_args("data.n_valid=20", "data.segment_length=300000"),
+         f"data.segment_length=300000 is longer than every training clip (the longest has {LONGEST_TRAIN_CLIP} "
+         f"samples) in {LJSPEECH}"),
+    Case("segment-length-one-over-the-longest-clip",
+         train_args("data.n_valid=20", f"data.segment_length={LONGEST_TRAIN_CLIP + 1}"),
+         f"data.segment_length={LONGEST_TRAIN_CLIP + 1} is longer than every training clip"),
+    Case("segment-length-over-every-clip-student", student_args("data.n_valid=20", "data.segment_length=300000"),
+         "data.segment_length=300000 is longer than every training clip"),
+    Case("batch-size-zero", train_args("data.batch_size=0"), "data.batch_size must be positive, got 0"),
+    Case("batch-size-negative", train_args("data.batch_size=-4"), "data.batch_size must be positive, got -4"),
+    Case("batch-size-over-clips", train_args("data.n_valid=20", "data.batch_size=14"),
+         "13 training clips give each of 1 process(es) 13, fewer than data.batch_size=14"),
+    Case("lr-zero", train_args("train.lr=0"), "train.lr must be a positive number, got 0.0"),
+    Case("lr-negative", train_args("train.lr=-1e-3"), "train.lr must be a positive number, got -0.001"),
+    Case("lr-nan", train_args("train.lr=nan"), "train.lr must be a positive number, got nan"),
+    Case("lr-yaml-nan", train_args("train.lr=.nan"), "train.lr must be a positive number, got nan"),
+    Case("lr-inf", train_args("train.lr=inf"), "train.lr must be a positive number, got inf"),
+    Case("lr-decay-gamma-negative", train_args("train.lr_decay_gamma=-0.5"),
+         "train.lr_decay_gamma must be a positive number, got -0.5"),
+    Case("beta-one", train_args("train.betas=[0.9,1.0]"), "train.betas[1] must be in [0, 1), got 1.0"),
+    Case("grad-clip-nan", train_args("train.grad_clip=nan"), "train.grad_clip must not be negative, got nan"),
+    Case("seed-negative", train_args("train.seed=-1"), "train.seed must not be negative, got -1"),
 ]
 
 # ---------------------------------------------------------------------------------------------------------------

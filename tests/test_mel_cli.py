@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 from wavflow import mel as mel_cli
+from wavflow.audio import resample
 from wavflow.melspec import mel_spectrogram
 
 from synth_helpers import run_in_process, run_module, snapshot
@@ -37,8 +37,8 @@ def test_example_mel_in_repo_is_the_clips_mel(short_clip):
                                   mel_spectrogram(torch.from_numpy(audio)[None])[0].numpy())
 
 
-def test_mel_cli_reads_flac(data_dir, tmp_path, capsys):
-    flac = data_dir / "ljspeech-flac32" / "wavs" / "LJ001-0002.flac"
+def test_mel_cli_reads_flac(ljspeech_root, tmp_path, capsys):
+    flac = ljspeech_root / "wavs" / "LJ001-0002.flac"
     code, out, err = _main([flac, "-o", tmp_path / "m.npy"], capsys)
     assert code == 0, err
     audio, sr = sf.read(str(flac), dtype="float32")
@@ -49,12 +49,12 @@ def test_mel_cli_reads_flac(data_dir, tmp_path, capsys):
 
 def test_mel_cli_resamples_other_rates(short_clip, tmp_path, capsys):
     audio, _ = sf.read(str(short_clip), dtype="float32")
-    at16k = AF.resample(torch.from_numpy(audio), 22050, 16000).numpy()
+    at16k = resample(torch.from_numpy(audio), 22050, 16000).numpy()
     sf.write(str(tmp_path / "16k.wav"), at16k, 16000, subtype="FLOAT")
     code, _, err = _main([tmp_path / "16k.wav", "-o", tmp_path / "16k.npy"], capsys)
     assert code == 0, err
     got = np.load(tmp_path / "16k.npy")
-    back = AF.resample(torch.from_numpy(at16k), 16000, 22050)
+    back = resample(torch.from_numpy(at16k), 16000, 22050)
     assert got.shape == (80, back.shape[0] // 256 + 1)
     np.testing.assert_allclose(got, mel_spectrogram(back[None])[0].numpy(), rtol=0, atol=1e-5)
     # and it is the speech's mel: close to the 22.05 kHz original below 8 kHz, apart from resampling error

@@ -11,6 +11,8 @@ from wavflow.losses import stft_loss
 from wavflow.melspec import MelConfig, mel_spectrogram
 from wavflow.models.student import IAFStudent, StudentConfig
 
+from synth_helpers import clip
+
 
 def _student(base="gaussian", dtype=torch.float32, seed=0):
     """A tiny student whose flows are NOT the identity: the zero-initialised output convs get random weights."""
@@ -205,7 +207,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def clips(ljspeech_root):
-    return [load_audio(ljspeech_root / "wavs" / f"{name}.wav", 22050) for name in CLIPS]
+    return [load_audio(clip(name), 22050) for name in CLIPS]
 
 
 def _crops(clips, g):

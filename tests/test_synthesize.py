@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from wavflow import synthesis
+from wavflow import resources, synthesis
 from wavflow.audio import to_int16
 from wavflow.errors import WavflowError
 from wavflow.synthesis import synthesize
@@ -135,7 +135,7 @@ def test_api_loads_a_checkpoint_and_refuses_bad_mels(ckpt, model, example_mel):
 
 
 def test_shipped_checkpoint_choice(monkeypatch, tmp_path, ckpt, capsys, example_mel):
-    monkeypatch.setattr(synthesis, "checkpoints_dir", lambda: tmp_path / "checkpoints")
+    monkeypatch.setattr(resources, "_homes", lambda folder: [tmp_path / folder])
     with pytest.raises(WavflowError, match="waveglow-ljspeech-mini.pt: shipped waveglow checkpoint not found"):
         synthesize(example_mel[:, :5])
     code, _, err = _main([EXAMPLE, "--model", "wavenet", "-o", tmp_path / "o"], capsys)
@@ -145,11 +145,29 @@ def test_shipped_checkpoint_choice(monkeypatch, tmp_path, ckpt, capsys, example_
     torch.testing.assert_close(synthesize(example_mel[:, :5], seed=0), synthesize(example_mel[:, :5], ckpt, seed=0))
 
 
-def test_shipped_checkpoints_resolve_next_to_the_package():
-    import wavflow
+def test_shipped_files_resolve_in_the_checkout_and_in_a_wheel(monkeypatch, tmp_path):
+    assert resources.shipped_checkpoint("student") == REPO / "checkpoints" / "student-ljspeech-mini.pt"
+    assert resources.example_mel() == REPO / "examples" / "LJ002-0020.npy"
+    # A wheel puts them inside the package (pyproject.toml's package-dir): that copy is found from anywhere.
+    package = tmp_path / "site-packages" / "wavflow"
+    (package / "checkpoints").mkdir(parents=True)
+    (package / "examples").mkdir()
+    (package / "checkpoints" / "student-ljspeech-mini.pt").write_bytes(b"x")
+    (package / "examples" / "LJ002-0020.npy").write_bytes(b"x")
+    monkeypatch.setattr(resources, "__file__", str(package / "resources.py"))
+    assert resources.shipped_checkpoint("student") == package / "checkpoints" / "student-ljspeech-mini.pt"
+    assert resources.example_mel() == package / "examples" / "LJ002-0020.npy"
+    with pytest.raises(WavflowError, match="wavenet-ljspeech-mini.pt: shipped wavenet checkpoint not found"):
+        resources.shipped_checkpoint("wavenet")
 
-    assert synthesis.checkpoints_dir() == REPO / "checkpoints"
-    assert synthesis.checkpoints_dir().parent == __import__("pathlib").Path(wavflow.__file__).resolve().parents[1]
+
+def test_example_flag_vocodes_the_shipped_example(tmp_path, ckpt, capsys, example_mel):
+    code, _, err = _main(["--example", "--checkpoint", ckpt, "-o", tmp_path / "e.wav", "-q"], capsys)
+    assert code == 0, err
+    audio, sr = sf.read(str(tmp_path / "e.wav"), dtype="float32")
+    assert audio.shape == (example_mel.shape[1] * 256,) and sr == 22050
+    code, _, err = _main(["-o", tmp_path / "none.wav"], capsys)
+    assert code == 2 and "--example" in err and len(err.splitlines()) == 1
 
 
 def test_progress_bar_reports_real_time_factor(model, example_mel, capsys):

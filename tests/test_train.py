@@ -25,6 +25,8 @@ from wavflow.models import build_model
 from wavflow.models.waveglow import WaveGlow
 from wavflow.train import PROG, Trainer, load_config, main, seed_everything, train, weights_sha256
 
+from synth_helpers import clip
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"n_flows": 4, "n_group": 8, "n_early_every": 2, "n_early_size": 2, "wn_layers": 2, "wn_channels": 16,
         "upsample_kernel": 256}
@@ -38,7 +40,7 @@ def two_clips(tmp_path_factory, ljspeech_root) -> Path:
     (root / "wavs").mkdir()
     ids = ["LJ002-0020", "LJ001-0002", "LJ001-0008"]  # 1.54 s, 1.90 s | 1.78 s validation
     for i in ids:
-        (root / "wavs" / f"{i}.wav").symlink_to(ljspeech_root / "wavs" / f"{i}.wav")
+        (root / "wavs" / clip(i).name).symlink_to(clip(i))
     (root / "metadata.csv").write_text("".join(f"{i}|text|text\n" for i in ids))
     return root
 

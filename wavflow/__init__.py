@@ -3,7 +3,8 @@
     import wavflow
     mel = wavflow.mel_spectrogram(wavflow.load_audio("speech.wav", 22050))      # [1, 80, F]
     audio = wavflow.synthesize(mel)                                              # [1, F * 256], shipped WaveGlow
-    model = wavflow.load("checkpoints/waveglow-ljspeech-mini.pt")
+    model = wavflow.load(wavflow.shipped_checkpoint("waveglow"))                # or any checkpoint path
+    audio = wavflow.synthesize(wavflow.example_mel())                            # the example that ships with wavflow
 
 Names are imported on first use, so `import wavflow` stays cheap and `python -m wavflow.X` runs cleanly.
 """
@@ -34,6 +35,8 @@ _EXPORTS = {
     "synthesize": "wavflow.synthesis",
     "LJSpeech": "wavflow.data",
     "Denoiser": "wavflow.denoiser",
+    "example_mel": "wavflow.resources",
+    "shipped_checkpoint": "wavflow.resources",
 }
 
 __all__ = sorted(_EXPORTS)

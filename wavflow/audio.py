@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 from .errors import WavflowError
 from .fileio import atomic_write
@@ -32,8 +31,22 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> torch
         raise WavflowError(f"{path}: the audio file holds no samples")
     audio = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if sample_rate is not None and sr != sample_rate:
-        audio = AF.resample(audio, sr, sample_rate)
+        audio = resample(audio, sr, sample_rate)
     return audio
+
+
+def resample(audio: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """torchaudio's windowed-sinc resampler, [..., T] -> [..., T * new_rate / orig_rate].
+
+    torchaudio is imported here and nowhere else: its compiled library is tied to one torch release, so code
+    that never resamples (vocoding a mel, training and evaluating on audio at the model's rate) must not load it.
+    """
+    try:
+        import torchaudio.functional as AF
+    except (ImportError, OSError) as e:
+        raise WavflowError(f"resampling {orig_rate} Hz audio to {new_rate} Hz needs a working torchaudio "
+                           f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return AF.resample(audio, orig_rate, new_rate)
 
 
 def to_int16(audio: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -76,14 +76,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from . import resources
 from .cli import ArgumentParser, run_cli
 from .errors import WavflowError
 from .melspec import MelConfig
 
 PROG = "python -m wavflow.benchmark"
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_MEL = REPO / "examples" / "LJ002-0020.npy"
-EXAMPLE_CLIP = "LJSpeech-1.1-mini/wavs/LJ002-0020.wav"  # under $WAVFLOW_DATA or ../shared/data
 
 DEFAULT_LENGTHS = (0.5, 1.0, 2.0, 4.0)
 QUICK_LENGTHS = (0.05, 0.25)
@@ -215,7 +213,7 @@ def build_parser() -> ArgumentParser:
                    "for all, or FAMILY=NAME where NAME is paper, tiny, another preset of the config class, or a "
                    "YAML file of config keys")
     p.add_argument("--mel", default=None, help="mel .npy (80 x F) or an audio file to take the mel from "
-                   "(default: examples/LJ002-0020.npy, else the LJ002-0020 clip from the test data)")
+                   "(default: the example mel that ships with wavflow, LJ002-0020)")
     p.add_argument("--naive-length", type=float, default=None, metavar="SECONDS",
                    help=f"the one length naive WaveNet runs at, with the cached WaveNet beside it (default "
                    f"{NAIVE_LENGTH:g} s; --quick: the shortest length): it costs O(T * receptive field)")
@@ -462,16 +460,8 @@ def default_mel(path: str | None) -> tuple[np.ndarray, str]:
 
         audio = load_audio(p, MelConfig().sample_rate)
         return mel_spectrogram(audio[None])[0].numpy().astype(np.float32), f"mel of {p}"
-    if EXAMPLE_MEL.is_file():
-        return load_mel(EXAMPLE_MEL), str(EXAMPLE_MEL.relative_to(REPO))
-    env = os.environ.get("WAVFLOW_DATA")
-    clip = (Path(env) if env else REPO.parent / "shared" / "data") / EXAMPLE_CLIP
-    if clip.is_file():
-        from .audio import load_audio
-
-        audio = load_audio(clip, MelConfig().sample_rate)
-        return mel_spectrogram(audio[None])[0].numpy().astype(np.float32), f"mel of {clip}"
-    raise WavflowError(f"no mel to benchmark on: {EXAMPLE_MEL} and {clip} are both missing (pass --mel PATH)")
+    example = resources.example_mel()
+    return load_mel(example), example.name
 
 
 def frames_for(seconds: float, mel_config: MelConfig = MelConfig()) -> int:

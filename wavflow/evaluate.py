@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .audio import load_audio
+from .audio import load_audio, resample
 from .checkpoint import file_sha256, is_native, load as load_checkpoint, model_from_payload, read_checkpoint
 from .cli import ArgumentParser, run_cli
 from .errors import WavflowError
@@ -138,11 +138,9 @@ def logmel_l1(estimate: torch.Tensor, reference: torch.Tensor, mel_config: MelCo
 
 
 def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    import torchaudio.functional as AF
-
     if sample_rate == PESQ_RATE:
         return audio
-    return AF.resample(torch.from_numpy(audio), sample_rate, PESQ_RATE).numpy()
+    return resample(torch.from_numpy(audio), sample_rate, PESQ_RATE).numpy()
 
 
 def clip_metrics(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: int, mel_config: MelConfig,

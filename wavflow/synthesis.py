@@ -32,6 +32,7 @@ from typing import Any, Iterator, NoReturn, Sequence
 import numpy as np
 import torch
 
+from . import resources
 from .audio import save_wav
 from .checkpoint import load as load_checkpoint
 from .cli import ArgumentParser, check_writable_dir, expand_inputs, output_paths, run_cli
@@ -39,7 +40,7 @@ from .errors import WavflowError
 from .melspec import MAX_FRAMES, check_mel, load_mel
 
 PROG = "python -m wavflow.synthesize"
-SHIPPED = ("waveglow", "wavenet", "student")
+SHIPPED = resources.SHIPPED
 DEFAULT_MODEL = "waveglow"
 DEFAULT_BATCH_SIZE = 8
 
@@ -47,21 +48,10 @@ DEFAULT_BATCH_SIZE = 8
 # ----------------------------------------------------------------------------------------------------------------
 # Models
 
-def checkpoints_dir() -> Path:
-    """The repository's checkpoints/ folder, next to the installed (editable) package."""
-    import wavflow
-
-    return Path(wavflow.__file__).resolve().parents[1] / "checkpoints"
-
-
 def shipped_checkpoint(name: str = DEFAULT_MODEL) -> Path:
-    """Path of a shipped checkpoint: checkpoints/{waveglow,wavenet,student}-ljspeech-mini.pt."""
-    if name not in SHIPPED:
-        raise WavflowError(f"unknown shipped model '{name}'; choose one of {', '.join(SHIPPED)}")
-    path = checkpoints_dir() / f"{name}-ljspeech-mini.pt"
-    if not path.is_file():
-        raise WavflowError(f"{path}: shipped {name} checkpoint not found; give --checkpoint PATH")
-    return path
+    """Path of a shipped checkpoint ({waveglow,wavenet,student}-ljspeech-mini.pt), inside an installed wheel or
+    in the checkout's checkpoints/ folder."""
+    return resources.shipped_checkpoint(name)
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -368,15 +358,17 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description="Vocode mel spectrograms (.npy) to 16-bit WAV files with a wavflow "
                        "checkpoint. Each mel of F frames gives exactly F * 256 samples.")
-    p.add_argument("inputs", nargs="+", metavar="MEL",
+    p.add_argument("inputs", nargs="*", metavar="MEL",
                    help="mel .npy files shaped (80, F), (F, 80) or (1, 80, F), or directories of them")
+    p.add_argument("--example", action="store_true",
+                   help="vocode the example mel that ships with wavflow (LJSpeech clip LJ002-0020)")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output directory (created if needed; default: out/), or a .wav file for a single mel")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="PATH",
                      help="a wavflow checkpoint or an NVIDIA WaveGlow file (default: the shipped WaveGlow)")
     src.add_argument("--model", choices=SHIPPED,
-                     help="use a shipped checkpoint: checkpoints/{waveglow,wavenet,student}-ljspeech-mini.pt")
+                     help="a shipped checkpoint: {waveglow,wavenet,student}-ljspeech-mini.pt (default: waveglow)")
     p.add_argument("--sigma", type=_nonnegative(float), help="WaveGlow noise scale (default 0.6)")
     p.add_argument("--temperature", type=_nonnegative(float),
                    help="WaveNet / student sampling temperature (default 1.0)")
@@ -421,7 +413,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.example:
+        args.inputs = [*args.inputs, str(resources.example_mel())]
+    if not args.inputs:
+        parser.error("give at least one mel .npy file or directory (or --example)")
 
     # Everything a user can get wrong is checked before the first WAV is written.
     device = resolve_device(args.device)

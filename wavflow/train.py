@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.distributed as dist
 import yaml
@@ -62,7 +63,7 @@ from .cli import ArgumentParser, check_writable_dir, run_cli
 from .data import CropSampler, LJSpeech
 from .errors import WavflowError
 from .melspec import MelConfig, mel_spectrogram
-from .models import build_model, config_to_dict, model_classes
+from .models import build_model, config_from_dict, config_to_dict, model_classes
 
 PROG = "wavflow.train"
 EXIT_DIVERGED = 1
@@ -77,6 +78,7 @@ class DataConfig:
     root: str = ""               # LJSpeech-layout root: metadata.csv + wavs/ID.wav|flac (relative to the working dir)
     n_valid: int = 20            # the LAST n_valid clips of metadata.csv are held out for validation
     segment_length: int = 16000  # samples per random training crop (0.73 s at 22050 Hz); shorter clips are zero-padded
+                                 # (a segment longer than every training clip is refused)
     batch_size: int = 12         # crops per step PER PROCESS: the global batch is batch_size x world size
     num_workers: int = 2         # DataLoader worker processes per training process (0: load in the main process)
     cache_audio: bool = False    # keep decoded clips in memory (per worker; ~190 MB for the mini set, 7.6 GB full)
@@ -265,6 +267,9 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         raise WavflowError("the config must name the model: model: waveglow | wavenet | student")
     _, model_config_class = model_classes(model)  # unknown model type -> WavflowError listing the known ones
     model_config = check_fields("model_config", raw.get("model_config") or {}, model_config_class)
+    # The config dataclass refuses every value that cannot build a model (by name, as a WavflowError): find
+    # out now, before any data is read or a teacher loaded. Checks that need the mel come when the model is built.
+    config_from_dict(model_config_class, model_config)
     mel = check_fields("mel", raw.get("mel") or {}, MelConfig)
     teacher = raw.get("teacher")
     if teacher is not None and not isinstance(teacher, str):
@@ -284,17 +289,55 @@ def _check_values(c: RunConfig) -> None:
                     "train.valid_clips": t.valid_clips, "train.valid_max_seconds": t.valid_max_seconds,
                     "train.audio_every": t.audio_every, "train.keep_every": t.keep_every,
                     "train.grad_clip": t.grad_clip, "train.lr_decay_every": t.lr_decay_every,
-                    "train.weight_decay": t.weight_decay, "train.threads": t.threads}
+                    "train.weight_decay": t.weight_decay, "train.threads": t.threads, "train.seed": t.seed}
+    # `not v > 0` rather than `v <= 0`: NaN compares false both ways and must be refused too.
     for name, v in positive.items():
-        if v <= 0:
+        if not v > 0:
             raise WavflowError(f"{name} must be positive, got {v}")
     for name, v in non_negative.items():
-        if v < 0:
+        if not v >= 0:
             raise WavflowError(f"{name} must not be negative, got {v}")
+        if not math.isfinite(v):
+            raise WavflowError(f"{name} must be finite, got {v}")
     if not t.lr > 0 or not math.isfinite(t.lr):
         raise WavflowError(f"train.lr must be a positive number, got {t.lr}")
+    if not t.lr_decay_gamma > 0 or not math.isfinite(t.lr_decay_gamma):
+        raise WavflowError(f"train.lr_decay_gamma must be a positive number, got {t.lr_decay_gamma}")
+    for i, beta in enumerate(t.betas):
+        if not 0 <= beta < 1:
+            raise WavflowError(f"train.betas[{i}] must be in [0, 1), got {beta}")
+    if not t.audio_seconds > 0 or not math.isfinite(t.audio_seconds):
+        raise WavflowError(f"train.audio_seconds must be a positive number, got {t.audio_seconds}")
+    if t.seed >= 2**63:
+        raise WavflowError(f"train.seed must be below 2^63, got {t.seed}")
     if not d.root:
         raise WavflowError("data.root is not set: give the LJSpeech-layout dataset root (e.g. data.root=PATH)")
+
+
+def _clip_length(path: Path, sample_rate: int) -> int:
+    """Samples of the audio file at `path` once resampled to `sample_rate`, from its header (nothing decoded)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise WavflowError(f"{path}: not a readable audio file ({str(e).splitlines()[0]})") from None
+    if info.samplerate == sample_rate:
+        return int(info.frames)
+    return math.ceil(info.frames * sample_rate / info.samplerate)  # torchaudio's resampled length
+
+
+def _check_segment_length(dataset: LJSpeech, segment_length: int, root: str) -> None:
+    """Refuse crops longer than every training clip: they would be zero-padded, so the run would learn padding.
+
+    Reads file headers only, and stops at the first clip that is long enough (usually the first one).
+    """
+    longest = 0
+    for path in dataset.paths:
+        longest = max(longest, _clip_length(path, dataset.mel_config.sample_rate))
+        if longest >= segment_length:
+            return
+    raise WavflowError(f"data.segment_length={segment_length} is longer than every training clip (the longest "
+                       f"has {longest} samples) in {root}; every crop would end in zero padding: choose "
+                       f"data.segment_length <= {longest}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -451,6 +494,7 @@ class Trainer:
         self.d = dist_env or Dist()
         self.out_dir = Path(out_dir)
         t = config.train
+        _check_values(config)  # again, for a RunConfig made in code rather than by load_config
         self.device = pick_device(t.device, self.d)
         if t.precision == "fp16" and self.device.type != "cuda":
             raise WavflowError("train.precision=fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
@@ -465,6 +509,7 @@ class Trainer:
         if self.sampler.num_samples < dc.batch_size:
             raise WavflowError(f"{dc.root}: {len(self.train_set)} training clips give each of {self.d.world_size} "
                                f"process(es) {self.sampler.num_samples}, fewer than data.batch_size={dc.batch_size}")
+        _check_segment_length(self.train_set, dc.segment_length, dc.root)
         self.valid_set = LJSpeech(dc.root, "valid", dc.n_valid, dc.segment_length, self.mel_config) \
             if dc.n_valid > 0 else None
 

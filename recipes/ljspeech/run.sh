@@ -3,7 +3,7 @@
 # teacher, vocode the validation clips with each, evaluate against Griffin-Lim, benchmark.
 #
 #   bash recipes/ljspeech/run.sh                                          # everything, paper-size configs
-#   bash recipes/ljspeech/run.sh --data-root ../shared/data/LJSpeech-1.1-mini --conf-suffix tiny   # CPU-sized
+#   bash recipes/ljspeech/run.sh --data-root /data/LJSpeech-1.1 --conf-suffix tiny   # CPU-sized
 #   bash recipes/ljspeech/run.sh --stage 3 --stop-stage 3 --n-gpus 8      # WaveGlow only, on 8 GPUs
 #
 # Stages (each logs to EXP/logs/stageN.NAME.log; each is skipped when its output is complete and was made from

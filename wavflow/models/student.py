@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import numbers
 import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -60,6 +61,21 @@ def _progress(total: int, enabled: bool, invert: bool):
                 desc="student inversion" if invert else "student steps")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_tuple(value: object) -> tuple[int, ...] | None:
+    """A list or tuple of integers as a tuple of ints; None for anything else."""
+    if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
+        return None
+    return tuple(int(v) for v in value)
+
+
 @dataclass(frozen=True)
 class StudentConfig:
     # --- flows: ClariNet's student by default (6 flows x 10 layers, dilations 1..512 in each flow) ---
@@ -82,10 +98,63 @@ class StudentConfig:
     stft_resolutions: tuple[tuple[int, int, int], ...] = STFT_RESOLUTIONS  # (n_fft, hop, win)
 
     def __post_init__(self) -> None:
+        # Every value that cannot build (or train) a student is refused here, by name and value, before any
+        # layer exists (the trainer's CLI turns the WavflowError into one line); layers.py keeps ValueErrors as
+        # a last line of defence. upsample_factors against the mel hop is IAFStudent's check (it needs the mel).
+        problems = []
+        for name in ("dilation_cycle", "residual_channels", "skip_channels", "upsample_channels", "mc_samples"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                problems.append(f"{name}={value!r} must be an integer >= 1")
+        if not _is_int(self.gate_channels) or self.gate_channels < 2 or self.gate_channels % 2:
+            problems.append(f"gate_channels={self.gate_channels!r} must be an even integer >= 2 (tanh and sigmoid "
+                            f"halves)")
+        if not _is_int(self.kernel_size) or self.kernel_size < 2:
+            problems.append(f"kernel_size={self.kernel_size!r} must be an integer >= 2 (a causal conv needs at "
+                            f"least the past step and the current one)")
+        if self.base not in ("gaussian", "logistic"):
+            problems.append(f"student base={self.base!r} must be 'gaussian' or 'logistic'")
+        if not _is_real(self.log_scale_min):
+            problems.append(f"log_scale_min={self.log_scale_min!r} must be a finite number")
+        for name in ("kl_weight", "scale_regularizer", "stft_weight"):
+            value = getattr(self, name)
+            if not _is_real(value) or value < 0:
+                problems.append(f"{name}={value!r} must be a finite number >= 0")
+        if _is_real(self.kl_weight) and _is_real(self.stft_weight) and self.kl_weight == 0 == self.stft_weight:
+            problems.append("kl_weight=0 and stft_weight=0 leave nothing to train on")
+
         # YAML and JSON give nested lists: keep the config hashable and its printout exact
-        object.__setattr__(self, "flow_layers", tuple(int(n) for n in self.flow_layers))
-        object.__setattr__(self, "upsample_factors", tuple(int(n) for n in self.upsample_factors))
-        object.__setattr__(self, "stft_resolutions", tuple(tuple(int(v) for v in r) for r in self.stft_resolutions))
+        flow_layers = _int_tuple(self.flow_layers)
+        if flow_layers is None or not flow_layers or min(flow_layers) < 1:
+            problems.append(f"flow_layers={self.flow_layers!r} must be a non-empty list of layer counts >= 1")
+        else:
+            object.__setattr__(self, "flow_layers", flow_layers)
+            cycle = self.dilation_cycle
+            if _is_int(cycle) and cycle >= 1:
+                for n in flow_layers:
+                    if n % cycle:
+                        problems.append(f"flow_layers={list(flow_layers)}: a flow of {n} layers is not a whole "
+                                        f"number of dilation cycles of dilation_cycle={cycle}")
+                        break
+        factors = _int_tuple(self.upsample_factors)
+        if factors is None or not factors or min(factors) < 1:
+            problems.append(f"upsample_factors={self.upsample_factors!r} must be a non-empty list of integers >= 1")
+        else:
+            object.__setattr__(self, "upsample_factors", factors)
+        resolutions = self.stft_resolutions
+        parsed = tuple(_int_tuple(r) for r in resolutions) if isinstance(resolutions, (tuple, list)) else None
+        if parsed is None or not parsed or any(r is None or len(r) != 3 for r in parsed):
+            problems.append(f"stft_resolutions={resolutions!r} must be a non-empty list of [n_fft, hop, win] "
+                            f"integer triples")
+        else:
+            bad = [list(r) for r in parsed if not (r[0] >= 1 and r[1] >= 1 and 1 <= r[2] <= r[0])]
+            if bad:
+                problems.append(f"stft_resolutions {bad[0]}: each [n_fft, hop, win] needs n_fft >= 1, hop >= 1 "
+                                f"and 1 <= win <= n_fft")
+            else:
+                object.__setattr__(self, "stft_resolutions", parsed)
+        if problems:
+            raise WavflowError(f"invalid StudentConfig: {'; '.join(problems)}")
 
     @classmethod
     def parallel_wavenet(cls) -> "StudentConfig":
@@ -137,10 +206,10 @@ class IAFStudent(nn.Module):
 
     def __init__(self, config: StudentConfig = StudentConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()
-        if config.base not in ("gaussian", "logistic"):
-            raise WavflowError(f"student base must be 'gaussian' or 'logistic', got '{config.base}'")
+        # The config's own values were checked when it was made (StudentConfig.__post_init__); only the fit to
+        # the mel is left.
         if math.prod(config.upsample_factors) != mel_config.hop_length:
-            raise WavflowError(f"upsample factors {config.upsample_factors} multiply to "
+            raise WavflowError(f"invalid StudentConfig: upsample_factors {config.upsample_factors} multiply to "
                                f"{math.prod(config.upsample_factors)}, but the mel hop is {mel_config.hop_length}")
         self.config = config
         self.mel_config = mel_config

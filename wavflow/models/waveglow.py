@@ -18,6 +18,7 @@ one-to-one onto NVIDIA's (wavflow.nvidia imports their checkpoints):
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -30,6 +31,14 @@ from torch.nn.utils.parametrizations import weight_norm
 from ..errors import WavflowError
 from ..flows import AffineCoupling, Invertible1x1Conv, squeeze, unsqueeze
 from ..melspec import MelConfig
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -46,21 +55,33 @@ class WaveGlowConfig:
     infer_sigma: float = 0.6  # default std of z when sampling (lower = cleaner but flatter speech)
 
     def __post_init__(self) -> None:
+        # Every value that cannot build a model is refused here, by name and value, before any layer exists
+        # (the trainer's CLI turns the WavflowError into one line). Checks that need the mel (n_group and
+        # upsample_kernel against the hop length) are WaveGlow's.
         problems = []
-        if self.n_flows < 1:
-            problems.append("n_flows must be >= 1")
-        if self.n_group < 2 or self.n_group % 2:
-            problems.append("n_group must be even and >= 2")
-        if self.n_early_every < 1 or self.n_early_size < 0 or self.n_early_size % 2:
-            problems.append("n_early_every must be >= 1 and n_early_size even and >= 0")
-        elif self.remaining_channels(self.n_flows - 1) < 2:
-            problems.append("early outputs leave fewer than 2 channels for the last flows")
-        if self.wn_layers < 1 or self.wn_channels < 1:
-            problems.append("wn_layers and wn_channels must be >= 1")
-        if self.wn_kernel_size < 1 or self.wn_kernel_size % 2 == 0:
-            problems.append("wn_kernel_size must be odd")
-        if self.sigma <= 0 or self.infer_sigma < 0:
-            problems.append("sigma must be > 0 and infer_sigma >= 0")
+        for name in ("n_flows", "n_early_every", "wn_layers", "wn_channels", "upsample_kernel"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                problems.append(f"{name}={value!r} must be an integer >= 1")
+        if not _is_int(self.n_group) or self.n_group < 2 or self.n_group % 2:
+            problems.append(f"n_group={self.n_group!r} must be an even integer >= 2 (each coupling splits the "
+                            f"channels in halves)")
+        if not _is_int(self.n_early_size) or self.n_early_size < 0 or self.n_early_size % 2:
+            problems.append(f"n_early_size={self.n_early_size!r} must be an even integer >= 0 (the channels left "
+                            f"must split in halves)")
+        if not _is_int(self.wn_kernel_size) or self.wn_kernel_size < 1 or self.wn_kernel_size % 2 == 0:
+            problems.append(f"wn_kernel_size={self.wn_kernel_size!r} must be an odd integer >= 1 (a centred, "
+                            f"non-causal conv)")
+        if not problems:
+            last = self.remaining_channels(self.n_flows - 1)
+            if last < 2:
+                problems.append(f"n_early_every={self.n_early_every} and n_early_size={self.n_early_size} leave "
+                                f"fewer than 2 channels for the last flows (flow {self.n_flows - 1} of "
+                                f"n_flows={self.n_flows} would get {last} of n_group={self.n_group})")
+        if not _is_real(self.sigma) or not self.sigma > 0:
+            problems.append(f"sigma={self.sigma!r} must be a finite number > 0")
+        if not _is_real(self.infer_sigma) or not self.infer_sigma >= 0:
+            problems.append(f"infer_sigma={self.infer_sigma!r} must be a finite number >= 0")
         if problems:
             raise WavflowError(f"invalid WaveGlowConfig: {'; '.join(problems)}")
 

@@ -24,6 +24,7 @@ CUDA graph (301 vs 2,210 samples/s at batch 1, fp32).
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,12 +37,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributions import Distribution, Gaussian, MixtureOfLogistics, MuLaw, build_distribution
+from ..distributions import Distribution, Gaussian, MixtureOfLogistics, build_distribution
 from ..errors import WavflowError
 from ..layers import MelUpsampler, WaveNetStack, receptive_field, dilations_for
 from ..melspec import MelConfig
 
 METHODS = ("cached", "naive", "cached_torch")
+OUTPUTS = ("gaussian", "mixture", "mulaw")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -61,6 +71,47 @@ class WaveNetConfig:
     mixture_bits: int = 16
     mulaw_channels: int = 256
 
+    def __post_init__(self) -> None:
+        # Every value that cannot build a model is refused here, by name and value, before any layer exists
+        # (the trainer's CLI turns the WavflowError into one line); layers.py keeps ValueErrors as a last line
+        # of defence. upsample_factors against the mel hop is WaveNet's check (it needs the MelConfig).
+        problems = []
+        for name in ("layers", "cycles", "residual_channels", "skip_channels", "upsample_channels",
+                     "mixture_components"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                problems.append(f"{name}={value!r} must be an integer >= 1")
+        if _is_int(self.layers) and _is_int(self.cycles) and self.layers >= 1 and self.cycles >= 1 \
+                and self.layers % self.cycles:
+            problems.append(f"layers={self.layers} must be a multiple of cycles={self.cycles} (each dilation "
+                            f"cycle 1, 2, 4, ... has layers / cycles layers)")
+        if not _is_int(self.kernel_size) or self.kernel_size < 2:
+            problems.append(f"kernel_size={self.kernel_size!r} must be an integer >= 2 (a causal conv needs at "
+                            f"least the past sample and the current one)")
+        if not _is_int(self.gate_channels) or self.gate_channels < 2 or self.gate_channels % 2:
+            problems.append(f"gate_channels={self.gate_channels!r} must be an even integer >= 2 (tanh and sigmoid "
+                            f"halves)")
+        if not _is_int(self.context_kernel) or self.context_kernel < 1 or self.context_kernel % 2 == 0:
+            problems.append(f"context_kernel={self.context_kernel!r} must be an odd integer >= 1 (a conv centred "
+                            f"on each mel frame)")
+        factors = self.upsample_factors
+        if not isinstance(factors, (tuple, list)) or not factors \
+                or not all(_is_int(f) and f >= 1 for f in factors):
+            problems.append(f"upsample_factors={factors!r} must be a non-empty list of integers >= 1")
+        else:
+            self.upsample_factors = tuple(int(f) for f in factors)  # YAML and JSON give lists
+        if self.output not in OUTPUTS:
+            problems.append(f"output={self.output!r} is not a known WaveNet output; known: {', '.join(OUTPUTS)}")
+        if not _is_real(self.log_scale_min):
+            problems.append(f"log_scale_min={self.log_scale_min!r} must be a finite number")
+        if not _is_int(self.mixture_bits) or not 1 <= self.mixture_bits <= 24:
+            problems.append(f"mixture_bits={self.mixture_bits!r} must be an integer from 1 to 24 (2^bits levels "
+                            f"in [-1, 1], float32 resolves 24 bits)")
+        if not _is_int(self.mulaw_channels) or self.mulaw_channels < 2:
+            problems.append(f"mulaw_channels={self.mulaw_channels!r} must be an integer >= 2")
+        if problems:
+            raise WavflowError(f"invalid WaveNetConfig: {'; '.join(problems)}")
+
     @classmethod
     def tiny(cls, **overrides) -> "WaveNetConfig":
         """A CPU-sized teacher for tests: 8 layers in 2 cycles (receptive field 61), 16/32/16 channels."""
@@ -75,19 +126,16 @@ class WaveNet(nn.Module):
     def __init__(self, config: WaveNetConfig = WaveNetConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()
         self.config, self.mel_config = config, mel_config
+        # The config's own values were checked when it was made (WaveNetConfig.__post_init__); only the fit to
+        # the mel is left.
         if math.prod(config.upsample_factors) != mel_config.hop_length:
-            raise WavflowError(f"upsample_factors {config.upsample_factors} multiply to "
+            raise WavflowError(f"invalid WaveNetConfig: upsample_factors {config.upsample_factors} multiply to "
                                f"{math.prod(config.upsample_factors)}, but the mel hop is {mel_config.hop_length}")
-        if config.kernel_size < 2:
-            raise WavflowError(f"kernel_size must be at least 2 for a causal WaveNet, got {config.kernel_size}")
-        if config.output == "gaussian":
-            self.dist: Distribution = Gaussian(config.log_scale_min)
-        elif config.output == "mixture":
-            self.dist = MixtureOfLogistics(config.mixture_components, config.mixture_bits, config.log_scale_min)
-        elif config.output == "mulaw":
-            self.dist = MuLaw(config.mulaw_channels)
-        else:
-            raise WavflowError(f"unknown WaveNet output '{config.output}'; known: gaussian, mixture, mulaw")
+        options = {"gaussian": {"log_sigma_min": config.log_scale_min},
+                   "mixture": {"components": config.mixture_components, "bits": config.mixture_bits,
+                               "log_scale_min": config.log_scale_min},
+                   "mulaw": {"channels": config.mulaw_channels}}
+        self.dist: Distribution = build_distribution(config.output, **options.get(config.output, {}))
         self.upsampler = MelUpsampler(mel_config.n_mels, config.upsample_channels, config.upsample_factors,
                                       config.context_kernel)
         self.stack = WaveNetStack(1, config.residual_channels, config.gate_channels, config.skip_channels,
