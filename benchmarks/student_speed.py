@@ -3,9 +3,9 @@
     python benchmarks/student_speed.py [--seconds 1 4] [--threads 2] [--device cpu|cuda] [--teacher-seconds 0.1]
 
 Random weights (speed does not depend on them; the flows' zero-initialised output convs get small random
-weights so no work is skipped), fp32, batch 1, one mel input shared by both models in one process (SPEC 6):
+weights so no work is skipped), fp32, batch 1, one mel input shared by both models in one process (design.md section 6):
 warm-up once, then the median of --repeats runs, synchronising the GPU before reading the clock. The teacher
-(SPEC 4 default, Gaussian) generates --teacher-seconds of audio with its cached method; its per-sample cost does
+(design.md section 4 default, Gaussian) generates --teacher-seconds of audio with its cached method; its per-sample cost does
 not depend on the length, so its samples/s is compared with the student's at every length. Also prints the
 student's samples per CPU-second (process time), which on a machine shared with other jobs says more about the
 code than wall-clock time does.
@@ -73,7 +73,7 @@ def main() -> None:
         with torch.inference_mode():
             wall, _ = timed(lambda: teacher.generate(mel_t, method=method, progress=False), device, args.repeats)
         teacher_rate = frames * hop / wall
-        print(f"teacher (SPEC 4 default, Gaussian) cached generation: {frames * hop} samples in {wall:.3f} s "
+        print(f"teacher (design.md section 4 default, Gaussian) cached generation: {frames * hop} samples in {wall:.3f} s "
               f"-> {teacher_rate:,.0f} samples/s")
 
     for seconds in args.seconds:

@@ -5,7 +5,7 @@
 Random weights (speed does not depend on them), fp32, weight norm removed for both. "nvidia" replays the op
 sequence of NVIDIA/waveglow's glow.py `infer` on the same weights (ConvTranspose1d upsampler, per-flow fused
 cond conv, conv1d layers, torch.cat), so the two are compared in one process on one mel. Warm-up once, then
-the median of --repeats runs (SPEC 6). On a shared machine, run it a few times: wall-clock figures then
+the median of --repeats runs (design.md section 6). On a shared machine, run it a few times: wall-clock figures then
 depend on the other jobs, so the CPU seconds the process used per second of audio are printed too (with
 --threads 1 they give a per-core throughput that other jobs barely disturb).
 """

@@ -12,7 +12,7 @@ import torch
 
 from wavflow.checkpoint import model_payload, save_checkpoint
 from wavflow.cli import run_cli
-from wavflow.melspec import MelConfig
+from wavflow.frontend import MelConfig
 from wavflow.models import build_model
 from wavflow.models.waveglow import WaveGlowConfig
 

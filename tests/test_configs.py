@@ -170,7 +170,7 @@ def test_recipe_configs_construct(name, size):
     built = config_from_dict(cls, config.model_config)
     assert isinstance(built, cls)
     if size:
-        from wavflow.melspec import MelConfig
+        from wavflow.frontend import MelConfig
 
         model = build_model(name, config.model_config, MelConfig.from_dict(config.mel))
         assert model.config == built

@@ -11,7 +11,7 @@ import torch
 from wavflow.audio import load_audio
 from wavflow.data import CropSampler, LJSpeech, read_metadata
 from wavflow.errors import WavflowError
-from wavflow.melspec import MelConfig, mel_spectrogram
+from wavflow.frontend import MelConfig, mel_spectrogram
 
 from synth_helpers import clip
 

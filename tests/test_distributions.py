@@ -1,4 +1,4 @@
-"""Output distributions: normalisation on the SPEC 2 scale, edge bins, samplers' moments, shared noise."""
+"""Output distributions: normalisation on the design.md section 2 scale, edge bins, samplers' moments, shared noise."""
 from __future__ import annotations
 
 import math
@@ -70,7 +70,7 @@ def test_mixture_masses_over_all_65536_bins_sum_to_one():
         p = _random_mixture_params(mix, 1, seed)
         log_mass = mix.log_mass(p.expand(1, 30, 65536), levels)
         assert abs(log_mass.exp().sum().item() - 1) < 1e-9, seed
-        # density on the SPEC 2 scale = mass / bin width, width 2 / 65535
+        # density on the design.md section 2 scale = mass / bin width, width 2 / 65535
         centres = levels.double() * 2 / 65535 - 1
         lp = mix.log_prob(p.expand(1, 30, 65536), centres)
         torch.testing.assert_close(lp, log_mass - math.log(2 / 65535))

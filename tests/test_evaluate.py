@@ -16,7 +16,7 @@ from wavflow.checkpoint import file_sha256, model_payload, save_checkpoint
 from wavflow.cli import run_cli
 from wavflow.evaluate import clip_metrics, default_name, griffin_lim, logmel_l1, main
 from wavflow.losses import stft_loss
-from wavflow.melspec import MelConfig, mel_spectrogram
+from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.models import build_model
 from wavflow.models.waveglow import WaveGlowConfig
 

@@ -8,7 +8,7 @@ import torch
 
 from wavflow import mel as mel_cli
 from wavflow.audio import resample
-from wavflow.melspec import mel_spectrogram
+from wavflow.frontend import mel_spectrogram
 
 from synth_helpers import run_in_process, run_module, snapshot
 

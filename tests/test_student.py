@@ -8,7 +8,7 @@ import torch
 from wavflow.audio import load_audio
 from wavflow.errors import WavflowError
 from wavflow.losses import stft_loss
-from wavflow.melspec import MelConfig, mel_spectrogram
+from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.models.student import IAFStudent, StudentConfig
 
 from synth_helpers import clip

@@ -1,17 +1,20 @@
 """Synthesis: `python -m wavflow.synthesize` and `wavflow.synthesize()` with tiny random-weight checkpoints."""
 from __future__ import annotations
 
+import importlib
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from wavflow import resources, synthesis
+from wavflow import inference, resources
 from wavflow.audio import to_int16
 from wavflow.errors import WavflowError
-from wavflow.synthesis import synthesize
+from wavflow.inference import synthesize
 
 from synth_helpers import REPO, run_in_process, run_module, save_tiny_waveglow, tail_samples, tiny_waveglow
+
+synth_cli = importlib.import_module("wavflow.synthesize")  # the CLI module (the attribute is the function)
 
 EXAMPLE = REPO / "examples" / "LJ002-0020.npy"
 
@@ -32,7 +35,7 @@ def example_mel():
 
 
 def _main(argv, capsys):
-    return run_in_process(synthesis._main, argv, capsys, prog=synthesis.PROG)
+    return run_in_process(synth_cli._main, argv, capsys, prog=synth_cli.PROG)
 
 
 def test_cli_vocodes_the_example_mel_end_to_end(ckpt, tmp_path, example_mel):
@@ -171,7 +174,7 @@ def test_example_flag_vocodes_the_shipped_example(tmp_path, ckpt, capsys, exampl
 
 
 def test_progress_bar_reports_real_time_factor(model, example_mel, capsys):
-    list(synthesis.vocode(model, [example_mel[:, :8], example_mel[:, 8:14]], seed=0, batch_size=1, progress=True))
+    list(inference.vocode(model, [example_mel[:, :8], example_mel[:, 8:14]], seed=0, batch_size=1, progress=True))
     err = capsys.readouterr().err
     assert "RTF" in err and "wall/audio" in err and "x real time" in err and "s audio" in err
 

@@ -223,7 +223,7 @@ def test_config_keys_types_and_overrides(two_clips, tmp_path):
 def test_recipes_load(ljspeech_root):
     conf = REPO / "recipes" / "ljspeech" / "conf"
     paper = load_config(conf / "waveglow.yaml", [f"data.root={ljspeech_root}"])
-    assert paper.model == "waveglow" and paper.model_config == {}  # the SPEC section 3 defaults
+    assert paper.model == "waveglow" and paper.model_config == {}  # the design.md section 3 defaults
     assert (paper.train.lr, paper.data.batch_size, paper.data.segment_length) == (1e-4, 12, 16000)
     assert paper.model_config.get("sigma", 1.0) == 1.0
     tiny = load_config(conf / "waveglow.tiny.yaml", [f"data.root={ljspeech_root}"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wavflow.melspec import MelConfig
+from wavflow.frontend import MelConfig
 from wavflow.models import build_model
 from wavflow.models.waveglow import WN, WaveGlow, WaveGlowConfig
 

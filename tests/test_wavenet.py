@@ -10,7 +10,7 @@ import torch
 from wavflow.audio import load_audio
 from wavflow.checkpoint import model_from_payload, model_payload
 from wavflow.errors import WavflowError
-from wavflow.melspec import mel_spectrogram
+from wavflow.frontend import mel_spectrogram
 from wavflow.models import build_model
 from wavflow.models.wavenet import WaveNet, WaveNetConfig
 

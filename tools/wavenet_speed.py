@@ -2,7 +2,7 @@
 
     python tools/wavenet_speed.py [--seconds 1.0] [--threads 2] [--naive-seconds 0.1] [--batch 16]
 
-SPEC 6 protocol: one warm-up, median of 3 timed runs. Naive costs the same per sample at any length past the
+design.md section 6 protocol: one warm-up, median of 3 timed runs. Naive costs the same per sample at any length past the
 receptive field (it recomputes 505 positions for every sample), so it is timed on a shorter stretch by default.
 """
 from __future__ import annotations

@@ -17,10 +17,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "WavflowError": "wavflow.errors",
-    "MelConfig": "wavflow.melspec",
-    "MelSpectrogram": "wavflow.melspec",
-    "mel_spectrogram": "wavflow.melspec",
-    "load_mel": "wavflow.melspec",
+    "MelConfig": "wavflow.frontend",
+    "MelSpectrogram": "wavflow.frontend",
+    "mel_spectrogram": "wavflow.frontend",
+    "load_mel": "wavflow.frontend",
     "load_audio": "wavflow.audio",
     "save_wav": "wavflow.audio",
     "load": "wavflow.checkpoint",
@@ -32,7 +32,7 @@ _EXPORTS = {
     "WaveNetConfig": "wavflow.models.wavenet",
     "IAFStudent": "wavflow.models.student",
     "StudentConfig": "wavflow.models.student",
-    "synthesize": "wavflow.synthesis",
+    "synthesize": "wavflow.inference",
     "LJSpeech": "wavflow.data",
     "Denoiser": "wavflow.denoiser",
     "example_mel": "wavflow.resources",

@@ -1,4 +1,4 @@
-"""Autoregressive vs parallel sampling: `python -m wavflow.benchmark` (SPEC section 6).
+"""Autoregressive vs parallel sampling: `python -m wavflow.benchmark` (design.md section 6).
 
     python -m wavflow.benchmark                                  # paper-size configs, random weights, CPU
     python -m wavflow.benchmark --quick --json out.json --plot out.png      # tiny configs, ~1 min (CI)
@@ -79,7 +79,7 @@ from torch.utils.flop_counter import flop_registry
 from . import resources
 from .cli import ArgumentParser, run_cli
 from .errors import WavflowError
-from .melspec import MelConfig
+from .frontend import MelConfig
 
 PROG = "python -m wavflow.benchmark"
 
@@ -88,7 +88,7 @@ QUICK_LENGTHS = (0.05, 0.25)
 NAIVE_LENGTH = 0.1       # seconds; naive WaveNet at paper size costs ~4 GFLOP per sample
 BATCH = 16               # utterances in the batched WaveNet row (--batch)
 AR_WARMUP_SECONDS = 0.05  # the one warm-up of each autoregressive generator
-WAVEGLOW_SIGMA = 0.6     # SPEC 3: the inference default
+WAVEGLOW_SIGMA = 0.6     # design.md section 3: the inference default
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -190,7 +190,7 @@ def parse_family_pairs(pairs: Sequence[str], flag: str) -> dict[str, str]:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description="Time WaveNet (naive, cached, batched), WaveGlow and the IAF student "
-                       "on one mel across audio lengths (SPEC section 6).")
+                       "on one mel across audio lengths (design.md section 6).")
     p.add_argument("--lengths", default=None, help="comma-separated audio lengths in seconds "
                    f"(default {','.join(f'{v:g}' for v in DEFAULT_LENGTHS)}; --quick: "
                    f"{','.join(f'{v:g}' for v in QUICK_LENGTHS)})")
@@ -281,7 +281,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     lengths = parse_lengths(args.lengths) if args.lengths is not None else (QUICK_LENGTHS if args.quick
                                                                             else DEFAULT_LENGTHS)
     if args.repeats < 3:
-        raise WavflowError(f"--repeats: at least 3 timed runs (SPEC section 6), got {args.repeats}")
+        raise WavflowError(f"--repeats: at least 3 timed runs (design.md section 6), got {args.repeats}")
     if args.batch < 1:
         raise WavflowError(f"--batch: must be at least 1, got {args.batch}")
     naive_length = args.naive_length if args.naive_length is not None else (min(lengths) if args.quick
@@ -448,7 +448,7 @@ def load_model(family: str, settings: Settings) -> Loaded:
 
 def default_mel(path: str | None) -> tuple[np.ndarray, str]:
     """The one mel every row vocodes, [80, F] float32, and where it came from."""
-    from .melspec import load_mel, mel_spectrogram
+    from .frontend import load_mel, mel_spectrogram
 
     if path is not None:
         p = Path(path)

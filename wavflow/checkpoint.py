@@ -146,7 +146,7 @@ def is_native(obj: dict[str, Any]) -> bool:
 
 def model_from_payload(obj: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
     """Build the model a native checkpoint describes and load its weights (strictly)."""
-    from .melspec import MelConfig
+    from .frontend import MelConfig
     from .models import build_model
 
     for key in ("model_type", "model_config", "mel_config", "state_dict"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -17,6 +18,48 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
+
+
+def number(kind: type, *, minimum: float | None = None, above: float | None = None,
+           name: str | None = None) -> Callable[[str], object]:
+    """An argparse `type`: a finite `kind` (int or float) that is >= `minimum` or > `above`.
+
+    argparse reports a rejected value as "invalid NAME value: 'TEXT'", NAME being `name` or a description such
+    as "positive integer" or "non-negative float".
+    """
+    def parse(text: str) -> object:
+        value = kind(text)  # ValueError: argparse names the flag and the text
+        if not math.isfinite(value) or (minimum is not None and value < minimum) \
+                or (above is not None and not value > above):
+            raise ValueError(text)
+        return value
+
+    if name is None:
+        bound = ("positive " if above == 0 else "non-negative " if minimum == 0 else "")
+        name = bound + {int: "integer", float: "float"}.get(kind, kind.__name__)
+    parse.__name__ = name
+    return parse
+
+
+def resolve_device(name: "str | torch.device") -> "torch.device":
+    """'auto' -> cuda when available, else cpu; refuse a device this machine does not have."""
+    import torch
+
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise WavflowError(f"device '{name}': not a device (cpu, cuda, cuda:N, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WavflowError(f"device '{name}': CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise WavflowError(f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise WavflowError(f"device '{name}': only cpu and cuda are supported")
+    return device
 
 
 def fail(prog: str, message: str) -> NoReturn:

@@ -8,7 +8,7 @@ evaluate, recipes) that says "validation" means the same clips.
 
 Training items are fixed-length crops of raw audio [segment_length], at random offsets, zero-padded at the end
 when a clip is shorter. Mels are NOT computed here: the trainer computes them on the training device from the
-crop (wavflow.melspec.mel_spectrogram), so the mel of a crop is exactly the mel the model will see at inference
+crop (wavflow.frontend.mel_spectrogram), so the mel of a crop is exactly the mel the model will see at inference
 for that audio, and the STFT runs on the GPU. `return_mel=True` gives (audio, mel) pairs for other uses.
 
 The crop offset is a pure function of (seed, epoch, clip index) when the item comes from `CropSampler`, so a run
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from .audio import load_audio
 from .errors import WavflowError
-from .melspec import MelConfig, mel_spectrogram
+from .frontend import MelConfig, mel_spectrogram
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 

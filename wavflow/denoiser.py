@@ -3,7 +3,7 @@
 A WaveGlow (or any vocoder) leaves a faint, stationary hiss/hum that depends only on its weights. Vocoding an
 all-zero mel at sigma 0 isolates it; the first STFT frame's magnitude is that bias. Denoising subtracts
 strength * bias from every frame's magnitude (clamped at 0) and resynthesises with the original phase
-(SPEC 3; NVIDIA/waveglow denoiser.py). Typical strengths: 0.01 (light) to 0.1 (strong).
+(design.md section 3; NVIDIA/waveglow denoiser.py). Typical strengths: 0.01 (light) to 0.1 (strong).
 
     denoiser = Denoiser(model)                  # once per model: one vocoder pass over 88 frames
     clean = denoiser.denoise(audio, strength=0.05)

@@ -1,4 +1,4 @@
-"""Per-sample output distributions of the WaveNet teacher, all on the likelihood scale of SPEC section 2.
+"""Per-sample output distributions of the WaveNet teacher, all on the likelihood scale of design.md section 2.
 
 Every distribution reads a parameter tensor params [B, P, T] (P = `num_params`) and offers
     log_prob(params, x [B, T]) -> [B, T]   log-density in nats of audio x in [-1, 1]; discrete outputs turn
@@ -58,7 +58,7 @@ class Distribution:
 class Gaussian(Distribution):
     """x_t ~ N(mu_t, sigma_t^2); params [B, 2, T] = (mu, raw log sigma), log sigma clamped at `log_sigma_min`.
 
-    The floor (-9 while training, SPEC 4) keeps the density finite on digital silence; the student's
+    The floor (-9 while training, design.md section 4) keeps the density finite on digital silence; the student's
     distillation reads the floored (mu, log sigma) through `mu_log_sigma`.
     """
 
@@ -93,7 +93,7 @@ class MixtureOfLogistics(Distribution):
     params [B, 3K, T] = (mixture logits [K], means [K], raw log scales [K]); log scales floored at
     `log_scale_min`. Level i sits at c_i = -1 + i * w, w = 2 / (2^bits - 1); its bin is [c_i - w/2, c_i + w/2],
     except that the first and last bins are open-ended (they take the tails below -1 and above 1), so the
-    masses of all 2^bits bins sum to exactly 1. Density = mass / w on the SPEC 2 scale.
+    masses of all 2^bits bins sum to exactly 1. Density = mass / w on the design.md section 2 scale.
     """
 
     name = "mixture"
@@ -166,7 +166,7 @@ class MuLaw(Distribution):
 
     Level i has companded value f_i = 2 i / mu - 1 and amplitude decode(f_i); its bin is
     [f_i - 1/mu, f_i + 1/mu] in the companded domain (the end bins are half as wide, so the bins tile [-1, 1]),
-    mapped back to amplitude. Density = probability / that bin's width in amplitude (SPEC 2): narrow bins near
+    mapped back to amplitude. Density = probability / that bin's width in amplitude (design.md section 2): narrow bins near
     zero, wide bins near full scale.
     """
 

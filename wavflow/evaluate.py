@@ -5,14 +5,14 @@
 
 For every checkpoint, on the validation clips (the last --n-valid clips of metadata.csv, as wavflow.data splits):
 
-  nll         held-out negative log-likelihood, nats per audio sample on the scale of SPEC section 2
+  nll         held-out negative log-likelihood, nats per audio sample on the scale of design.md section 2
               (model.log_likelihood), pooled: total nats / total samples. Exact, in one parallel pass, for
               WaveGlow and the WaveNet teacher, on the whole clips. The IAF student's density of real audio
               needs its flows inverted one sample at a time (about a second of CPU per 20 ms of audio at
               the tiny size), so for the student only the first --nll-max-seconds of each clip are scored
               (default 1; 0: whole clips); the JSON's nll_seconds_per_clip says what each row used.
   copy-synthesis from the ground-truth mel (model.infer), scored against the real recording, mean over clips:
-    logmel_l1     mean |log-mel(vocoded) - log-mel(real)| over bands and frames (natural log, SPEC 1 mel)
+    logmel_l1     mean |log-mel(vocoded) - log-mel(real)| over bands and frames (natural log, design.md section 1 mel)
     mrstft_sc     spectral convergence, multi-resolution (wavflow.losses.stft_loss, 3 resolutions)
     mrstft_logmag L1 distance of log STFT magnitudes, same resolutions; mrstft = sc + logmag
     pesq_wb       PESQ wide band (ITU-T P.862.2), both signals resampled to 16 kHz        [--metrics pesq]
@@ -44,11 +44,11 @@ import torch
 
 from .audio import load_audio, resample
 from .checkpoint import file_sha256, is_native, load as load_checkpoint, model_from_payload, read_checkpoint
-from .cli import ArgumentParser, run_cli
+from .cli import ArgumentParser, number, resolve_device, run_cli
 from .errors import WavflowError
 from .losses import stft_loss
-from .melspec import MelConfig, mel_spectrogram
-from .synthesis import infer_parameters, resolve_device
+from .frontend import MelConfig, mel_spectrogram
+from .inference import infer_parameters
 
 OPTIONAL_METRICS = ("pesq", "stoi", "dnsmos")
 DNSMOS_KEYS = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
@@ -415,19 +415,6 @@ def _writable_output(path: str | None, flag: str) -> Path | None:
     return p
 
 
-def _positive(kind: type, name: str, minimum: float = 0.0) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise ValueError(f"{name} must be a number, got '{text}'") from None
-        if not (math.isfinite(value) and value > minimum):
-            raise ValueError(f"{name} must be > {minimum}, got {text}")
-        return value
-    parse.__name__ = name
-    return parse
-
-
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m wavflow.evaluate",
                        description="Held-out NLL and copy-synthesis quality of wavflow checkpoints, with "
@@ -437,9 +424,9 @@ def build_parser() -> ArgumentParser:
                    "file names; DIR/best for the trainer's best.pt)")
     p.add_argument("--data-root", required=True, help="LJSpeech root (metadata.csv + wavs/)")
     p.add_argument("--n-valid", type=int, default=20, help="the last N clips of metadata.csv are the validation set")
-    p.add_argument("--max-clips", type=_positive(int, "--max-clips"), default=None,
+    p.add_argument("--max-clips", type=number(int, above=0, name="--max-clips"), default=None,
                    help="evaluate only the first N validation clips")
-    p.add_argument("--max-seconds", type=_positive(float, "--max-seconds"), default=None,
+    p.add_argument("--max-seconds", type=number(float, above=0, name="--max-seconds"), default=None,
                    help="crop every clip to its first S seconds (for NLL and copy-synthesis alike)")
     p.add_argument("--nll-max-seconds", type=float, default=1.0,
                    help="the student's NLL scores the first S seconds of each clip (its inversion runs one sample "
@@ -498,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Every checkpoint is read before any work, so a bad one costs seconds, not an evaluation.
     models = [load_model(path, device) for path in paths]
-    # The metric mel is the SPEC 1 mel at the models' sample rate, which they must share.
+    # The metric mel is the design.md section 1 mel at the models' sample rate, which they must share.
     rates = {m.model.mel_config.sample_rate for m in models}
     if len(rates) > 1:
         raise WavflowError(f"the checkpoints run at different sample rates ({', '.join(map(str, sorted(rates)))} Hz); "

@@ -1,5 +1,5 @@
 """Layers shared by the WaveNet teacher and the IAF student: causal dilated conv, the gated residual stack, and
-the mel upsampler (SPEC section 4).
+the mel upsampler (design.md section 4).
 
 Shapes: audio-rate tensors are [B, C, T]; mels are [B, n_mels, F] with F frames for F * hop samples.
 """
@@ -112,7 +112,7 @@ class WaveNetStack(nn.Module):
 
 
 class MelUpsampler(nn.Module):
-    """Mel frames -> audio-rate conditioning (SPEC section 4), shared by teacher and student.
+    """Mel frames -> audio-rate conditioning (design.md section 4), shared by teacher and student.
 
     A frame-context conv (kernel 5, across frames) then one stage per factor (default 4 x 4 x 4 x 4 = 256 = hop),
     each a nearest-neighbour stretch followed by a small smoothing conv. Nearest stretch + conv, unlike a

@@ -1,4 +1,4 @@
-"""Distillation losses for the IAF student (SPEC section 5) and the multi-resolution STFT magnitude loss.
+"""Distillation losses for the IAF student (design.md section 5) and the multi-resolution STFT magnitude loss.
 
 Everything here is per step: the student's sample x has, at every step t, a known single Gaussian or logistic
 q_t = (M_t, S_t) given x[<t], and the teacher, run once on x, gives its own per-step distribution p_t. The
@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .melspec import stft_magnitude
+from .frontend import stft_magnitude
 
 Base = Literal["gaussian", "logistic"]
 

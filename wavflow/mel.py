@@ -4,13 +4,13 @@
     python -m wavflow.mel speech.flac -o mel.npy          # any format soundfile reads, any sample rate
     python -m wavflow.mel a.wav b.wav wavs/ -o mels/      # several files (a directory stands for its audio)
 
-Each output is float32 .npy shaped (80, F) with F = T // 256 + 1 for T samples at 22050 Hz (SPEC section 1):
+Each output is float32 .npy shaped (80, F) with F = T // 256 + 1 for T samples at 22050 Hz (design.md section 1):
 exactly the mel `wavflow.mel_spectrogram` gives, so Tacotron 2 output and these files are interchangeable.
 Audio at another rate is resampled to 22050 Hz first. Every input is checked (readable, long enough, within
 the length limit) before any work; the mels are written under temporary names and renamed into place only
 when all of them are done, so a failure leaves neither a partial .npy nor part of a list behind.
 
-This module is an entry point only: inside the package use wavflow.melspec.
+This module is an entry point only: inside the package use wavflow.frontend.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch
 from .audio import load_audio
 from .cli import ArgumentParser, check_writable_dir, expand_inputs, output_paths, run_cli
 from .errors import WavflowError
-from .melspec import MAX_FRAMES, MelConfig, mel_spectrogram, save_mel
+from .frontend import MAX_FRAMES, MelConfig, mel_spectrogram, save_mel
 
 PROG = "python -m wavflow.mel"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")

@@ -1,6 +1,6 @@
 """Import NVIDIA's WaveGlow checkpoints without running any code from them.
 
-Three layouts exist in the wild (SPEC 3):
+Three layouts exist in the wild (design.md section 3):
   (a) NVIDIA/waveglow's train.py: torch.save({'model': <glow.WaveGlow module>, 'iteration', 'optimizer',
       'learning_rate'}) - the whole module pickled, weight norm as old-style weight_g / weight_v hooks, one fused
       `cond_layer` per WN (waveglow_256channels_universal_v5.pt and later);
@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import torch
 
 from .errors import WavflowError
-from .melspec import MelConfig
+from .frontend import MelConfig
 from .models.waveglow import WaveGlow, WaveGlowConfig
 
 

@@ -1,9 +1,95 @@
 """`python -m wavflow.synthesize MEL.npy [MORE.npy | DIR ...] [-o OUT]`: mel spectrograms to WAV files.
 
-Only the entry point lives here; the code is wavflow/synthesis.py, whose `synthesize()` is the Python API
-(`wavflow.synthesize`). Never import this module inside the package.
+The vocoding itself is wavflow/inference.py, whose `synthesize()` is the Python API (`wavflow.synthesize`).
+Never import this module inside the package: `import wavflow.synthesize` would make the attribute
+`wavflow.synthesize` this module instead of that function.
 """
-from .synthesis import main
+from __future__ import annotations
+
+import time
+from typing import NoReturn, Sequence
+
+from . import resources
+from .audio import save_wav
+from .cli import ArgumentParser, check_writable_dir, expand_inputs, number, output_paths, resolve_device, run_cli
+from .frontend import load_mel
+from .inference import (DEFAULT_BATCH_SIZE, SHIPPED, MelFile, check_options, load_vocoder, make_denoiser,
+                        vocode)
+
+PROG = "python -m wavflow.synthesize"
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description="Vocode mel spectrograms (.npy) to 16-bit WAV files with a wavflow "
+                       "checkpoint. Each mel of F frames gives exactly F * 256 samples.")
+    p.add_argument("inputs", nargs="*", metavar="MEL",
+                   help="mel .npy files shaped (80, F), (F, 80) or (1, 80, F), or directories of them")
+    p.add_argument("--example", action="store_true",
+                   help="vocode the example mel that ships with wavflow (LJSpeech clip LJ002-0020)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output directory (created if needed; default: out/), or a .wav file for a single mel")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="PATH",
+                     help="a wavflow checkpoint or an NVIDIA WaveGlow file (default: the shipped WaveGlow)")
+    src.add_argument("--model", choices=SHIPPED,
+                     help="a shipped checkpoint: {waveglow,wavenet,student}-ljspeech-mini.pt (default: waveglow)")
+    p.add_argument("--sigma", type=number(float, minimum=0), help="WaveGlow noise scale (default 0.6)")
+    p.add_argument("--temperature", type=number(float, minimum=0),
+                   help="WaveNet / student sampling temperature (default 1.0)")
+    p.add_argument("--denoise", type=number(float, minimum=0), default=0.0, metavar="STRENGTH",
+                   help="subtract STRENGTH x the model's bias spectrum (NVIDIA's denoiser; 0 = off, try 0.01-0.1)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, the GPU if there is one)")
+    p.add_argument("--batch-size", type=number(int, above=0), default=DEFAULT_BATCH_SIZE, metavar="N",
+                   help=f"mels vocoded together, padded to the longest (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed (default 0); each mel's noise depends only on this and the mel's contents")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """`python -m wavflow.synthesize`: exits 2 with one line on stderr for any bad input, writing nothing."""
+    run_cli(PROG, _main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.example:
+        args.inputs = [*args.inputs, str(resources.example_mel())]
+    if not args.inputs:
+        parser.error("give at least one mel .npy file or directory (or --example)")
+
+    # Everything a user can get wrong is checked before the first WAV is written.
+    device = resolve_device(args.device)
+    vocoder = load_vocoder(args.checkpoint, args.model, device)
+    options = check_options(vocoder, {"sigma": args.sigma, "temperature": args.temperature})
+    n_mels = vocoder.mel_config.n_mels
+    inputs = expand_inputs(args.inputs, (".npy",), "mel .npy")
+    mels = [MelFile(path, load_mel(path, n_mels).shape[1]) for path in inputs]  # each checked, none kept
+    targets = output_paths(inputs, args.output, ".wav", default_dir="out")
+    for directory in sorted({t.parent for t in targets}):
+        check_writable_dir(directory)
+    denoise = args.denoise
+    if denoise > 0:
+        make_denoiser(vocoder)  # refuse a model the denoiser cannot serve before any work
+
+    sr = vocoder.mel_config.sample_rate
+    for directory in sorted({t.parent for t in targets}):
+        directory.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    audio_seconds = 0.0
+    for i, audio in vocode(vocoder, mels, seed=args.seed, batch_size=args.batch_size, denoise=denoise,
+                              progress=not args.quiet, **options):
+        save_wav(targets[i], audio, sr)
+        audio_seconds += audio.shape[-1] / sr
+    wall = time.perf_counter() - t0
+    if not args.quiet:
+        where = targets[0] if len(targets) == 1 else f"{len(targets)} files in {', '.join(sorted({str(t.parent) for t in targets}))}"
+        print(f"wrote {where}: {audio_seconds:.2f} s of audio in {wall:.2f} s "
+              f"(RTF {wall / audio_seconds:.3g} = wall/audio, {audio_seconds / wall:.3g}x real time)")
+    return 0
+
 
 if __name__ == "__main__":
     main()

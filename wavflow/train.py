@@ -6,7 +6,7 @@ a YAML file (see recipes/ljspeech/conf/*.yaml for commented examples):
 
     model: waveglow                  # waveglow | wavenet | student
     model_config: {n_flows: 12}      # fields of the model's config dataclass; omitted ones keep the paper default
-    mel: {}                          # MelConfig fields (omit: the Tacotron 2 mel of SPEC section 1)
+    mel: {}                          # MelConfig fields (omit: the Tacotron 2 mel of design.md section 1)
     teacher: null                    # student only: the trained WaveNet checkpoint to distil from
     data: {root: ..., n_valid: 20, segment_length: 16000, batch_size: 12, num_workers: 2}
     train: {lr: 1.0e-4, max_steps: 580000, precision: fp32, ...}   # every key: TrainConfig below
@@ -62,7 +62,7 @@ from .checkpoint import file_sha256, model_payload, read_checkpoint, save_checkp
 from .cli import ArgumentParser, check_writable_dir, run_cli
 from .data import CropSampler, LJSpeech
 from .errors import WavflowError
-from .melspec import MelConfig, mel_spectrogram
+from .frontend import MelConfig, mel_spectrogram
 from .models import build_model, config_from_dict, config_to_dict, model_classes
 
 PROG = "wavflow.train"
@@ -118,7 +118,7 @@ class TrainConfig:
 class RunConfig:
     model: str = ""                                   # waveglow | wavenet | student
     model_config: dict = field(default_factory=dict)  # the model's config fields (unset: paper defaults)
-    mel: dict = field(default_factory=dict)           # MelConfig fields (unset: SPEC section 1)
+    mel: dict = field(default_factory=dict)           # MelConfig fields (unset: design.md section 1)
     teacher: str | None = None                        # student: path of the frozen teacher checkpoint
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -439,7 +439,7 @@ def validation_nll(model: torch.nn.Module, clips: Sequence[torch.Tensor], mel_co
     """Total negative log-likelihood in nats, and the number of audio samples it covers, over whole clips.
 
     Each clip [T] (already on the model's device) is scored in one piece with `model.log_likelihood`, which
-    gives the mean log-density per sample on the shared scale of SPEC section 2; dividing the total by the
+    gives the mean log-density per sample on the shared scale of design.md section 2; dividing the total by the
     sample count weights every sample equally, however the clips' lengths differ.
     """
     total, count = 0.0, 0

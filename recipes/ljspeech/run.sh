@@ -321,7 +321,7 @@ vocode() {
 import sys
 from pathlib import Path
 import numpy as np
-from wavflow.melspec import MelConfig, load_mel, save_mel
+from wavflow.frontend import MelConfig, load_mel, save_mel
 
 src, dst, max_clips, max_seconds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 files = sorted(src.glob("*.npy"))[: max_clips or None]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..errors import WavflowError
-from ..melspec import MelConfig
+from ..frontend import MelConfig
 
 # model_type -> (module, model class name, config class name). Imported lazily so that reading one model's
 # file never needs the others.

@@ -1,4 +1,4 @@
-"""Parallel WaveNet / ClariNet student: inverse autoregressive flows distilled from a WaveNet teacher (SPEC 5).
+"""Parallel WaveNet / ClariNet student: inverse autoregressive flows distilled from a WaveNet teacher (design.md section 5).
 
 Noise z_0 [B, T] goes through K flows. Flow k is a causal WaveNet over its input shifted right by one step, so
 its (mu_k[t], log s_k[t]) sees z_{k-1}[<t] only, and
@@ -18,7 +18,7 @@ for a Gaussian teacher, Monte Carlo cross-entropy minus analytic entropy for a l
 multi-resolution STFT loss between x and the real audio, without which students learn to whisper.
 
 Real audio goes the other way, x -> z_0, one step at a time (`invert`): slow but exact, so the student gets a
-held-out log-likelihood on the shared scale of SPEC section 2 too.
+held-out log-likelihood on the shared scale of design.md section 2 too.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from ..errors import WavflowError
 from ..layers import MelUpsampler, WaveNetStack
 from ..losses import (STFT_RESOLUTIONS, base_entropy, base_log_prob, gaussian_cross_entropy, gaussian_reverse_kl,
                       log_scale_regularizer, log_spectral_distance, mixture_reverse_kl, sample_base, stft_loss)
-from ..melspec import MelConfig
+from ..frontend import MelConfig
 
 
 @contextlib.contextmanager
@@ -87,7 +87,7 @@ class StudentConfig:
     kernel_size: int = 3
     base: Literal["gaussian", "logistic"] = "gaussian"  # p0 of z_0, and so the family of x_t given x[<t]
     log_scale_min: float = -7.0  # floor on each flow's log s_k: keeps the inverse (x - mu) / s finite
-    # --- mel conditioning: one SPEC-4 upsampler shared by all flows (computed once per utterance) ---
+    # --- mel conditioning: one design.md section 4 upsampler shared by all flows (computed once per utterance) ---
     upsample_channels: int = 80
     upsample_factors: tuple[int, ...] = (4, 4, 4, 4)  # product must equal the mel hop (256)
     # --- distillation loss ---
@@ -554,7 +554,7 @@ class IAFStudent(nn.Module):
 
     @torch.no_grad()
     def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        """[B] mean log-density per audio sample in nats (SPEC 2 scale) of real audio, via the exact inversion."""
+        """[B] mean log-density per audio sample in nats (design.md section 2 scale) of real audio, via the exact inversion."""
         z, log_scale = self.invert(audio, mel, progress=progress)
         return self.log_likelihood_of_own_sample(z, log_scale)
 

@@ -6,7 +6,7 @@
         x <- [x_a, exp(log_s) x_b + b]           affine coupling, (b, log_s) = WN_k(x_a, mel)
     z = [early outputs..., x] ~ N(0, sigma^2)
 
-Log-density per audio sample (SPEC 2): log p(audio) / T = (-|z|^2 / (2 sigma^2) + sum log_s + sum G log|det W|) / T
+Log-density per audio sample (design.md section 2): log p(audio) / T = (-|z|^2 / (2 sigma^2) + sum log_s + sum G log|det W|) / T
 - 0.5 ln(2 pi sigma^2). Sampling runs the flows backwards from z ~ N(0, sigma_infer^2), all samples in parallel.
 
 Defaults reproduce NVIDIA's released model (87,879,272 parameters with weight norm), and the module names map
@@ -30,7 +30,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from ..errors import WavflowError
 from ..flows import AffineCoupling, Invertible1x1Conv, squeeze, unsqueeze
-from ..melspec import MelConfig
+from ..frontend import MelConfig
 
 
 def _is_int(value: object) -> bool:
@@ -259,7 +259,7 @@ class WaveGlow(nn.Module):
         return unsqueeze(x, cfg.n_group)[:, 0]
 
     def log_likelihood(self, audio: Tensor, mel: Tensor) -> Tensor:
-        """[B] mean log-density per audio sample in nats (audio in [-1, 1], every constant included, SPEC 2)."""
+        """[B] mean log-density per audio sample in nats (audio in [-1, 1], every constant included, design.md section 2)."""
         z, logdet = self(audio, mel)
         n = z.shape[1] * z.shape[2]
         var = self.config.sigma**2

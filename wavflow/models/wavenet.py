@@ -1,4 +1,4 @@
-"""WaveNet teacher: a causal dilated-convolution autoregressive vocoder (SPEC section 4).
+"""WaveNet teacher: a causal dilated-convolution autoregressive vocoder (design.md section 4).
 
     p(x | mel) = prod_t p(x_t | x_<t, mel),   p(x_t | ...) Gaussian / logistic mixture / mu-law (distributions.py)
 
@@ -40,7 +40,7 @@ from torch import nn
 from ..distributions import Distribution, Gaussian, MixtureOfLogistics, build_distribution
 from ..errors import WavflowError
 from ..layers import MelUpsampler, WaveNetStack, receptive_field, dilations_for
-from ..melspec import MelConfig
+from ..frontend import MelConfig
 
 METHODS = ("cached", "naive", "cached_torch")
 OUTPUTS = ("gaussian", "mixture", "mulaw")
@@ -174,7 +174,7 @@ class WaveNet(nn.Module):
         return self.head(self.stack(x.unsqueeze(1), c))
 
     def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        """[B] mean log-density per sample in nats, density of amplitude in [-1, 1] (SPEC 2)."""
+        """[B] mean log-density per sample in nats, density of amplitude in [-1, 1] (design.md section 2)."""
         return self.dist.log_prob(self(audio, mel), audio).mean(dim=-1)
 
     def training_loss(self, audio: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

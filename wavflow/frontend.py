@@ -1,4 +1,4 @@
-"""The mel spectrogram of SPEC section 1 (NVIDIA Tacotron 2 / WaveGlow convention), in torch.
+"""The mel spectrogram of design.md section 1 (NVIDIA Tacotron 2 / WaveGlow convention), in torch.
 
 One function serves data preparation, training losses, evaluation and the `python -m wavflow.mel` command,
 so a mel computed anywhere in wavflow is the mel every model was trained on.

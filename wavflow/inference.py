@@ -1,4 +1,5 @@
-"""Mel spectrograms to speech with any wavflow vocoder: `wavflow.synthesize()` and `python -m wavflow.synthesize`.
+"""Mel spectrograms to speech with any wavflow vocoder: `wavflow.synthesize()`, the Python API behind
+`python -m wavflow.synthesize` (whose command line is wavflow/synthesize.py).
 
     import wavflow
     audio = wavflow.synthesize(mel)                            # [F * 256] with the shipped WaveGlow
@@ -14,7 +15,6 @@ differ near its end, as far back as the model's non-causal convolutions reach in
 most n_flows * (k - 1) / 2 * sum(dilations) * n_group samples; `--batch-size 1` removes the effect). A model
 whose `infer` only draws its own noise (no per-item noise argument) gets one generator per batch instead.
 
-The command line, in full: `python -m wavflow.synthesize --help`.
 """
 from __future__ import annotations
 
@@ -27,19 +27,17 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NoReturn, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from . import resources
-from .audio import save_wav
 from .checkpoint import load as load_checkpoint
-from .cli import ArgumentParser, check_writable_dir, expand_inputs, output_paths, run_cli
+from .cli import resolve_device
 from .errors import WavflowError
-from .melspec import MAX_FRAMES, check_mel, load_mel
+from .frontend import MAX_FRAMES, check_mel, load_mel
 
-PROG = "python -m wavflow.synthesize"
 SHIPPED = resources.SHIPPED
 DEFAULT_MODEL = "waveglow"
 DEFAULT_BATCH_SIZE = 8
@@ -52,23 +50,6 @@ def shipped_checkpoint(name: str = DEFAULT_MODEL) -> Path:
     """Path of a shipped checkpoint ({waveglow,wavenet,student}-ljspeech-mini.pt), inside an installed wheel or
     in the checkout's checkpoints/ folder."""
     return resources.shipped_checkpoint(name)
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """'auto' -> cuda when available, else cpu; refuse a device this machine does not have."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise WavflowError(f"device '{name}': not a device (cpu, cuda, cuda:N, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise WavflowError(f"device '{name}': CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise WavflowError(f"device '{name}': only cpu and cuda are supported")
-    return device
 
 
 _loaded: dict[tuple, torch.nn.Module] = {}
@@ -350,102 +331,3 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
     if form == "batch":
         return torch.stack(out)  # type: ignore[arg-type]
     return out  # type: ignore[return-value]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog=PROG, description="Vocode mel spectrograms (.npy) to 16-bit WAV files with a wavflow "
-                       "checkpoint. Each mel of F frames gives exactly F * 256 samples.")
-    p.add_argument("inputs", nargs="*", metavar="MEL",
-                   help="mel .npy files shaped (80, F), (F, 80) or (1, 80, F), or directories of them")
-    p.add_argument("--example", action="store_true",
-                   help="vocode the example mel that ships with wavflow (LJSpeech clip LJ002-0020)")
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="output directory (created if needed; default: out/), or a .wav file for a single mel")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="PATH",
-                     help="a wavflow checkpoint or an NVIDIA WaveGlow file (default: the shipped WaveGlow)")
-    src.add_argument("--model", choices=SHIPPED,
-                     help="a shipped checkpoint: {waveglow,wavenet,student}-ljspeech-mini.pt (default: waveglow)")
-    p.add_argument("--sigma", type=_nonnegative(float), help="WaveGlow noise scale (default 0.6)")
-    p.add_argument("--temperature", type=_nonnegative(float),
-                   help="WaveNet / student sampling temperature (default 1.0)")
-    p.add_argument("--denoise", type=_nonnegative(float), default=0.0, metavar="STRENGTH",
-                   help="subtract STRENGTH x the model's bias spectrum (NVIDIA's denoiser; 0 = off, try 0.01-0.1)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, the GPU if there is one)")
-    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                   help=f"mels vocoded together, padded to the longest (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--seed", type=int, default=0,
-                   help="noise seed (default 0); each mel's noise depends only on this and the mel's contents")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
-    return p
-
-
-def _nonnegative(kind: type):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise ValueError(text) from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(text)
-        return value
-
-    parse.__name__ = f"non-negative {kind.__name__}"
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-_positive_int.__name__ = "positive integer"
-
-
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """`python -m wavflow.synthesize`: exits 2 with one line on stderr for any bad input, writing nothing."""
-    run_cli(PROG, _main, argv)
-
-
-def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.example:
-        args.inputs = [*args.inputs, str(resources.example_mel())]
-    if not args.inputs:
-        parser.error("give at least one mel .npy file or directory (or --example)")
-
-    # Everything a user can get wrong is checked before the first WAV is written.
-    device = resolve_device(args.device)
-    vocoder = load_vocoder(args.checkpoint, args.model, device)
-    options = check_options(vocoder, {"sigma": args.sigma, "temperature": args.temperature})
-    n_mels = vocoder.mel_config.n_mels
-    inputs = expand_inputs(args.inputs, (".npy",), "mel .npy")
-    mels = [MelFile(path, load_mel(path, n_mels).shape[1]) for path in inputs]  # each checked, none kept
-    targets = output_paths(inputs, args.output, ".wav", default_dir="out")
-    for directory in sorted({t.parent for t in targets}):
-        check_writable_dir(directory)
-    denoise = args.denoise
-    if denoise > 0:
-        make_denoiser(vocoder)  # refuse a model the denoiser cannot serve before any work
-
-    sr = vocoder.mel_config.sample_rate
-    for directory in sorted({t.parent for t in targets}):
-        directory.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    audio_seconds = 0.0
-    for i, audio in vocode(vocoder, mels, seed=args.seed, batch_size=args.batch_size, denoise=denoise,
-                              progress=not args.quiet, **options):
-        save_wav(targets[i], audio, sr)
-        audio_seconds += audio.shape[-1] / sr
-    wall = time.perf_counter() - t0
-    if not args.quiet:
-        where = targets[0] if len(targets) == 1 else f"{len(targets)} files in {', '.join(sorted({str(t.parent) for t in targets}))}"
-        print(f"wrote {where}: {audio_seconds:.2f} s of audio in {wall:.2f} s "
-              f"(RTF {wall / audio_seconds:.3g} = wall/audio, {audio_seconds / wall:.3g}x real time)")
-    return 0

@@ -5,13 +5,13 @@ import soundfile as sf
 import torch
 
 from wavflow.errors import WavflowError
-from wavflow.melspec import MelConfig, load_mel, mel_basis, mel_spectrogram
+from wavflow.frontend import MelConfig, load_mel, mel_basis, mel_spectrogram
 
 from synth_helpers import clip as fixture_clip
 
 
 def librosa_reference(y: np.ndarray) -> np.ndarray:
-    """SPEC section 1 written independently with librosa: STFT magnitude, Slaney mel basis, ln(max(., 1e-5))."""
+    """design.md section 1 written independently with librosa: STFT magnitude, Slaney mel basis, ln(max(., 1e-5))."""
     spec = np.abs(librosa.stft(y, n_fft=1024, hop_length=256, win_length=1024, window="hann", center=True,
                                pad_mode="reflect"))
     basis = librosa.filters.mel(sr=22050, n_fft=1024, n_mels=80, fmin=0.0, fmax=8000.0)
