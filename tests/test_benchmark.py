@@ -1,26 +1,34 @@
-"""python -m wavflow.benchmark: the --quick run CI does, its FLOP and memory accounting, and its input errors.
+"""python -m wavflow.benchmark: the --quick run CI does, its clocks, FLOP and memory accounting, the NVIDIA
+reference sampler, and its input errors.
 
-No timing is asserted (the machine is shared): only that every promised row is there with sane numbers, that
-FLOPs are counted the way the module says, and that bad input is one line and exit status 2.
+No speed is asserted (the machine is shared): only that every promised row is there with numbers that follow
+from what was run, that FLOPs, memory and CPU time are measured the way measure.py says, and that bad input is
+one line and exit status 2.
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from wavflow import benchmark as bm
+from wavflow.benchmark import PROG, cli, entries, inputs, main, measure, report, runner
+from wavflow.benchmark.reference import nvidia_infer
 from wavflow.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+DEFAULT_ROWS = [e.name for e in entries.ENTRIES if e.default]
 
 
 def test_quick_run_writes_every_promised_row(tmp_path):
@@ -32,22 +40,22 @@ def test_quick_run_writes_every_promised_row(tmp_path):
                            str(out_json), "--plot", str(out_png)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out_json.read_text())
-    rows, meta = report["rows"], report["meta"]
+    report_ = json.loads(out_json.read_text())
+    rows, meta = report_["rows"], report_["meta"]
 
-    # Every row at every quick length; naive WaveNet at the shortest only (that is its --quick length).
-    lengths = [round(bm.frames_for(s) * 256 / 22050, 4) for s in bm.QUICK_LENGTHS]
-    expected = {(e.name, L) for e in bm.ENTRIES for L in (lengths[:1] if e.naive else lengths)}
+    # Every default row at every quick length; naive WaveNet at the shortest only (that is its --quick length).
+    lengths = [round(inputs.frames_for(s) * 256 / 22050, 4) for s in cli.QUICK_LENGTHS]
+    expected = {(e.name, L) for e in entries.ENTRIES if e.default for L in (lengths[:1] if e.naive else lengths)}
     got = {(r["model"], round(r["length_s"], 4)) for r in rows}
-    assert got == expected, f"missing {expected - got}, unexpected {got - expected}; skipped: {meta['skipped']}"
-    assert meta["skipped"] == {}
+    assert got == expected, f"missing {expected - got}, unexpected {got - expected}"
 
     for r in rows:
-        for key in ("parameters", "median_s", "samples_per_s", "rtf", "x_real_time", "flops_per_sample", "gflops",
-                    "pct_peak", "speedup_vs_cached"):
+        for key in ("parameters", "median_s", "samples_per_s", "samples_per_cpu_s", "rtf", "x_real_time",
+                    "flops_per_sample", "gflops", "pct_peak", "speedup_vs_cached"):
             assert r[key] is not None and np.isfinite(r[key]) and r[key] > 0, (r["model"], key, r[key])
-        assert r["peak_mem_bytes"] >= 0
         assert len(r["times_s"]) == 3 and r["median_s"] == sorted(r["times_s"])[1]
+        assert len(r["cpu_times_s"]) == 3
+        assert r["samples_per_cpu_s"] == pytest.approx(r["samples"] / statistics.median(r["cpu_times_s"]))
         assert r["samples"] == r["batch"] * round(r["length_s"] * 22050)
         assert r["rtf"] == pytest.approx(r["median_s"] / (r["samples"] / 22050))
         assert r["x_real_time"] == pytest.approx(1 / r["rtf"])
@@ -58,20 +66,25 @@ def test_quick_run_writes_every_promised_row(tmp_path):
     for L in lengths:
         cached = by[("wavenet_cached", L)]
         assert cached["speedup_vs_cached"] == 1.0
-        assert by[("wavenet_batched", L)]["batch"] == bm.BATCH
+        assert by[("wavenet_batched", L)]["batch"] == entries.BATCH
         # batched and cached run the same network: same FLOPs per sample (the teacher-forced count)
         assert by[("wavenet_batched", L)]["flops_per_sample"] == pytest.approx(cached["flops_per_sample"])
         for name in ("waveglow", "student"):
             assert by[(name, L)]["speedup_vs_cached"] == pytest.approx(
                 by[(name, L)]["samples_per_s"] / cached["samples_per_s"])
+        # WaveGlow holds its conditioning, n_mels x samples floats, for the whole call: the peak can be no less.
+        waveglow = by[("waveglow", L)]
+        assert waveglow["peak_mem_bytes"] >= 80 * waveglow["samples"] * 4, waveglow
     # Naive recomputes a window of up to a receptive field (61 samples for the tiny teacher) per sample.
     naive, cached = by[("wavenet_naive", lengths[0])], by[("wavenet_cached", lengths[0])]
     assert 20 < naive["flops_per_sample"] / cached["flops_per_sample"] < 61
 
     assert meta["torch_threads"] == 1 and meta["device"] == "cpu" and meta["dtype"] == "fp32"
-    assert meta["matmul_peak_gflops"] > 0
+    if sys.platform == "linux":  # the resettable high-water mark, not the process-wide fallback
+        assert meta["memory"] == "cpu peak RSS growth (VmHWM reset)"
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_png.stat().st_size > 10_000
     assert "| WaveNet naive * |" in proc.stdout and "WaveNet cached / naive at" in proc.stdout
+    assert "samples/CPU-s" not in proc.stdout  # the column is --cpu-time's
 
 
 def test_flop_count_matches_torch_counter_and_formula():
@@ -83,7 +96,7 @@ def test_flop_count_matches_torch_counter_and_formula():
         return net(x).sum() + lin(y).sum()
 
     with torch.no_grad():
-        _, ours = bm.count_flops(f)
+        _, ours = measure.count_flops(f)
         ref = FlopCounterMode(display=False)
         with ref:
             f()
@@ -91,50 +104,151 @@ def test_flop_count_matches_torch_counter_and_formula():
     # In-place and out= products, which the fast WaveGlow and student paths use, count like the plain ones
     # (FlopCounterMode itself counts addmm_ as zero); matrix-vector products too.
     a, b, c = torch.randn(64, 32), torch.randn(32, 16), torch.zeros(64, 16)
-    assert bm.count_flops(lambda: c.addmm_(a, b))[1] == 2 * 64 * 32 * 16
-    assert bm.count_flops(lambda: torch.mm(a, b, out=c))[1] == 2 * 64 * 32 * 16
-    assert bm.count_flops(lambda: torch.baddbmm(torch.zeros(3, 4, 5), torch.randn(3, 4, 6), torch.randn(3, 6, 5))
-                          )[1] == 2 * 3 * 4 * 6 * 5
-    assert bm.count_flops(lambda: torch.mv(a, torch.randn(32)))[1] == 2 * 64 * 32
+    assert measure.count_flops(lambda: c.addmm_(a, b))[1] == 2 * 64 * 32 * 16
+    assert measure.count_flops(lambda: torch.mm(a, b, out=c))[1] == 2 * 64 * 32 * 16
+    assert measure.count_flops(lambda: torch.baddbmm(torch.zeros(3, 4, 5), torch.randn(3, 4, 6),
+                                                     torch.randn(3, 6, 5)))[1] == 2 * 3 * 4 * 6 * 5
+    assert measure.count_flops(lambda: torch.mv(a, torch.randn(32)))[1] == 2 * 64 * 32
 
 
-def test_naive_flops_extrapolation_equals_counting_every_step(monkeypatch):
-    threads = torch.get_num_threads()
-    settings = bm.parse_args(["--quick", "--models", "wavenet_naive", "--quiet", "--threads", "1"])
-    try:
-        runner = bm.Runner(settings, lambda msg: None)
-        entry = bm.ENTRY_BY_NAME["wavenet_naive"]
-        mel = runner.mel_for(entry, 0.02)  # 2 frames = 512 samples, past the tiny teacher's 61-sample field
-        model = runner.models["wavenet"].model
-        assert mel.shape[-1] * 256 > model.receptive_field + 16
-        audio, total = bm.count_flops(lambda: runner.call(entry, mel))
-        assert runner.naive_flops(entry, mel) == pytest.approx(total / audio.numel(), rel=1e-12)
-    finally:
-        torch.set_num_threads(threads)
+def test_naive_flops_extrapolation_equals_counting_every_step():
+    settings = cli.parse_args(["--quick", "--models", "wavenet_naive", "--quiet"])
+    run = runner.Runner(settings, lambda msg: None)
+    entry = entries.ENTRY_BY_NAME["wavenet_naive"]
+    mel = run.mel_for(entry, 0.02)  # 2 frames = 512 samples, past the tiny teacher's 61-sample field
+    model = run.models["wavenet"].model
+    assert mel.shape[-1] * 256 > model.receptive_field + 16
+    audio, total = measure.count_flops(lambda: run.call(entry, mel))
+    assert run.naive_flops(entry, mel) == pytest.approx(total / audio.numel(), rel=1e-12)
 
 
 def test_mel_tiling_and_batch_offsets():
     mel = np.arange(80 * 5, dtype=np.float32).reshape(80, 5)
-    tiled = bm.tile_mel(mel, 12)
+    tiled = inputs.tile_mel(mel, 12)
     assert tiled.shape == (80, 12)
     np.testing.assert_array_equal(tiled[:, :5], mel)
     np.testing.assert_array_equal(tiled[:, 5:10], mel)
     np.testing.assert_array_equal(tiled[:, 10:], mel[:, :2])
-    np.testing.assert_array_equal(bm.tile_mel(mel, 3), mel[:, :3])
-    batch = bm.mel_batch(mel, 4, 5)
+    np.testing.assert_array_equal(inputs.tile_mel(mel, 3), mel[:, :3])
+    batch = inputs.mel_batch(mel, 4, 5)
     assert batch.shape == (5, 80, 4)
     for i in range(5):  # utterance i starts at frame i: all different
-        np.testing.assert_array_equal(batch[i].numpy(), bm.tile_mel(mel, 4, i))
-    assert bm.frames_for(1.0) == 86 and bm.frames_for(0.001) == 1
+        np.testing.assert_array_equal(batch[i].numpy(), inputs.tile_mel(mel, 4, i))
+    assert inputs.frames_for(1.0) == 86 and inputs.frames_for(0.001) == 1
 
 
-def test_cpu_memory_measure_sees_an_allocation():
-    mem = bm.Memory(torch.device("cpu"))
-    mem.start()
-    x = torch.ones(32 * 2**20 // 4)  # 32 MiB, touched
-    peak = mem.stop()
-    del x
-    assert 30 * 2**20 <= peak < 200 * 2**20
+def test_mel_from_an_audio_file_is_the_example_mel_of_that_clip(short_clip):
+    mel, source = inputs.default_mel(str(short_clip))
+    example, example_source = inputs.default_mel(None)
+    assert source == f"mel of {short_clip}" and example_source == "LJ002-0020.npy"
+    np.testing.assert_allclose(mel, example, atol=1e-5)
+
+
+def _known_allocation(nbytes: int) -> entries.Entry:
+    """A row whose call touches a buffer of `nbytes` and returns silence of the right shape."""
+    def call(model, mel, generator):
+        buffer = torch.ones(nbytes // 4)
+        assert buffer[-1] == 1
+        return torch.zeros(mel.shape[0], mel.shape[-1] * 256)
+    return entries.Entry("allocates", "waveglow", "allocates", call)
+
+
+def test_a_rows_peak_memory_covers_what_its_call_allocates():
+    run = runner.Runner(cli.parse_args(["--quick", "--models", "waveglow", "--quiet"]), lambda msg: None)
+    mel = run.mel_for(entries.ENTRY_BY_NAME["waveglow"], 0.05)
+    _, _, small = run.time_once(_known_allocation(2**20), mel)
+    _, _, large = run.time_once(_known_allocation(64 * 2**20), mel)
+    # RSS growth: the 64 MiB buffer, less the few pages the process hands back while it runs
+    assert 60 * 2**20 <= large < 164 * 2**20
+    assert small < 32 * 2**20  # the 64 MiB of the other call is not carried over
+
+
+def test_cpu_clock_counts_work_not_waiting():
+    device = torch.device("cpu")
+    _, slept = measure.time_call(lambda: time.sleep(0.3), device)
+    assert slept.wall_s >= 0.3 and slept.cpu_s < 0.1
+
+    def spin():
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:
+            pass
+
+    _, busy = measure.time_call(spin, device)
+    assert busy.wall_s >= 0.2 and busy.cpu_s > 0.02  # at least a tenth of the spin, on a loaded machine
+
+
+def _perturbed_tiny_waveglow(seed: int = 0):
+    from wavflow.models.waveglow import WaveGlow, WaveGlowConfig
+
+    torch.manual_seed(seed)
+    model = WaveGlow(WaveGlowConfig.tiny()).eval()
+    with torch.no_grad():  # the end convs start at zero (identity couplings): give every coupling work to do
+        for c in model.coupling:
+            c.net.end.weight.normal_(0.0, 0.05)
+            c.net.end.bias.normal_(0.0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("fold_weight_norm", [False, True])
+def test_nvidia_algorithm_equals_waveglow_inverse_on_the_same_weights_and_noise(fold_weight_norm):
+    model = _perturbed_tiny_waveglow()
+    if fold_weight_norm:
+        model.remove_weight_norm()
+    g = torch.Generator().manual_seed(1)
+    mel = torch.randn(2, 80, 5, generator=g) - 5
+    noise = torch.randn(2, 8, 5 * 256 // 8, generator=g)
+    with torch.no_grad():
+        ours = model.inverse(0.6 * noise, mel)
+        nvidia = nvidia_infer(model, mel, noise, 0.6)
+    assert nvidia.shape == (2, 5 * 256)
+    assert (ours - 0.6 * noise.transpose(1, 2).reshape(2, -1)).abs().max() > 0.01  # the flows did something
+    torch.testing.assert_close(nvidia, ours, atol=1e-4, rtol=0)
+
+
+def test_nvidia_row_vocodes_what_the_waveglow_row_does():
+    run = runner.Runner(cli.parse_args(["--quick", "--models", "waveglow,waveglow_nvidia", "--quiet"]),
+                        lambda msg: None)
+    mel = run.mel_for(entries.ENTRY_BY_NAME["waveglow"], 0.05)
+    ours = run.call(entries.ENTRY_BY_NAME["waveglow"], mel)
+    nvidia = run.call(entries.ENTRY_BY_NAME["waveglow_nvidia"], mel)
+    torch.testing.assert_close(nvidia, ours, atol=1e-4, rtol=0)
+
+
+def test_preset_configs_from_classmethods_recipes_and_key_files(tmp_path):
+    from wavflow.models import config_from_dict, model_classes
+
+    _, WaveGlowConfig = model_classes("waveglow")
+    _, StudentConfig = model_classes("student")
+    assert cli.preset_config("waveglow", "paper") == WaveGlowConfig()
+    assert cli.preset_config("student", "parallel_wavenet") == StudentConfig.parallel_wavenet()
+    recipe = REPO / "recipes" / "ljspeech" / "conf" / "waveglow.tiny.yaml"
+    expected = config_from_dict(WaveGlowConfig, yaml.safe_load(recipe.read_text())["model_config"])
+    assert cli.preset_config("waveglow", str(recipe)) == expected != WaveGlowConfig()
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("n_flows: 4\nn_early_every: 2\n")
+    assert cli.preset_config("waveglow", str(keys)) == WaveGlowConfig(n_flows=4, n_early_every=2)
+
+
+def test_parse_args_leaves_torch_alone_and_main_gives_threads_back(capsys):
+    before = torch.get_num_threads()
+    settings = cli.parse_args(["--threads", "3", "--quick"])
+    assert settings.threads == 3 and torch.get_num_threads() == before
+    assert main(["--quick", "--quiet", "--models", "student", "--lengths", "0.02", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 torch threads" in out and torch.get_num_threads() == before
+
+
+def test_row_precision_follows_the_dtype_rules():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    got = {(e.name, dev.type, dtype): entries.row_precision(e, dev, dtype)
+           for e in entries.ENTRIES for dev in (cpu, cuda) for dtype in ("fp32", "fp16")}
+    assert got[("wavenet_cached", "cpu", "fp16")] == "fp32 (numba loop)"
+    assert got[("wavenet_cached", "cpu", "fp32")] == "fp32 (numba loop)"
+    assert got[("wavenet_cached", "cuda", "fp16")] == "fp16 autocast"
+    assert got[("wavenet_naive", "cpu", "fp16")] == "fp16 autocast"
+    for name in ("waveglow", "student", "waveglow_nvidia"):  # cast to the dtype, no autocast
+        assert got[(name, "cpu", "fp16")] == got[(name, "cuda", "fp16")] == "fp16"
+        assert got[(name, "cuda", "fp32")] == "fp32"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -143,16 +257,16 @@ def test_cpu_memory_measure_sees_an_allocation():
     (["--models", "wavenet_cached,hifigan"], "--models: unknown model 'hifigan'"),
     (["--checkpoint", "wavenet=/nonexistent/wn.pt"], "/nonexistent/wn.pt: no such checkpoint file"),
     (["--checkpoint", "melgan=x.pt"], "--checkpoint: unknown model family 'melgan'"),
-    (["--config", "wavenet=huge"], None),
+    (["--config", "wavenet=huge"], "--config wavenet=huge: WaveNetConfig has no preset 'huge'"),
+    (["--config", "waveglow=/nonexistent/wg.yaml"], "/nonexistent/wg.yaml: no such config file"),
     (["--repeats", "2"], "--repeats: at least 3"),
     (["--dtype", "fp8"], "invalid choice"),
+    (["--device", "tpu9"], "device 'tpu9': not a device"),
+    (["--threads", "0"], "--threads: must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
-    if argv[0] == "--config":  # an unknown preset is found when the model is built; keep that build tiny
-        argv = argv + ["--models", "wavenet_cached", "--quick"]
-        message = "WaveNetConfig has no preset 'huge'"
     with pytest.raises(SystemExit) as e:
-        run_cli(bm.PROG, bm.main, argv)
+        run_cli(PROG, main, argv)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
@@ -161,10 +275,10 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when no GPU is present")
 def test_cuda_without_gpu_is_one_line_and_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
-        run_cli(bm.PROG, bm.main, ["--device", "cuda", "--dtype", "fp16"])
+        run_cli(PROG, main, ["--device", "cuda", "--dtype", "fp16"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no CUDA GPU" in err
+    assert len(err.splitlines()) == 1 and "device 'cuda': CUDA is not available" in err
 
 
 def test_checkpoint_of_another_family_is_refused(tmp_path, capsys):
@@ -172,9 +286,9 @@ def test_checkpoint_of_another_family_is_refused(tmp_path, capsys):
     from wavflow.models import build_model
 
     path = tmp_path / "student.pt"
-    save_checkpoint(path, model_payload(build_model("student", bm.preset_config("student", "tiny"))))
+    save_checkpoint(path, model_payload(build_model("student", cli.preset_config("student", "tiny"))))
     with pytest.raises(SystemExit) as e:
-        run_cli(bm.PROG, bm.main, ["--models", "wavenet_cached", "--wavenet", str(path), "--quick"])
+        run_cli(PROG, main, ["--models", "wavenet_cached", "--wavenet", str(path), "--quick"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds a student model" in err
@@ -182,30 +296,51 @@ def test_checkpoint_of_another_family_is_refused(tmp_path, capsys):
 
 def test_plan_naive_length_and_caps():
     def names(argv):
-        return [(s, [e.name for e in entries]) for s, entries in bm.plan(bm.parse_args(argv))]
+        return [(s, [e.name for e in rows]) for s, rows in runner.plan(cli.parse_args(argv))]
 
-    all_rows = [e.name for e in bm.ENTRIES]
     parallel = ["wavenet_cached", "wavenet_batched", "waveglow", "student"]
     assert names(["--lengths", "0.5,1,2", "--cap", "wavenet_batched=1"]) == [
         (0.1, ["wavenet_naive", "wavenet_cached"]), (0.5, parallel), (1.0, parallel),
         (2.0, ["wavenet_cached", "waveglow", "student"])]
-    assert names(["--lengths", "0.5,1", "--naive-length", "0.5", "--naive-all"]) == [(0.5, all_rows),
-                                                                                    (1.0, all_rows)]
+    assert names(["--lengths", "0.5,1", "--naive-length", "0.5", "--naive-all"]) == [(0.5, DEFAULT_ROWS),
+                                                                                    (1.0, DEFAULT_ROWS)]
     assert names(["--lengths", "0.5,1", "--ar-max", "0.5", "--models", "waveglow,wavenet_batched"]) == [
         (0.5, ["wavenet_batched", "waveglow"]), (1.0, ["waveglow"])]
+    # NVIDIA's algorithm runs only when asked for, beside wavflow's WaveGlow
+    assert "waveglow_nvidia" not in DEFAULT_ROWS
+    assert names(["--lengths", "1", "--models", "waveglow_nvidia,waveglow"]) == [(1.0, ["waveglow",
+                                                                                         "waveglow_nvidia"])]
+
+
+def _row(model, length, sps, cpu_s=1.0):
+    return runner.Row(model=model, label=entries.ENTRY_BY_NAME[model].label, family="x", source="", parameters=1,
+                      length_s=length, batch=1, samples=1, times_s=[1.0] * 3, median_s=1.0, samples_per_s=sps,
+                      cpu_times_s=[cpu_s] * 3, samples_per_cpu_s=sps / cpu_s, rtf=1.0, x_real_time=1.0,
+                      speedup_vs_cached=None, speedup_ref_length_s=None, flops_per_sample=1.0, flops_method="",
+                      gflops=1.0, pct_peak=1.0, peak_gflops=1.0, peak_mem_bytes=0, dtype="fp32",
+                      note="naive: ..." if model == "wavenet_naive" else "")
 
 
 def test_speedups_against_cached_at_same_or_longest_length():
-    def row(model, length, sps):
-        return bm.Row(model=model, label=model, family="x", source="", parameters=1, length_s=length, batch=1,
-                      samples=1, times_s=[1.0] * 3, median_s=1.0, samples_per_s=sps, rtf=1.0, x_real_time=1.0,
-                      speedup_vs_cached=None, speedup_ref_length_s=None, flops_per_sample=1.0, flops_method="",
-                      gflops=1.0, pct_peak=1.0, peak_gflops=1.0, peak_mem_bytes=0, dtype="fp32")
-
-    rows = [row("wavenet_naive", 0.1, 2.0), row("wavenet_cached", 0.1, 100.0), row("wavenet_cached", 0.5, 200.0),
-            row("student", 0.5, 5000.0), row("student", 4.0, 8000.0)]
-    bm.add_speedups(rows)
+    rows = [_row("wavenet_naive", 0.1, 2.0), _row("wavenet_cached", 0.1, 100.0), _row("wavenet_cached", 0.5, 200.0),
+            _row("student", 0.5, 5000.0), _row("student", 4.0, 8000.0)]
+    report.add_speedups(rows)
     assert [r.speedup_vs_cached for r in rows] == [0.02, 1.0, 1.0, 25.0, 40.0]
     assert [r.speedup_ref_length_s for r in rows] == [0.1, 0.1, 0.5, 0.5, 0.5]
-    table = bm.format_table(rows)
+    table = report.format_table(rows)
     assert table.count("†") == 1 and "| 40 † |" in table
+    assert report.summary_lines(rows) == [
+        "WaveNet cached / naive at 0.10 s: 50.0x",
+        "IAF student / WaveNet cached at 0.50 s: 25.0x",
+        "IAF student / WaveNet cached at 4.00 s (cached WaveNet at 0.50 s): 40.0x"]
+
+
+def test_cpu_time_column_and_nvidia_ratio():
+    rows = [_row("waveglow", 1.0, 9000.0, cpu_s=2.0), _row("waveglow_nvidia", 1.0, 6000.0, cpu_s=2.0)]
+    plain, with_cpu = report.format_table(rows), report.format_table(rows, cpu_time=True)
+    assert "samples/CPU-s" not in plain
+    header, rule, first = with_cpu.splitlines()[:3]
+    cells = [c.strip() for c in first.strip("|").split("|")]
+    column = [c.strip() for c in header.strip("|").split("|")].index("samples/CPU-s")
+    assert cells[column] == "4,500" and rule.count("|") == len(cells) + 1
+    assert report.summary_lines(rows) == ["WaveGlow / WaveGlow, NVIDIA algorithm at 1.00 s: 1.50x"]

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from wavflow.audio import load_audio
-from wavflow.data import CropSampler, LJSpeech, read_metadata
+from wavflow.data import CropSampler, LJSpeech, read_metadata, validation_clips
 from wavflow.errors import WavflowError
 from wavflow.frontend import MelConfig, mel_spectrogram
 
@@ -43,6 +43,23 @@ def test_validation_items_are_whole_utterances(ljspeech_root):
     for i in range(2):
         whole = load_audio(clip(valid.ids[i]), 22050)
         assert torch.equal(valid[i], whole)
+
+
+def test_validation_clips_are_cut_to_whole_hops(ljspeech_root):
+    """The clips the trainer validates on and wavflow.evaluate scores: the first N of the split, each cut to
+    its first S seconds, then to a whole number of hops."""
+    valid = LJSpeech(ljspeech_root, "valid", n_valid=20)
+    whole = validation_clips(valid)
+    assert [c.id for c in whole] == valid.ids and [c.path for c in whole] == valid.paths
+    for c in whole:
+        full = load_audio(clip(c.id), 22050)
+        assert c.full_samples == full.shape[0] and c.audio.shape[0] == full.shape[0] // 256 * 256
+        assert torch.equal(c.audio, full[: c.audio.shape[0]])
+    cut = validation_clips(valid, max_clips=3, max_seconds=0.5)
+    assert [c.id for c in cut] == valid.ids[:3]
+    assert all(c.audio.shape[0] == int(0.5 * 22050) // 256 * 256 for c in cut)
+    assert [c.audio.shape for c in validation_clips(valid, 2, 0)] == [c.audio.shape for c in whole[:2]]  # 0: whole
+    assert validation_clips(valid, max_clips=0) == []
 
 
 def test_crops_are_windows_of_the_clip(ljspeech_root):

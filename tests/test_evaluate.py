@@ -1,4 +1,5 @@
-"""python -m wavflow.evaluate: the report's fields, the distances' exact values, the NLL pooling, bad input."""
+"""python -m wavflow.evaluate and wavflow.metrics: the report's fields, the distances' exact values, the NLL
+pooling, bad input."""
 from __future__ import annotations
 
 import json
@@ -14,10 +15,12 @@ import torch
 from wavflow.audio import load_audio
 from wavflow.checkpoint import file_sha256, model_payload, save_checkpoint
 from wavflow.cli import run_cli
-from wavflow.evaluate import clip_metrics, default_name, griffin_lim, logmel_l1, main
+from wavflow.errors import WavflowError
+from wavflow.evaluate import default_name, main
 from wavflow.losses import stft_loss
 from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.models import build_model
+from wavflow.metrics import clip_metrics, griffin_lim, logmel_l1, pooled_nll
 from wavflow.models.waveglow import WaveGlowConfig
 
 from synth_helpers import clip as fixture_clip
@@ -115,6 +118,30 @@ def test_nll_is_pooled_model_likelihood(report, waveglow_ckpt, ljspeech_root):
     assert r["systems"][2]["nll_nats"] == pytest.approx(total / count, rel=1e-5)
 
 
+def test_pooled_nll_weighs_every_sample_alike(waveglow_ckpt, short_clip):
+    """The one pooled NLL (the trainer's validation and evaluate's column): total nats over total samples."""
+    import wavflow
+
+    model = wavflow.load(waveglow_ckpt)
+    audio = load_audio(short_clip, 22050)
+    short, long = audio[:2560], audio[:5120]
+    total, count = pooled_nll(model, [short, long])
+    assert count == 7680
+    assert total == pooled_nll(model, [short])[0] + pooled_nll(model, [long])[0]
+    assert pooled_nll(model, [long], max_samples=2560) == pooled_nll(model, [short])
+
+    class Diverged(torch.nn.Module):
+        mel_config = MelConfig()
+
+        def log_likelihood(self, audio, mel):
+            return torch.full(audio.shape[:1], math.nan)
+
+    with pytest.raises(WavflowError, match="clip-a: the model's log-likelihood is not finite"):
+        pooled_nll(Diverged(), [short], labels=["clip-a"])
+    nan_total, n = pooled_nll(Diverged(), [short])  # without labels the figure is returned as it is
+    assert math.isnan(nan_total) and n == 2560
+
+
 def test_nll_max_seconds_caps_the_student_only(waveglow_ckpt, ljspeech_root, tmp_path):
     """The student's likelihood (step-by-step inversion) scores the first --nll-max-seconds of each clip; WaveGlow
     keeps the whole clip."""
@@ -172,7 +199,7 @@ def test_optional_metrics_when_installed(short_clip):
     pytest.importorskip("pystoi")
     pytest.importorskip("speechmos")
     pytest.importorskip("onnxruntime")
-    from wavflow.evaluate import require_metrics
+    from wavflow.metrics import require_metrics
 
     fns = require_metrics(["pesq", "stoi", "dnsmos"])
     audio = load_audio(short_clip, 22050)

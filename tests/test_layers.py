@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wavflow.layers import CausalConv1d, MelUpsampler, ResidualBlock, WaveNetStack, dilations_for, receptive_field
+from wavflow.layers import (CausalConv1d, MelUpsampler, ResidualBlock, WaveNetStack, dilations_for, flatten_stack,
+                            receptive_field)
 
 
 @pytest.mark.parametrize("layers,cycles,kernel,expected", [(24, 4, 3, 505), (30, 3, 3, 6139), (12, 2, 3, 253),
@@ -107,3 +108,23 @@ def test_upsampler_starts_as_a_smooth_interpolator():
     out = up(torch.zeros(1, 4, 6))
     # away from the edges (zero padding) every sample equals the frame value
     torch.testing.assert_close(out[..., 256:-256], torch.full_like(out[..., 256:-256], 0.5))
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_flat_stack_is_the_stack_one_step_at_a_time(kernel):
+    """flatten_stack is the one matrix layout every fast path starts from: its step-by-step evaluation (ring
+    buffers, the reference of the compiled loops) equals the stack's parallel forward."""
+    torch.manual_seed(6)
+    stack = WaveNetStack(1, 8, 16, 6, cond_channels=5, kernel_size=kernel, layers=6, cycles=2).double()
+    T = 40
+    x, c = torch.randn(2, 1, T, dtype=torch.float64), torch.randn(2, 5, T, dtype=torch.float64)
+    flat = flatten_stack(stack)
+    assert flat.conv_w.shape == (6, 16, kernel * 8) and flat.cond_w.shape == (6, 16, 5)
+    assert flat.rs_w.shape == (6, 8 + 6, 8) and flat.dilations == stack.dilations
+    for j in range(kernel):  # [out, in]: columns j * R + r are tap j, (k - 1 - j) * d steps back
+        assert torch.equal(flat.tap(3, j), stack.blocks[3].conv.weight[:, :, j])
+    step = flat.stepper(2, torch.float64, "cpu")
+    cond = torch.einsum("bct,lgc->tlbg", c, flat.cond_w)
+    steps = torch.stack([step(x[:, 0, t], t, cond[t]) for t in range(T)], dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(steps, stack(x, c), atol=1e-12, rtol=0)

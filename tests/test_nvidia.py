@@ -192,7 +192,7 @@ LOADER = textwrap.dedent("""
         except WavflowError as e:
             out[name] = {"error": str(e)}
             continue
-        audio = model.infer(ref["mel"], z=ref["z"], sigma=ref["sigma"])
+        audio = model.infer(ref["mel"], noise=ref["z"], sigma=ref["sigma"])
         out[name] = {"max_diff": (audio - ref["audio"]).abs().max().item(),
                      "scale": ref["audio"].abs().max().item(),
                      "shape": list(audio.shape), "config": model.config.__dict__,
@@ -362,7 +362,7 @@ def test_weight_norm_folded_weights_import_exactly(tmp_path):
         elif not key.endswith("weight_g"):
             plain[key] = value
     torch.save({"state_dict": plain}, tmp_path / "plain.pt")
-    audio = load(tmp_path / "plain.pt").infer(ref["mel"], z=ref["z"], sigma=ref["sigma"])
+    audio = load(tmp_path / "plain.pt").infer(ref["mel"], noise=ref["z"], sigma=ref["sigma"])
     torch.testing.assert_close(audio, ref["audio"], atol=1e-5, rtol=1e-5)
 
 
@@ -378,7 +378,7 @@ def test_convert_writes_native_checkpoint(tmp_path):
     obj = read_checkpoint(dst)
     assert obj["format"] == "wavflow" and obj["model_type"] == "waveglow" and obj["step"] == 580000
     ref = torch.load(tmp_path / "ref.pt", weights_only=True)
-    audio = load(dst).infer(ref["mel"], z=ref["z"], sigma=ref["sigma"])
+    audio = load(dst).infer(ref["mel"], noise=ref["z"], sigma=ref["sigma"])
     torch.testing.assert_close(audio, ref["audio"], atol=1e-5, rtol=1e-5)
 
 

@@ -236,3 +236,59 @@ def test_denoise_needs_a_waveglow(tmp_path, capsys, example_mel):
                           "-o", tmp_path / "out"], capsys)
     assert code == 2 and "--denoise needs a WaveGlow" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def _tiny_family(family: str) -> torch.nn.Module:
+    from wavflow.models import build_model
+    from wavflow.models.student import StudentConfig
+    from wavflow.models.wavenet import WaveNetConfig
+
+    if family == "waveglow":
+        return tiny_waveglow()
+    torch.manual_seed(0)
+    model = build_model(family, WaveNetConfig.tiny() if family == "wavenet" else StudentConfig.tiny()).eval()
+    if family == "student":  # zero-initialised flow outputs would make the student the identity
+        with torch.no_grad():
+            for f in model.flows:
+                f.out.weight.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("family", ["waveglow", "wavenet", "student"])
+def test_every_family_implements_the_vocoder_interface(family, example_mel):
+    from wavflow.models import Vocoder
+
+    model = _tiny_family(family)
+    assert isinstance(model, Vocoder) and model.model_type == family
+    mel = torch.from_numpy(example_mel[None, :, 30:33].copy())
+    T = 3 * 256
+    noise = model.draw_noise(1, T, torch.Generator().manual_seed(0))
+    assert noise.dtype == torch.float32 and noise.device.type == "cpu"
+    assert model.draw_noise(2, 2 * T).shape[-1] == 2 * noise.shape[-1]  # time last, proportional to the length
+    # infer draws exactly draw_noise's noise from its generator
+    audio = model.infer(mel, generator=torch.Generator().manual_seed(0))
+    assert audio.shape == (1, T) and audio.abs().max() > 0
+    torch.testing.assert_close(model.infer(mel, noise=noise, frames=[3]), audio, rtol=0, atol=0)
+    # an option outside infer_options is refused by the model and by the API, naming the model type
+    with pytest.raises(WavflowError, match=f"'bogus' does not apply to a {family} model"):
+        model.infer(mel, bogus=1)
+    with pytest.raises(WavflowError, match=f"'bogus' does not apply to a {family} model"):
+        inference.check_options(model, {"bogus": 1})
+    assert inference.check_options(model, {name: None for name in model.infer_options}) == {}
+    assert family == "waveglow" or "sigma" not in model.infer_options
+
+
+def test_student_batch_noise_is_per_item(example_mel):
+    """The student draws per-item noise through draw_noise like the others, so the longest mel of a batch gets
+    the audio it gets alone, and a shorter one too wherever its padding cannot reach (causal flows: only the
+    upsampler's view of its last frames)."""
+    student = _tiny_family("student")
+    mels = [example_mel[:, 40:46], example_mel[:, 60:64]]
+    single = [synthesize(m, model=student, seed=4, batch_size=1) for m in mels]
+    batched = synthesize(mels, model=student, seed=4, batch_size=2)
+    torch.testing.assert_close(batched[0], single[0], rtol=0, atol=1e-5)  # the longest: no padding at all
+    head = (4 - 2) * 256 - 2 * (64 + 16 + 4 + 1)  # as for the teacher's upsampler (test above)
+    torch.testing.assert_close(batched[1][:head], single[1][:head], rtol=0, atol=1e-5)
+    assert not torch.allclose(single[0][:1000], synthesize(mels[0], model=student, seed=5)[:1000])
+    with pytest.raises(WavflowError, match="'sigma' does not apply to a student"):
+        synthesize(mels[1], model=student, sigma=0.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wavflow.errors import WavflowError
 from wavflow.frontend import MelConfig
 from wavflow.models import build_model
 from wavflow.models.waveglow import WN, WaveGlow, WaveGlowConfig
@@ -49,8 +50,6 @@ def test_module_names_follow_nvidia_layout():
 
 
 def test_bad_config_is_refused_by_name():
-    from wavflow.errors import WavflowError
-
     with pytest.raises(WavflowError, match="n_group"):
         WaveGlowConfig(n_group=7)
     with pytest.raises(WavflowError, match="fewer than 2 channels"):
@@ -139,21 +138,21 @@ def test_infer_length_and_determinism(frames):
     out = model.infer(mel)
     assert out.shape == (2, frames * HOP)
     z = torch.randn(2, 8, frames * HOP // 8)
-    a, b = model.infer(mel, sigma=0.6, z=z), model.infer(mel, sigma=0.6, z=z)
+    a, b = model.infer(mel, sigma=0.6, noise=z), model.infer(mel, sigma=0.6, noise=z)
     assert torch.equal(a, b)
     torch.testing.assert_close(a, model.inverse(0.6 * z, mel))
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     assert torch.equal(model.infer(mel, generator=g1), model.infer(mel, generator=g2))
-    with pytest.raises(ValueError, match="expected"):
-        model.infer(mel, z=z[..., :-1])
+    with pytest.raises(WavflowError, match="expected"):
+        model.infer(mel, noise=z[..., :-1])
 
 
 def test_infer_sigma_default_and_scaling():
     model = WaveGlow(WaveGlowConfig.tiny()).eval()  # identity couplings: audio is a rotation of z
     mel = torch.randn(1, 80, 4)
     z = torch.randn(1, 8, 4 * HOP // 8)
-    torch.testing.assert_close(model.infer(mel, z=z), model.infer(mel, z=z, sigma=0.6))
-    torch.testing.assert_close(model.infer(mel, z=z, sigma=0.3), 0.5 * model.infer(mel, z=z, sigma=0.6))
+    torch.testing.assert_close(model.infer(mel, noise=z), model.infer(mel, noise=z, sigma=0.6))
+    torch.testing.assert_close(model.infer(mel, noise=z, sigma=0.3), 0.5 * model.infer(mel, noise=z, sigma=0.6))
     assert model.infer(mel, sigma=0.0).abs().max() == 0
 
 
@@ -163,11 +162,11 @@ def test_remove_weight_norm_keeps_outputs():
     z = torch.randn(1, 8, 5 * HOP // 8)
     mel5 = mel[..., :5]
     before_ll = model.log_likelihood(audio, mel)
-    before = model.infer(mel5, z=z)
+    before = model.infer(mel5, noise=z)
     model.remove_weight_norm()
     assert not any("parametrizations" in k for k in model.state_dict())
     torch.testing.assert_close(model.log_likelihood(audio, mel), before_ll, atol=1e-5, rtol=0)
-    torch.testing.assert_close(model.infer(mel5, z=z), before, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.infer(mel5, noise=z), before, atol=1e-5, rtol=0)
 
 
 def test_wn_end_starts_at_zero_and_gives_shift_and_log_scale():
@@ -181,7 +180,7 @@ def test_wn_end_starts_at_zero_and_gives_shift_and_log_scale():
 
 def test_mel_too_short_is_an_error():
     model = WaveGlow(WaveGlowConfig.tiny())
-    with pytest.raises(ValueError, match="too short"):
+    with pytest.raises(WavflowError, match="too short"):
         model(torch.randn(1, 4 * HOP + 1024), torch.randn(1, 80, 4))
 
 
@@ -205,29 +204,29 @@ def test_fast_infer_equals_plain_inverse(kernel_size):
     for frames in (1, 6):
         mel = torch.randn(2, 80, frames)
         z = torch.randn(2, 8, frames * HOP // 8)
-        fast = model.infer(mel, z=z, sigma=0.7)
+        fast = model.infer(mel, noise=z, sigma=0.7)
         with torch.no_grad():
             plain = model.inverse(0.7 * z, mel)
         torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
         with torch.inference_mode():
-            torch.testing.assert_close(model.infer(mel, z=z, sigma=0.7), fast, atol=0, rtol=0)
+            torch.testing.assert_close(model.infer(mel, noise=z, sigma=0.7), fast, atol=0, rtol=0)
 
 
 def test_fast_infer_follows_weight_changes():
     model = tiny_model(dtype=torch.float32)
     mel = torch.randn(1, 80, 3)
     z = torch.randn(1, 8, 3 * HOP // 8)
-    before = model.infer(mel, z=z)
+    before = model.infer(mel, noise=z)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     model.training_loss(0.1 * torch.randn(1, 512), torch.randn(1, 80, 3))[0].backward()
     opt.step()
-    after = model.infer(mel, z=z)
+    after = model.infer(mel, noise=z)
     assert not torch.allclose(before, after)
     with torch.no_grad():
         torch.testing.assert_close(after, model.inverse(0.6 * z, mel), atol=1e-5, rtol=1e-5)
     model.load_state_dict(tiny_model(seed=9, dtype=torch.float32).state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(model.infer(mel, z=z), model.inverse(0.6 * z, mel), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.infer(mel, noise=z), model.inverse(0.6 * z, mel), atol=1e-5, rtol=1e-5)
 
 
 def test_upsampler_matmul_equals_conv_transpose():

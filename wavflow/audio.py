@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 
 from .errors import WavflowError
-from .fileio import atomic_write
+from .fileio import atomic_write, check_input_file
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> torch.Tensor:
@@ -19,10 +19,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int | None = None) -> torch
     is resampled (torchaudio's windowed-sinc resampler) so models always see the rate they were trained at.
     """
     path = Path(path)
-    if not path.exists():
-        raise WavflowError(f"{path}: no such file")
-    if path.is_dir():
-        raise WavflowError(f"{path}: is a directory, expected an audio file")
+    check_input_file(path, "an audio file")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:

@@ -1,17 +1,7 @@
 """wavflow checkpoints: plain tensors and plain Python values, written atomically, read without running code.
 
-Layout of a native checkpoint (every value loads under `torch.load(weights_only=True)`):
-
-    {"format": "wavflow", "version": 1,
-     "model_type": "waveglow" | "wavenet" | "student",
-     "model_config": {...},          # the model's config dataclass as a dict
-     "mel_config": {...},            # MelConfig as a dict: synthesis checks the input against it
-     "state_dict": {name: tensor},
-     "step": int,                    # training steps done
-     # training state, absent from inference-only files:
-     "optimizer": ..., "scaler": ..., "rng": {...}, "train_config": {...},
-     # the student only:
-     "teacher_sha256": str}
+The native layout, and what the trainer adds to it in last.pt, step-N.pt and best.pt, is design.md section 7:
+every value loads under `torch.load(weights_only=True)`. NVIDIA's WaveGlow files are read too (wavflow.nvidia).
 """
 from __future__ import annotations
 
@@ -19,48 +9,35 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from .errors import WavflowError
+from .fileio import atomic_write
 
 FORMAT = "wavflow"
 VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
+    """torch.save `payload` to `path` through a synced temporary file beside it (wavflow.fileio.atomic_write).
 
     A crash (even SIGKILL) at any moment leaves either the previous complete file or the new complete file
     under `path`, never a truncated one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def write(f: BinaryIO) -> None:
+        torch.save(payload, f)
+        f.flush()
         _test_pause_before_rename()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+
+    atomic_write(path, write, durable=True)
 
 
 def _test_pause_before_rename() -> None:
@@ -198,11 +175,21 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.n
     Native wavflow checkpoints, and NVIDIA's WaveGlow files in their three layouts (see wavflow.nvidia).
     The returned model carries `.config`, `.mel_config` and `.model_type`.
     """
+    return _load(path, device)[0]
+
+
+def load_with_step(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, int | None]:
+    """`load`, and the optimizer steps the file says the model was trained for (None when it does not say)."""
+    model, step = _load(path, device)
+    return model, None if step is None else int(step)
+
+
+def _load(path: str | os.PathLike, device: str | torch.device) -> tuple[torch.nn.Module, Any]:
     obj = read_checkpoint(path)
     if is_native(obj):
-        model = model_from_payload(obj, str(path))
+        model, step = model_from_payload(obj, str(path)), obj.get("step")
     else:
         from . import nvidia
 
-        model = nvidia.model_from_checkpoint(obj, str(path))
-    return model.to(device).eval()
+        model, step = nvidia.model_from_checkpoint(obj, str(path)), obj.get("iteration")
+    return model.to(device).eval(), step

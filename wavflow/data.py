@@ -17,6 +17,7 @@ resumed from a checkpoint sees the very same batches as an uninterrupted one (se
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -179,3 +180,30 @@ class CropSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return max(0, self.num_samples - self.start)
+
+
+@dataclass
+class Clip:
+    """A validation utterance as the trainer and wavflow.evaluate score it."""
+    id: str
+    path: Path
+    audio: torch.Tensor  # [T] float32, cut to a whole number of hops
+    full_samples: int    # length of the recording before any cut
+
+
+def validation_clips(dataset: LJSpeech, max_clips: int | None = None, max_seconds: float | None = None) -> list[Clip]:
+    """The first `max_clips` clips of a validation split (all when None), each cut to its first `max_seconds`
+    (whole when None or 0) and then to a whole number of hops: a mel of F frames vocodes to F x hop samples
+    (design.md section 1), so no model is scored on a partial frame. Clips too short for the caller's purpose
+    are the caller's to drop or refuse."""
+    hop, sr = dataset.mel_config.hop_length, dataset.mel_config.sample_rate
+    count = len(dataset) if max_clips is None else min(len(dataset), max_clips)
+    ids, clips = dataset.ids, []
+    for i in range(count):
+        audio = dataset.load(i)
+        n = audio.shape[0]
+        if max_seconds:
+            n = min(n, int(max_seconds * sr))
+        n = n // hop * hop
+        clips.append(Clip(ids[i], dataset.paths[i], audio[:n].contiguous(), audio.shape[0]))
+    return clips

@@ -8,9 +8,9 @@ For every checkpoint, on the validation clips (the last --n-valid clips of metad
   nll         held-out negative log-likelihood, nats per audio sample on the scale of design.md section 2
               (model.log_likelihood), pooled: total nats / total samples. Exact, in one parallel pass, for
               WaveGlow and the WaveNet teacher, on the whole clips. The IAF student's density of real audio
-              needs its flows inverted one sample at a time (about a second of CPU per 20 ms of audio at
-              the tiny size), so for the student only the first --nll-max-seconds of each clip are scored
-              (default 1; 0: whole clips); the JSON's nll_seconds_per_clip says what each row used.
+              needs its flows inverted one sample at a time, far slower than a parallel pass, so for the
+              student only the first --nll-max-seconds of each clip are scored (default 1; 0: whole clips);
+              the JSON's nll_seconds_per_clip says what each row used.
   copy-synthesis from the ground-truth mel (model.infer), scored against the real recording, mean over clips:
     logmel_l1     mean |log-mel(vocoded) - log-mel(real)| over bands and frames (natural log, design.md section 1 mel)
     mrstft_sc     spectral convergence, multi-resolution (wavflow.losses.stft_loss, 3 resolutions)
@@ -25,7 +25,8 @@ magnitude with librosa's non-negative least squares against the Slaney mel basis
 iterations of Griffin-Lim (hop 256, window 1024) estimate the phase.
 
 The optional metrics need `pip install 'wavflow[metrics]'` (pesq, pystoi, speechmos + onnxruntime; DNSMOS's
-ONNX models ship inside speechmos, so everything runs offline).
+ONNX models ship inside speechmos, so everything runs offline). Every metric is a function of wavflow.metrics;
+this module runs them over the checkpoints and writes the table, the JSON and the figure.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,19 +42,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .audio import load_audio, resample
-from .checkpoint import file_sha256, is_native, load as load_checkpoint, model_from_payload, read_checkpoint
+from .checkpoint import file_sha256, load_with_step
 from .cli import ArgumentParser, number, resolve_device, run_cli
+from .data import Clip, LJSpeech, validation_clips
 from .errors import WavflowError
-from .losses import stft_loss
+from .fileio import atomic_write
 from .frontend import MelConfig, mel_spectrogram
-from .inference import infer_parameters
+from .metrics import METRIC_KEYS, OPTIONAL_METRICS, clip_metrics, griffin_lim, pooled_nll, require_metrics
 
-OPTIONAL_METRICS = ("pesq", "stoi", "dnsmos")
-DNSMOS_KEYS = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
-# Every per-clip and per-system metric key, in table order; a metric that was not asked for is null in the JSON.
-METRIC_KEYS = ("logmel_l1", "mrstft", "mrstft_sc", "mrstft_logmag", "pesq_wb", "stoi", *DNSMOS_KEYS)
-PESQ_RATE = 16000  # PESQ wide band and DNSMOS are defined at 16 kHz
 # Model types whose likelihood of real audio runs step by step: --nll-max-seconds caps the audio they score.
 SEQUENTIAL_LIKELIHOOD = ("student",)
 
@@ -62,126 +57,17 @@ SEQUENTIAL_LIKELIHOOD = ("student",)
 # ----------------------------------------------------------------------------------------------------------------
 # Validation clips
 
-@dataclass
-class Clip:
-    id: str
-    path: Path
-    audio: torch.Tensor  # [T] float32, cropped to a whole number of hops
-    full_samples: int  # length of the recording before any cropping
-
-
 def load_clips(root: Path, n_valid: int, max_clips: int | None, max_seconds: float | None,
                mel_config: MelConfig) -> list[Clip]:
     """The validation clips (wavflow.data's split: the last `n_valid` lines of metadata.csv, never trained on),
-    read at the mel config's rate, each cropped to at most `max_seconds` and to a whole number of hops."""
-    from .data import LJSpeech
-
-    data = LJSpeech(root, split="valid", n_valid=n_valid, mel_config=mel_config)
+    read at the mel config's rate, each cut to at most `max_seconds` and to a whole number of hops."""
+    clips = validation_clips(LJSpeech(root, split="valid", n_valid=n_valid, mel_config=mel_config), max_clips,
+                             max_seconds)
     hop = mel_config.hop_length
-    count = len(data) if max_clips is None else min(len(data), max_clips)
-    clips = []
-    for i in range(count):
-        audio = data.load(i)
-        n = audio.shape[0]
-        if max_seconds is not None:
-            n = min(n, int(max_seconds * mel_config.sample_rate))
-        n = n // hop * hop  # F = n / hop + 1 frames vocode to n + hop samples, of which the first n are compared
-        if n < 4 * hop:
-            raise WavflowError(f"{data.paths[i]}: {audio.shape[0]} samples, too short to evaluate (need {4 * hop})")
-        clips.append(Clip(data.ids[i], data.paths[i], audio[:n].contiguous(), audio.shape[0]))
+    for clip in clips:  # F = n / hop + 1 frames vocode to n + hop samples, of which the first n are compared
+        if clip.audio.shape[0] < 4 * hop:
+            raise WavflowError(f"{clip.path}: {clip.full_samples} samples, too short to evaluate (need {4 * hop})")
     return clips
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Metrics
-
-def _missing(package: str, metric: str) -> WavflowError:
-    return WavflowError(f"the {metric} metric needs the '{package}' package: pip install 'wavflow[metrics]'")
-
-
-def require_metrics(metrics: Sequence[str]) -> dict[str, Callable]:
-    """Import the optional metric packages up front, so a missing one is reported before any work is done."""
-    fns: dict[str, Callable] = {}
-    for m in metrics:
-        if m == "pesq":
-            try:
-                from pesq import pesq
-            except ImportError:
-                raise _missing("pesq", "pesq") from None
-            fns[m] = pesq
-        elif m == "stoi":
-            try:
-                from pystoi import stoi
-            except ImportError:
-                raise _missing("pystoi", "stoi") from None
-            fns[m] = stoi
-        elif m == "dnsmos":
-            try:
-                import onnxruntime  # noqa: F401  (speechmos imports it only when scoring)
-            except ImportError:
-                raise _missing("onnxruntime", "dnsmos") from None
-            try:
-                from speechmos import dnsmos
-            except ImportError:
-                raise _missing("speechmos", "dnsmos") from None
-            fns[m] = dnsmos.run
-    return fns
-
-
-def logmel_l1(estimate: torch.Tensor, reference: torch.Tensor, mel_config: MelConfig = MelConfig()) -> float:
-    """Mean |log-mel(estimate) - log-mel(reference)| over bands and frames; both [T] of the same length."""
-    if estimate.shape != reference.shape:
-        raise ValueError(f"logmel_l1: estimate {tuple(estimate.shape)} and reference {tuple(reference.shape)} differ")
-    pair = torch.stack([estimate, reference]).double()
-    mels = mel_spectrogram(pair, mel_config)
-    return float((mels[0] - mels[1]).abs().mean())
-
-
-def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    if sample_rate == PESQ_RATE:
-        return audio
-    return resample(torch.from_numpy(audio), sample_rate, PESQ_RATE).numpy()
-
-
-def clip_metrics(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: int, mel_config: MelConfig,
-                 optional: dict[str, Callable]) -> dict[str, float | None]:
-    """All metrics of one vocoded clip [T] against its recording [T]; keys METRIC_KEYS, None where not asked."""
-    est = estimate.detach().float().cpu()
-    ref = reference.detach().float().cpu()
-    out: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
-    out["logmel_l1"] = logmel_l1(est, ref, mel_config)
-    sc, logmag = stft_loss(est.double()[None], ref.double()[None])
-    out["mrstft_sc"], out["mrstft_logmag"] = float(sc), float(logmag)
-    out["mrstft"] = out["mrstft_sc"] + out["mrstft_logmag"]
-    est_np, ref_np = est.numpy(), ref.numpy()
-    if "pesq" in optional or "dnsmos" in optional:
-        est16 = np.clip(_to_16k(est_np, sample_rate), -1.0, 1.0).astype(np.float32)
-        ref16 = np.clip(_to_16k(ref_np, sample_rate), -1.0, 1.0).astype(np.float32)
-    if "pesq" in optional:
-        try:
-            out["pesq_wb"] = float(optional["pesq"](PESQ_RATE, ref16, est16, "wb"))
-        except Exception:  # PESQ refuses clips it finds no speech in (e.g. a silent vocoder): no score, not 0
-            out["pesq_wb"] = math.nan
-    if "stoi" in optional:
-        out["stoi"] = float(optional["stoi"](ref_np, est_np, sample_rate, extended=False))
-    if "dnsmos" in optional:
-        r = optional["dnsmos"](est16, PESQ_RATE)
-        out.update(dnsmos_ovrl=float(r["ovrl_mos"]), dnsmos_sig=float(r["sig_mos"]), dnsmos_bak=float(r["bak_mos"]),
-                   dnsmos_p808=float(r["p808_mos"]))
-    return out
-
-
-def griffin_lim(log_mel: torch.Tensor, mel_config: MelConfig, n_iter: int, length: int, seed: int = 0) -> torch.Tensor:
-    """Audio [length] from a log-mel [n_mels, F] by NNLS mel inversion and Griffin-Lim (librosa)."""
-    import librosa
-
-    c = mel_config
-    mel = np.exp(log_mel.detach().double().cpu().numpy())  # magnitude mel (power 1), floor 1e-5 included
-    magnitude = librosa.feature.inverse.mel_to_stft(mel, sr=c.sample_rate, n_fft=c.n_fft, power=1.0,
-                                                     fmin=c.fmin, fmax=c.fmax, htk=False, norm="slaney")
-    audio = librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=c.hop_length, win_length=c.win_length,
-                               n_fft=c.n_fft, window="hann", center=True, length=length, random_state=seed)
-    return torch.from_numpy(audio.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -213,25 +99,9 @@ class SystemResult:
         return row
 
 
-def _nll(model: torch.nn.Module, clips: list[Clip], cap: int | None, device: torch.device) -> tuple[float, int]:
-    """Pooled held-out NLL over the clips: -(sum over clips of mean log-density x samples) / total samples."""
-    total, samples = 0.0, 0
-    for clip in clips:
-        n = clip.audio.shape[0] if cap is None else min(clip.audio.shape[0], cap)
-        audio = clip.audio[:n].to(device)[None]
-        mel = mel_spectrogram(audio, model.mel_config)
-        with torch.no_grad():
-            ll = model.log_likelihood(audio, mel)
-        ll = float(ll.reshape(-1)[0])
-        if not math.isfinite(ll):
-            raise WavflowError(f"{clip.path}: the model's log-likelihood is not finite ({ll}); is the checkpoint trained?")
-        total -= ll * n
-        samples += n
-    return total / samples, samples
-
-
 @dataclass
-class Loaded:
+class Checkpoint:
+    """A checkpoint under evaluation: its model, ready to vocode, and what the report says of the file."""
     path: Path
     model: torch.nn.Module
     step: int | None
@@ -239,38 +109,34 @@ class Loaded:
     parameters: int  # as trained (weight norm's g and v counted apart, as the checkpoint stores them)
 
 
-def load_model(path: Path, device: torch.device) -> Loaded:
+def load_model(path: Path, device: torch.device) -> Checkpoint:
     """A checkpoint as a model in eval mode with weight norm folded, plus the training step it holds."""
-    obj = read_checkpoint(path)
-    if is_native(obj):
-        model, step = model_from_payload(obj, str(path)), obj.get("step")
-    else:  # NVIDIA's WaveGlow layouts
-        model, step = load_checkpoint(path), obj.get("iteration")
-    del obj
+    model, step = load_with_step(path, device)
     parameters = sum(p.numel() for p in model.parameters())
-    model = model.to(device).eval()
     model.remove_weight_norm()
-    return Loaded(path, model, None if step is None else int(step), file_sha256(path), parameters)
+    return Checkpoint(path, model, step, file_sha256(path), parameters)
 
 
-def evaluate_checkpoint(loaded: Loaded, clips: list[Clip], *, device: torch.device, metric_mel: MelConfig,
+def evaluate_checkpoint(checkpoint: Checkpoint, clips: list[Clip], *, device: torch.device, metric_mel: MelConfig,
                         optional: dict[str, Callable], nll_cap: int | None, skip_nll: bool, seed: int,
                         infer_options: dict[str, Any], log: Callable[[str], None],
                         name: str | None = None) -> SystemResult:
-    path, model = loaded.path, loaded.model
+    path, model = checkpoint.path, checkpoint.model
     sr = model.mel_config.sample_rate
     result = SystemResult(name or default_name(path), "vocoder", info={
-        "checkpoint": str(path), "sha256": loaded.sha256, "model_type": model.model_type,
-        "parameters": loaded.parameters, "step": loaded.step,
+        "checkpoint": str(path), "sha256": checkpoint.sha256, "model_type": model.model_type,
+        "parameters": checkpoint.parameters, "step": checkpoint.step,
     })
     if not skip_nll:
         t0 = time.perf_counter()
         cap = nll_cap if model.model_type in SEQUENTIAL_LIKELIHOOD else None
-        result.nll_nats, result.nll_samples = _nll(model, clips, cap, device)
+        total, samples = pooled_nll(model, [c.audio for c in clips], max_samples=cap, device=device,
+                                    labels=[c.path for c in clips])
+        result.nll_nats, result.nll_samples = total / samples, samples
         result.info["nll_seconds_per_clip"] = None if cap is None else cap / sr
         result.info["nll_wall_seconds"] = time.perf_counter() - t0
         log(f"  {path.stem}: NLL {result.nll_nats:.4f} nats/sample over {result.nll_samples} samples")
-    options = {k: v for k, v in infer_options.items() if k in infer_parameters(model)}
+    options = {k: v for k, v in infer_options.items() if k in model.infer_options}
     result.info["infer_options"] = options
     # One short untimed call first, so the RTF leaves out one-off costs (numba compilation, allocator warm-up).
     with torch.no_grad():
@@ -351,18 +217,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None if math.isnan(obj) else str(obj)
@@ -394,7 +248,7 @@ def plot_spectrograms(path: Path, clip: Clip, systems: list[SystemResult], mel_c
         ax.set_ylabel("mel band")
     axes[-1, 0].set_xlabel(f"time (s): {clip.id}")
     fig.colorbar(im, ax=axes[:, 0].tolist(), label="ln mel", shrink=0.9)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -409,6 +263,9 @@ def _writable_output(path: str | None, flag: str) -> Path | None:
         raise WavflowError(f"{flag} {p}: is a directory, expected a file name")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
+        existing = next((a for a in parent.parents if a.exists()), None) if not parent.exists() else parent
+        if existing is not None and not existing.is_dir():  # a file where the path needs a directory
+            raise WavflowError(f"{flag} {p}: {existing} is not a directory")
         raise WavflowError(f"{flag} {p}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise WavflowError(f"{flag} {p}: directory {parent} is not writable")
@@ -504,9 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Each model gets the options its infer() takes: sigma reaches WaveGlow, temperature the teacher and student.
     infer_options = {k: v for k, v in (("sigma", args.sigma), ("temperature", args.temperature)) if v is not None}
     taken: set[str] = {s.name for s in systems}
-    for loaded, name in zip(models, names):
+    for checkpoint, name in zip(models, names):
         t0 = time.perf_counter()
-        result = evaluate_checkpoint(loaded, clips, device=device, metric_mel=metric_mel, optional=optional,
+        result = evaluate_checkpoint(checkpoint, clips, device=device, metric_mel=metric_mel, optional=optional,
                                      nll_cap=nll_cap, skip_nll=args.no_nll, seed=args.seed,
                                      infer_options=infer_options, log=log, name=name)
         base, k = result.name, 2
@@ -535,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if json_path is not None:
         text = json.dumps(_json_safe(report), indent=1)
-        _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_write(json_path, lambda f: f.write((text + "\n").encode()))
         log(f"  wrote {json_path}")
     if plot_path is not None:
         plot_spectrograms(plot_path, clips[0], systems, metric_mel)

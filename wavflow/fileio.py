@@ -7,17 +7,22 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, durable: bool = False) -> None:
     """Call `write(f)` on a temporary file beside `path`, then rename it over `path`.
 
     The temporary file gets the mode any new file gets (mkstemp alone would leave it 0600), and it is removed if
-    `write` fails, so an error leaves neither a partial file nor a stray temporary.
+    `write` fails, so an error leaves neither a partial file nor a stray temporary. `durable` also syncs the file
+    to disk before the rename and the directory after it, so the new file survives a power cut, not only a crash
+    (checkpoints, which a long run cannot afford to lose).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)
@@ -26,3 +31,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if durable:
+        try:
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+
+
+def check_input_file(path: Path, what: str) -> None:
+    """Refuse, by name, a path that is not a regular file to read `what` from (a directory, a FIFO that could
+    block forever, a device, nothing at all)."""
+    from .errors import WavflowError
+
+    if not path.exists():
+        raise WavflowError(f"{path}: no such file")
+    if path.is_dir():
+        raise WavflowError(f"{path}: is a directory, expected {what}")
+    if not path.is_file():
+        raise WavflowError(f"{path}: not a regular file, expected {what}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import WavflowError
-from .fileio import atomic_write
+from .fileio import atomic_write, check_input_file
 
 
 @dataclass(frozen=True)
@@ -172,12 +172,7 @@ def load_mel(path: str | os.PathLike, n_mels: int = 80, max_frames: int = MAX_FR
     (never allow_pickle), and a shape above `max_frames` is refused before memory is allocated for it.
     """
     path = Path(path)
-    if not path.exists():
-        raise WavflowError(f"{path}: no such file")
-    if path.is_dir():
-        raise WavflowError(f"{path}: is a directory, expected a .npy mel")
-    if not path.is_file():  # reading a FIFO or a device could block forever
-        raise WavflowError(f"{path}: not a regular file, expected a .npy mel")
+    check_input_file(path, "a .npy mel")
     fmt = np.lib.format
     try:
         with open(path, "rb") as f:

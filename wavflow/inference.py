@@ -12,14 +12,13 @@ draws its noise from its own generator, seeded by the seed and the mel's content
 vocodes to the same noise whatever its file name, its position in the list and the batch it falls in. An item
 as long as its batch's longest therefore gives the same audio batched or alone; a shorter, padded item can
 differ near its end, as far back as the model's non-causal convolutions reach into the padding (WaveGlow: at
-most n_flows * (k - 1) / 2 * sum(dilations) * n_group samples; `--batch-size 1` removes the effect). A model
-whose `infer` only draws its own noise (no per-item noise argument) gets one generator per batch instead.
-
+most n_flows * (k - 1) / 2 * sum(dilations) * n_group samples; `--batch-size 1` removes the effect). Every
+model family is called the same way, through the `wavflow.models.Vocoder` interface: its `draw_noise` makes
+each mel's noise and its `infer` takes the batch's.
 """
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 import os
 import sys
@@ -37,6 +36,7 @@ from .checkpoint import load as load_checkpoint
 from .cli import resolve_device
 from .errors import WavflowError
 from .frontend import MAX_FRAMES, check_mel, load_mel
+from .models import Vocoder, refuse_options
 
 SHIPPED = resources.SHIPPED
 DEFAULT_MODEL = "waveglow"
@@ -83,31 +83,10 @@ def load_vocoder(checkpoint: str | os.PathLike | None = None, model: str | None 
     return vocoder
 
 
-def infer_parameters(model: torch.nn.Module) -> set[str]:
-    """Keyword arguments `model.infer` takes by name (model options such as sigma, temperature, z).
-
-    An `infer(mel, generator, **options)` that hands its options to `generate` (the WaveNet teacher) takes
-    generate's named arguments.
-    """
-    names: set[str] = set()
-    for method in (model.infer, getattr(model, "generate", None)):
-        if method is None:
-            break
-        params = inspect.signature(method).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return names
-
-
-def check_options(model: torch.nn.Module, options: dict[str, Any]) -> dict[str, Any]:
-    """Drop unset options and refuse any the model does not take, naming the model type."""
+def check_options(model: Vocoder, options: dict[str, Any]) -> dict[str, Any]:
+    """Drop unset options and refuse any not in model.infer_options, naming the model type."""
     options = {k: v for k, v in options.items() if v is not None}
-    accepted = infer_parameters(model) - {"mel", "generator", "z", "noise", "frames", "lengths"}
-    for name in options:
-        if name not in accepted:
-            takes = ", ".join(sorted(accepted)) or "none"
-            raise WavflowError(f"option '{name}' does not apply to a {model.model_type} model (its options: {takes})")
+    refuse_options(model, options)
     return options
 
 
@@ -164,7 +143,7 @@ def _frames(mel: np.ndarray | MelFile) -> int:
     return mel.frames if isinstance(mel, MelFile) else mel.shape[1]
 
 
-def vocode(model: torch.nn.Module, mels: Sequence[np.ndarray | MelFile], *, seed: int | None = None,
+def vocode(model: Vocoder, mels: Sequence[np.ndarray | MelFile], *, seed: int | None = None,
            batch_size: int = DEFAULT_BATCH_SIZE, denoise: float = 0.0, progress: bool = False,
            **options: Any) -> Iterator[tuple[int, torch.Tensor]]:
     """Vocode float32 [n_mels, F_i] mels (arrays, or MelFile references) in length-sorted batches.
@@ -221,47 +200,21 @@ def vocode(model: torch.nn.Module, mels: Sequence[np.ndarray | MelFile], *, seed
             bar.close()
 
 
-def _infer(model: torch.nn.Module, batch: torch.Tensor, seeds: list[int], frames: list[int],
+def _infer(model: Vocoder, batch: torch.Tensor, seeds: list[int], frames: list[int],
            options: dict[str, Any]) -> torch.Tensor:
     """One padded batch through model.infer: [B, n_mels, F] -> [B, F * hop], each item on its own noise."""
     hop = model.mel_config.hop_length
     length = batch.shape[-1] * hop
     noise = []
     for seed, f in zip(seeds, frames):
-        # Drawn on the CPU, so a seed gives the same noise on every device.
-        drawn = draw_item_noise(model, f * hop, torch.Generator().manual_seed(seed))
-        if drawn is None:
-            break
-        keyword, z = drawn
+        # Drawn on the CPU for the item's own length, so a seed gives the same noise on every device and batch.
+        z = model.draw_noise(1, f * hop, torch.Generator().manual_seed(seed))
         noise.append(_pad_time(z, z.shape[-1] * length // (f * hop)))
     # no_grad rather than inference_mode: a model passed in by a trainer may cache tensors (WaveGlow's W^-1)
-    # that must stay usable outside inference mode.
+    # that must stay usable outside inference mode. frames lets an autoregressive model stop each item at its
+    # own length.
     with torch.no_grad():
-        if len(noise) < len(seeds):  # the model draws its own noise: one generator for the batch
-            generator = torch.Generator(device=batch.device).manual_seed(seeds[0])
-            return model.infer(batch, generator=generator, **options)
-        extra: dict[str, Any] = {keyword: torch.cat(noise).to(batch.device, batch.dtype)}
-        if "frames" in infer_parameters(model):
-            extra["frames"] = frames  # lets an autoregressive model stop each item at its own length
-        return model.infer(batch, **extra, **options)
-
-
-def draw_item_noise(model: torch.nn.Module, num_samples: int,
-                    generator: torch.Generator) -> tuple[str, torch.Tensor] | None:
-    """The noise `model.infer` would draw for one item of `num_samples` samples, as (infer keyword, [1, ..., L]).
-
-    A model may define `draw_noise(batch, num_samples, generator) -> Tensor` (time last) and take it as
-    `infer(noise=...)`; the built-in models are handled here by type. None: the model only draws its own.
-    """
-    if hasattr(model, "draw_noise"):
-        return "noise", model.draw_noise(1, num_samples, generator)
-    params = infer_parameters(model)
-    if model.model_type == "waveglow" and "z" in params:
-        g = model.config.n_group
-        return "z", torch.randn((1, g, num_samples // g), generator=generator)  # WaveGlow.infer's z layout
-    if model.model_type == "wavenet" and hasattr(model, "dist"):
-        return "noise", model.dist.draw_noise(1, num_samples, generator, device="cpu")
-    return None
+        return model.infer(batch, noise=torch.cat(noise).to(batch.device, batch.dtype), frames=frames, **options)
 
 
 def _pad_time(z: torch.Tensor, length: int) -> torch.Tensor:
@@ -274,10 +227,10 @@ def _pad_time(z: torch.Tensor, length: int) -> torch.Tensor:
 _denoisers: "weakref.WeakKeyDictionary[torch.nn.Module, Any]" = weakref.WeakKeyDictionary()
 
 
-def make_denoiser(model: torch.nn.Module):
+def make_denoiser(model: Vocoder):
     """NVIDIA's denoiser for `model` (wavflow.denoiser), built once per model: its bias spectrum is the model's
     output for an all-zero mel at sigma 0, so only a model with a noise scale (WaveGlow) can have one."""
-    if "sigma" not in infer_parameters(model):
+    if "sigma" not in model.infer_options:
         raise WavflowError(f"--denoise needs a WaveGlow (its bias is the output at sigma 0); this checkpoint is a "
                            f"{model.model_type}")
     if model not in _denoisers:
@@ -303,8 +256,8 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
                progress: bool = False, **options: Any) -> torch.Tensor | list[torch.Tensor]:
     """Vocode mel spectrograms to audio in [-1, 1] (CPU float32).
 
-    mel: a numpy array or tensor in a layout `load_mel` accepts ((n_mels, F), (F, n_mels), (1, n_mels, F)) ->
-         audio [F * hop]; a batch [B, n_mels, F] -> [B, F * hop]; a .npy path -> [F * hop];
+    mel: a numpy array or tensor in a layout `load_mel` accepts, (n_mels, F) or (F, n_mels) -> audio [F * hop];
+         a batch [B, n_mels, F], (1, n_mels, F) included -> [B, F * hop]; a .npy path -> [F * hop];
          a list of any of those single mels, of any lengths -> a list of [F_i * hop].
     checkpoint: a checkpoint file (native wavflow or NVIDIA WaveGlow). model: a shipped model name
          ("waveglow", "wavenet", "student") or an already loaded wavflow model, used as it is, on its own
@@ -313,7 +266,8 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
     denoise: strength of NVIDIA's WaveGlow denoiser (0 = off; 0.01-0.1 typical).
     seed: with a seed, a mel gives the same audio whatever it is batched with (see the module docstring);
          None follows torch's global generator.
-    Other keyword arguments go to the model's `infer` unchanged (for example method="naive" for WaveNet).
+    Other keyword arguments are the model's other `infer_options` (for example method="naive" for WaveNet);
+    an option the model does not take is refused.
     """
     if isinstance(model, torch.nn.Module):
         if checkpoint is not None:

@@ -1,16 +1,21 @@
 """Layers shared by the WaveNet teacher and the IAF student: causal dilated conv, the gated residual stack, and
-the mel upsampler (design.md section 4).
+the mel upsampler (design.md section 4); and `FlatStack`, the one matrix layout of a stack that every fast path
+(cached generation, the student's step loop and time-major pass, the compiled loops of wavflow/kernels.py)
+starts from.
 
 Shapes: audio-rate tensors are [B, C, T]; mels are [B, n_mels, F] with F frames for F * hop samples.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+RES_SCALE = math.sqrt(0.5)  # the residual sum's scale in every gated layer: the variance stays put down the stack
 
 
 def dilations_for(layers: int, cycles: int) -> tuple[int, ...]:
@@ -71,7 +76,7 @@ class ResidualBlock(nn.Module):
         a, b = z.chunk(2, dim=1)
         rs = self.res_skip(torch.tanh(a) * torch.sigmoid(b))
         res, skip = rs[:, : self.residual_channels], rs[:, self.residual_channels:]
-        return (x + res) * math.sqrt(0.5), skip
+        return (x + res) * RES_SCALE, skip
 
 
 class WaveNetStack(nn.Module):
@@ -109,6 +114,134 @@ class WaveNetStack(nn.Module):
             skips = skips + s
         # sqrt(1/L) keeps the skip sum's scale independent of depth
         return skips * math.sqrt(1.0 / len(self.blocks))
+
+
+@dataclass(frozen=True)
+class FlatStack:
+    """A `WaveNetStack` (one input channel) as plain matrices, for one-step and time-major evaluation: the one
+    layout every fast path starts from (`flatten_stack`). Every matrix is [out, in], torch's Linear layout: a
+    step is y = x @ W.T, and a row of W is one output's weights (contiguous, as the compiled loops read them).
+
+    L layers, k taps, R residual, G gate, S skip, C conditioning channels:
+      in_w, in_b  [R]            input 1x1 conv of the single input channel
+      conv_w      [L, G, k * R]  dilated conv; column j * R + r is tap j, which looks (k - 1 - j) * d_l steps
+                                 back (tap k - 1 is the current step), of residual channel r
+      conv_b      [L, G]
+      cond_w      [L, G, C]      each layer's 1x1 projection of the conditioning into its gate (no bias)
+      rs_w        [L, R + S, G/2] fused residual and skip 1x1 conv: rows [0, R) residual, [R, R + S) skip
+      rs_b        [L, R + S]
+    A layer: z = conv_w[l] @ taps + conv_b[l] + cond_w[l] @ c; g = tanh(z[:G/2]) * sigmoid(z[G/2:]);
+    rs = rs_w[l] @ g + rs_b[l]; h <- (h + rs[:R]) * RES_SCALE; skips += rs[R:]. Output: skips * skip_scale.
+    """
+
+    kernel_size: int
+    dilations: tuple[int, ...]
+    in_w: torch.Tensor
+    in_b: torch.Tensor
+    conv_w: torch.Tensor
+    conv_b: torch.Tensor
+    cond_w: torch.Tensor
+    rs_w: torch.Tensor
+    rs_b: torch.Tensor
+
+    @property
+    def residual_channels(self) -> int:
+        return self.in_w.shape[0]
+
+    @property
+    def skip_scale(self) -> float:
+        """sqrt(1 / L), the scale of the skip sum (WaveNetStack.forward)."""
+        return math.sqrt(1.0 / len(self.dilations))
+
+    def tap(self, layer: int, j: int) -> torch.Tensor:
+        """conv_w's [G, R] block of tap j (lag (k - 1 - j) * d) of one layer: a view."""
+        r = self.residual_channels
+        return self.conv_w[layer, :, j * r: (j + 1) * r]
+
+    def stepper(self, batch: int, dtype: torch.dtype,
+                device: torch.device | str) -> Callable[[torch.Tensor, int, Sequence[torch.Tensor]], torch.Tensor]:
+        """The stack one time step at a time, in plain torch (the reference the compiled loops are tested against).
+
+        Returns step(x [B], t, cond_t) -> skip sum [B, S], for x the stack's input at step t and cond_t each
+        layer's conditioning projection at t, [B, G] (no conv bias), called for t = 0, 1, ... in order. Each
+        layer keeps a ring of its last (k - 1) d + 1 inputs, zero at first: the causal left padding.
+        """
+        k, R = self.kernel_size, self.residual_channels
+        layers = [(d, torch.zeros(batch, (k - 1) * d + 1, R, dtype=dtype, device=device), self.conv_w[l].t(),
+                   self.conv_b[l], self.rs_w[l].t(), self.rs_b[l]) for l, d in enumerate(self.dilations)]
+
+        def step(x: torch.Tensor, t: int, cond_t: Sequence[torch.Tensor]) -> torch.Tensor:
+            h = x[:, None] * self.in_w + self.in_b  # [B, R]
+            skips = 0
+            for (d, ring, conv_w, conv_b, rs_w, rs_b), c in zip(layers, cond_t):
+                size = ring.shape[1]
+                ring[:, t % size] = h
+                # tap j looks (k - 1 - j) d steps back
+                taps = ring[:, [(t - (k - 1 - j) * d) % size for j in range(k)]].reshape(batch, k * R)
+                a, g = torch.addmm(conv_b + c, taps, conv_w).chunk(2, dim=1)
+                rs = torch.addmm(rs_b, torch.tanh(a) * torch.sigmoid(g), rs_w)
+                h = (h + rs[:, :R]) * RES_SCALE
+                skips = skips + rs[:, R:]
+            return skips * self.skip_scale
+
+        return step
+
+    def time_major(self) -> tuple[list[tuple], torch.Tensor]:
+        """The layers as [in, out] matrices for time-major GEMMs (rows [T, in] @ W), constants folded in for a
+        gate of one sigmoid: tanh(a) = 2 sigmoid(2a) - 1, so the tanh half of every gate column is doubled and
+        g = (sigmoid(2a) - 1/2) sigmoid(b), half the gate output, is what the 1x1 convs read (their weights
+        take the 2, with RES_SCALE on the residual and skip_scale on the skip).
+
+        Returns (per layer: (dilation, k taps [R, G] (tap j looks (k - 1 - j) d back), cond [C, G], gate bias
+        [G], residual [G/2, R] and its bias [R] scaled by RES_SCALE (None for the last layer, whose residual
+        output is never used), skip [G/2, S]), the skip biases summed and scaled [S]).
+        """
+        R, L = self.residual_channels, len(self.dilations)
+        col = torch.ones_like(self.conv_b[0])
+        col[: col.shape[0] // 2] = 2.0
+        skip_scale = self.skip_scale
+        layers = []
+        skip_b = 0.0
+        for l, d in enumerate(self.dilations):
+            last = l == L - 1
+            w_rs, b_rs = self.rs_w[l].t(), self.rs_b[l]  # [G/2, R + S], [R + S]
+            layers.append((
+                d,
+                [(self.tap(l, j) * col[:, None]).t().contiguous() for j in range(self.kernel_size)],
+                (self.cond_w[l] * col[:, None]).t().contiguous(),
+                self.conv_b[l] * col,
+                None if last else (2 * RES_SCALE * w_rs[:, :R]).contiguous(),
+                None if last else RES_SCALE * b_rs[:R],
+                (2 * skip_scale * w_rs[:, R:]).contiguous(),
+            ))
+            skip_b = skip_b + skip_scale * b_rs[R:]
+        return layers, skip_b
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "FlatStack":
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype).contiguous()
+
+        return FlatStack(self.kernel_size, self.dilations, *(move(getattr(self, n)) for n in _TENSORS))
+
+
+_TENSORS = ("in_w", "in_b", "conv_w", "conv_b", "cond_w", "rs_w", "rs_b")
+
+
+def flatten_stack(stack: "WaveNetStack") -> FlatStack:
+    """The stack's weights as a FlatStack (detached, contiguous; same dtype and device as the stack)."""
+    if stack.input.in_channels != 1:
+        raise ValueError(f"flatten_stack needs a stack of one input channel, got {stack.input.in_channels}")
+    blocks = list(stack.blocks)
+    R, k = stack.residual_channels, stack.kernel_size
+    weight = stack.input.weight
+    # conv weight [G, R, k] -> [G, k, R] -> [G, k R]: column j R + r = w[:, r, j]
+    conv_w = torch.stack([b.conv.weight.permute(0, 2, 1).reshape(-1, k * R) for b in blocks])
+    cond_w = torch.stack([b.cond.weight[:, :, 0] if b.cond is not None else weight.new_zeros(b.conv.out_channels, 0)
+                          for b in blocks])
+    tensors = (stack.input.weight[:, 0, 0], stack.input.bias, conv_w, torch.stack([b.conv.bias for b in blocks]),
+               cond_w, torch.stack([b.res_skip.weight[:, :, 0] for b in blocks]),
+               torch.stack([b.res_skip.bias for b in blocks]))
+    return FlatStack(k, tuple(stack.dilations), *(t.detach().contiguous() for t in tensors))
 
 
 class MelUpsampler(nn.Module):

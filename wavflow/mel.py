@@ -26,6 +26,7 @@ import torch
 from .audio import load_audio
 from .cli import ArgumentParser, check_writable_dir, expand_inputs, output_paths, run_cli
 from .errors import WavflowError
+from .fileio import check_input_file
 from .frontend import MAX_FRAMES, MelConfig, mel_spectrogram, save_mel
 
 PROG = "python -m wavflow.mel"
@@ -37,12 +38,7 @@ def check_audio_file(path: Path, config: MelConfig = MelConfig(), max_frames: in
 
     Run on every input before any work, so one bad file in a list stops the run before anything is written.
     """
-    if not path.exists():
-        raise WavflowError(f"{path}: no such file")
-    if path.is_dir():
-        raise WavflowError(f"{path}: is a directory, expected an audio file")
-    if not path.is_file():  # reading a FIFO or a device could block forever
-        raise WavflowError(f"{path}: not a regular file, expected an audio file")
+    check_input_file(path, "an audio file")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError, OSError) as e:

@@ -22,58 +22,21 @@ held-out log-likelihood on the shared scale of design.md section 2 too.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
-import numbers
-import sys
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Sequence
 
-import numba
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WavflowError
-from ..layers import MelUpsampler, WaveNetStack
+from ..frontend import MelConfig
+from ..layers import RES_SCALE, MelUpsampler, WaveNetStack, flatten_stack
 from ..losses import (STFT_RESOLUTIONS, base_entropy, base_log_prob, gaussian_cross_entropy, gaussian_reverse_kl,
                       log_scale_regularizer, log_spectral_distance, mixture_reverse_kl, sample_base, stft_loss)
-from ..frontend import MelConfig
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Per-step tensors are tiny: intra-op threads only add synchronisation (10-20x slower on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _progress(total: int, enabled: bool, invert: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="sample", unit_scale=True, disable=not enabled, leave=False, file=sys.stderr,
-                desc="student inversion" if invert else "student steps")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int_tuple(value: object) -> tuple[int, ...] | None:
-    """A list or tuple of integers as a tuple of ints; None for anything else."""
-    if not isinstance(value, (tuple, list)) or not all(_is_int(v) for v in value):
-        return None
-    return tuple(int(v) for v in value)
+from . import (check_mel, check_upsample_factors, int_tuple, is_int, is_real, noise_device, one_thread, progress_bar,
+               refuse_options, weights_sha256)
 
 
 @dataclass(frozen=True)
@@ -104,45 +67,45 @@ class StudentConfig:
         problems = []
         for name in ("dilation_cycle", "residual_channels", "skip_channels", "upsample_channels", "mc_samples"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 problems.append(f"{name}={value!r} must be an integer >= 1")
-        if not _is_int(self.gate_channels) or self.gate_channels < 2 or self.gate_channels % 2:
+        if not is_int(self.gate_channels) or self.gate_channels < 2 or self.gate_channels % 2:
             problems.append(f"gate_channels={self.gate_channels!r} must be an even integer >= 2 (tanh and sigmoid "
                             f"halves)")
-        if not _is_int(self.kernel_size) or self.kernel_size < 2:
+        if not is_int(self.kernel_size) or self.kernel_size < 2:
             problems.append(f"kernel_size={self.kernel_size!r} must be an integer >= 2 (a causal conv needs at "
                             f"least the past step and the current one)")
         if self.base not in ("gaussian", "logistic"):
             problems.append(f"student base={self.base!r} must be 'gaussian' or 'logistic'")
-        if not _is_real(self.log_scale_min):
+        if not is_real(self.log_scale_min):
             problems.append(f"log_scale_min={self.log_scale_min!r} must be a finite number")
         for name in ("kl_weight", "scale_regularizer", "stft_weight"):
             value = getattr(self, name)
-            if not _is_real(value) or value < 0:
+            if not is_real(value) or value < 0:
                 problems.append(f"{name}={value!r} must be a finite number >= 0")
-        if _is_real(self.kl_weight) and _is_real(self.stft_weight) and self.kl_weight == 0 == self.stft_weight:
+        if is_real(self.kl_weight) and is_real(self.stft_weight) and self.kl_weight == 0 == self.stft_weight:
             problems.append("kl_weight=0 and stft_weight=0 leave nothing to train on")
 
         # YAML and JSON give nested lists: keep the config hashable and its printout exact
-        flow_layers = _int_tuple(self.flow_layers)
+        flow_layers = int_tuple(self.flow_layers)
         if flow_layers is None or not flow_layers or min(flow_layers) < 1:
             problems.append(f"flow_layers={self.flow_layers!r} must be a non-empty list of layer counts >= 1")
         else:
             object.__setattr__(self, "flow_layers", flow_layers)
             cycle = self.dilation_cycle
-            if _is_int(cycle) and cycle >= 1:
+            if is_int(cycle) and cycle >= 1:
                 for n in flow_layers:
                     if n % cycle:
                         problems.append(f"flow_layers={list(flow_layers)}: a flow of {n} layers is not a whole "
                                         f"number of dilation cycles of dilation_cycle={cycle}")
                         break
-        factors = _int_tuple(self.upsample_factors)
+        factors = int_tuple(self.upsample_factors)
         if factors is None or not factors or min(factors) < 1:
             problems.append(f"upsample_factors={self.upsample_factors!r} must be a non-empty list of integers >= 1")
         else:
             object.__setattr__(self, "upsample_factors", factors)
         resolutions = self.stft_resolutions
-        parsed = tuple(_int_tuple(r) for r in resolutions) if isinstance(resolutions, (tuple, list)) else None
+        parsed = tuple(int_tuple(r) for r in resolutions) if isinstance(resolutions, (tuple, list)) else None
         if parsed is None or not parsed or any(r is None or len(r) != 3 for r in parsed):
             problems.append(f"stft_resolutions={resolutions!r} must be a non-empty list of [n_fft, hop, win] "
                             f"integer triples")
@@ -198,37 +161,38 @@ class IAFFlow(nn.Module):
         h = self.out(F.relu(self.hidden(F.relu(self.stack(shifted, cond)))))
         return h[:, 0], torch.clamp(h[:, 1], min=self.log_scale_min)
 
+    def step_head(self, skips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head of `forward` at one time step: skip sum [B, S] -> (mu [B], log s [B])."""
+        h = F.linear(F.relu(F.linear(F.relu(skips), self.hidden.weight[:, :, 0], self.hidden.bias)),
+                     self.out.weight[:, :, 0], self.out.bias)
+        return h[:, 0], torch.clamp(h[:, 1], min=self.log_scale_min)
+
 
 class IAFStudent(nn.Module):
     """K inverse autoregressive flows with a shared mel upsampler; see the module docstring."""
 
     model_type: ClassVar[str] = "student"
+    infer_options: ClassVar[tuple[str, ...]] = ("temperature",)
 
     def __init__(self, config: StudentConfig = StudentConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()
         # The config's own values were checked when it was made (StudentConfig.__post_init__); only the fit to
         # the mel is left.
-        if math.prod(config.upsample_factors) != mel_config.hop_length:
-            raise WavflowError(f"invalid StudentConfig: upsample_factors {config.upsample_factors} multiply to "
-                               f"{math.prod(config.upsample_factors)}, but the mel hop is {mel_config.hop_length}")
+        check_upsample_factors(config, mel_config)
         self.config = config
         self.mel_config = mel_config
         self.upsampler = MelUpsampler(mel_config.n_mels, config.upsample_channels, config.upsample_factors)
         self.flows = nn.ModuleList(IAFFlow(config, n) for n in config.flow_layers)
-        self.teacher_sha256: str | None = None
+        self.teacher_sha256: str | None = None  # the teacher file's hash, saved in the student's checkpoints
+        self.teacher_weights_sha256: str | None = None  # weights_sha256 of the teacher when it was attached
         self._teacher: list[nn.Module] = []  # a list, so nn.Module does not register (save, move, optimise) it
-        self._teacher_fingerprint: str | None = None
 
     # ------------------------------------------------------------------------------------------------------------
     # Conditioning and the parallel pass
 
     def conditioning(self, mel: torch.Tensor, length: int) -> torch.Tensor:
         """mel [B, n_mels, F] -> audio-rate conditioning [B, C, length], computed once and shared by every flow."""
-        if mel.dim() != 3 or mel.shape[1] != self.mel_config.n_mels:
-            raise WavflowError(f"mel of shape {tuple(mel.shape)}: expected [batch, {self.mel_config.n_mels}, frames]")
-        if mel.shape[-1] * self.mel_config.hop_length < length:
-            raise WavflowError(f"mel of {mel.shape[-1]} frames covers {mel.shape[-1] * self.mel_config.hop_length} "
-                               f"samples, fewer than the {length} asked for")
+        check_mel(mel, self.mel_config, length)
         return self.upsampler(mel)[..., :length]
 
     def flow(self, z: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -244,11 +208,11 @@ class IAFStudent(nn.Module):
             log_scale = log_scale + log_s
         return x, mean, log_scale
 
-    # Time rows per block of `fast_flow` on a CPU. A layer touches ~2 KB per row (gate 512 B; input, output,
-    # gated units and skips 256 B each; conditioning 320 B): ~16 MB at 8192 rows, inside a 32 MB L3, where
-    # a whole 4 s utterance is ~170 MB. Smaller blocks lose more to per-op dispatch (~15 ops per layer per
-    # block) and thinner GEMMs than they gain in locality: on a 2-core EPYC, 2 threads, paper config, 8192
-    # beat 4096 by ~2% at 2-4 s, 16384 by 2-5% at 4 s, and 1024 by ~10% at 1 s.
+    # Time rows per block of `fast_flow` on a CPU. A block's working set for one layer (gate, input, output,
+    # gated units, skips and conditioning rows: about 2 KB a row at the default sizes) should stay in the
+    # last-level cache, which a whole utterance's does not; smaller blocks lose more to per-op dispatch (about
+    # 15 ops per layer per block) and thinner GEMMs than they gain in locality. Chosen by measuring the
+    # benchmark's lengths (python -m wavflow.benchmark; the README has the figures).
     FAST_BLOCK: ClassVar[int] = 8192
 
     @torch.no_grad()
@@ -259,7 +223,7 @@ class IAFStudent(nn.Module):
         Time-major [T, C] activations, so every 1x1 and dilated conv is one GEMM over a block of rows with no
         im2col copy: the dilated conv reads its taps as row-shifted views of the layer's input buffer and
         accumulates them with addmm_ into the gate input. Constant factors are folded into the weights:
-        tanh(a) = 2 sigmoid(2a) - 1, so one sigmoid covers both gate halves (torch's tanh is ~3x slower than
+        tanh(a) = 2 sigmoid(2a) - 1, so one sigmoid covers both gate halves (torch's tanh is much slower than
         its sigmoid on CPU); the residual sqrt(1/2) (as the scale of the residual input), skip sqrt(1/L) and
         the gate's 2 go into the 1x1 convs; skip biases are summed once per flow.
 
@@ -282,7 +246,7 @@ class IAFStudent(nn.Module):
         # Layer i reads work[i % 2] (its block in rows [pmax, pmax + n), its left context in the P_i rows before)
         # and writes layer i + 1's input into the other; ctx[i] [P_i, R] carries its context between blocks.
         # Two work buffers rather than one [P_i + block, R] buffer per layer: a per-layer layout faulted in
-        # about twice the fresh pages per call and ran ~3% behind the unblocked code at 0.5 s.
+        # more fresh pages per call and ran behind the unblocked code on short utterances.
         depth = max(len(p) for p in pads)
         pmax = max(max(p) for p in pads)
         work = [z.new_empty(pmax + block, R) for _ in range(2)]
@@ -293,7 +257,6 @@ class IAFStudent(nn.Module):
         x_all = torch.empty_like(z)
         mean_all = torch.zeros_like(z)
         log_scale_all = torch.zeros_like(z)
-        res_scale = math.sqrt(0.5)
         for b in range(B):
             c = cond[b].t().contiguous()  # [T, C], shared by every flow
             x = z[b]
@@ -328,7 +291,7 @@ class IAFStudent(nn.Module):
                         if w_res is not None:  # the last layer's residual output is never used
                             # bias and scaled input in one pass, then the GEMM accumulates in place (addmm with
                             # out= would first copy its input into out, and add the bias in another pass)
-                            torch.add(b_res, h[pmax: pmax + n], alpha=res_scale,
+                            torch.add(b_res, h[pmax: pmax + n], alpha=RES_SCALE,
                                       out=work[(i + 1) % 2][pmax: pmax + n]).addmm_(gu, w_res)
                     hid = torch.addmm(fold["hidden_b"], sk.relu_(), fold["hidden_w"]).relu_()
                     out = torch.addmm(fold["out_b"], hid, fold["out_w"])
@@ -343,35 +306,12 @@ class IAFStudent(nn.Module):
 
     @staticmethod
     def _fold(f: IAFFlow, dtype: torch.dtype) -> dict[str, Any]:
-        """One flow's weights as [in, out] matrices with the constants of `fast_flow` folded in."""
-        stack = f.stack
-        half = stack.gate_channels // 2
-        # gate columns: tanh half doubled (tanh(a) = 2 sigmoid(2a) - 1), sigmoid half as is
-        col = torch.ones(stack.gate_channels, dtype=dtype, device=f.out.weight.device)
-        col[:half] = 2.0
-        res_scale, skip_scale = math.sqrt(0.5), math.sqrt(1.0 / len(stack.blocks))
-        layers = []
-        skip_b = 0.0
-        for i, block in enumerate(stack.blocks):
-            w = block.conv.weight.to(dtype)  # [G, R, k]
-            last = i == len(stack.blocks) - 1
-            w_rs = block.res_skip.weight[:, :, 0].to(dtype).t()  # [G/2, R + S]
-            b_rs = block.res_skip.bias.to(dtype)
-            r = block.residual_channels
-            # g stored is half the gate output: the 2 goes into the 1x1 convs after it
-            layers.append((
-                block.dilation,
-                [(w[:, :, j] * col[:, None]).t().contiguous() for j in range(w.shape[2])],
-                (block.cond.weight[:, :, 0].to(dtype) * col[:, None]).t().contiguous(),
-                block.conv.bias.to(dtype) * col,
-                None if last else (2 * res_scale * w_rs[:, :r]).contiguous(),
-                None if last else res_scale * b_rs[:r],
-                (2 * skip_scale * w_rs[:, r:]).contiguous(),
-            ))
-            skip_b = skip_b + skip_scale * b_rs[r:]
+        """One flow's weights as [in, out] matrices (time-major x @ W) with the constants of `fast_flow` folded
+        in (FlatStack.time_major)."""
+        flat = flatten_stack(f.stack).to(dtype)
+        layers, skip_b = flat.time_major()
         return {
-            "kernel_size": stack.kernel_size, "layers": layers,
-            "in_w": stack.input.weight[:, 0, 0].to(dtype), "in_b": stack.input.bias.to(dtype), "skip_b": skip_b,
+            "kernel_size": flat.kernel_size, "layers": layers, "in_w": flat.in_w, "in_b": flat.in_b, "skip_b": skip_b,
             "hidden_w": f.hidden.weight[:, :, 0].to(dtype).t(), "hidden_b": f.hidden.bias.to(dtype),
             "out_w": f.out.weight[:, :, 0].to(dtype).t(), "out_b": f.out.bias.to(dtype),
         }
@@ -380,15 +320,15 @@ class IAFStudent(nn.Module):
                z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One parallel pass: mel [B, n_mels, F] -> (x, M, log S), each [B, F * hop]; x is not clipped.
 
-        z [B, F * hop] is the base noise (drawn from p0 if None); temperature scales it, so x = temperature * z * S + M.
+        z [B, F * hop] is the base noise (None: draw_noise from `generator`); temperature scales it, so
+        x = temperature * z * S + M.
         """
         length = mel.shape[-1] * self.mel_config.hop_length
-        if z is None:  # drawn where the generator lives, so a CPU generator seeds GPU sampling identically
-            z = sample_base((mel.shape[0], length), self.config.base, dtype=mel.dtype,
-                            device=generator.device if generator is not None else mel.device,
-                            generator=generator).to(mel.device)
+        if z is None:
+            z = self.draw_noise(mel.shape[0], length, generator)
         elif z.shape != (mel.shape[0], length):
             raise WavflowError(f"noise of shape {tuple(z.shape)}: expected {(mel.shape[0], length)} for this mel")
+        z = z.to(mel.device, mel.dtype)
         cond = self.conditioning(mel, length)
         if torch.is_grad_enabled():
             return self.flow(z * temperature, cond)
@@ -398,13 +338,19 @@ class IAFStudent(nn.Module):
         """Student log-density of x = flow(z): mean_t [log p0(z_t) - log S_t], nats per sample [B]."""
         return (base_log_prob(z, self.config.base) - log_scale).mean(-1)
 
+    def draw_noise(self, batch: int, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Base noise z_0 [batch, num_samples] from p0 (config.base), float32, on the generator's device (the CPU
+        without one)."""
+        return sample_base((batch, num_samples), self.config.base, device=noise_device(generator), generator=generator)
+
     @torch.no_grad()
-    def infer(self, mel: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0,
-              **options: Any) -> torch.Tensor:
-        """mel [B, n_mels, F] -> audio [B, F * hop] in [-1, 1], one parallel pass."""
-        if options:
-            raise WavflowError(f"unknown student option(s): {', '.join(sorted(options))}; the student takes temperature")
-        x, _, _ = self.sample(mel, temperature=temperature, generator=generator)
+    def infer(self, mel: torch.Tensor, *, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+              frames: Sequence[int] | torch.Tensor | None = None, temperature: float = 1.0,
+              **unknown: Any) -> torch.Tensor:
+        """mel [B, n_mels, F] -> audio [B, F * hop] in [-1, 1], one parallel pass from the base noise [B, F * hop]
+        (`noise`, or drawn from `generator`). frames is not needed: the whole batch costs one pass."""
+        refuse_options(self, unknown)
+        x, _, _ = self.sample(mel, temperature=temperature, generator=generator, z=noise)
         return x.clamp(-1.0, 1.0)
 
     def remove_weight_norm(self) -> None:
@@ -413,42 +359,6 @@ class IAFStudent(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
     # Step-by-step evaluation: the exact inverse x -> z, and a reference for the parallel pass
 
-    def _flow_stepper(self, f: IAFFlow, batch: int, dtype: torch.dtype, device: torch.device):
-        """A closure (input z_prev[t-1] [B], cond projections at t) -> (mu_t, log s_t), keeping per-layer
-        ring buffers of past activations, so each step costs O(layers), not O(receptive field)."""
-        stack = f.stack
-        k = stack.kernel_size
-        blocks = []
-        for block in stack.blocks:
-            d = block.dilation
-            size = (k - 1) * d + 1
-            w = block.conv.weight  # [G, R, k]; tap j multiplies the input (k - 1 - j) * d steps back
-            blocks.append(dict(
-                d=d, size=size, buf=torch.zeros(batch, w.shape[1], size, dtype=dtype, device=device),
-                w=w.reshape(w.shape[0], -1).t(), b=block.conv.bias,
-                w_rs=block.res_skip.weight[:, :, 0].t(), b_rs=block.res_skip.bias, r=block.residual_channels))
-        w_in, b_in = stack.input.weight[:, 0, 0], stack.input.bias
-        skip_scale = math.sqrt(1.0 / len(stack.blocks))
-
-        def step(inp: torch.Tensor, t: int, cond_t: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-            h = inp[:, None] * w_in + b_in  # [B, R]
-            skips = 0
-            for blk, c in zip(blocks, cond_t):
-                size, d = blk["size"], blk["d"]
-                blk["buf"][:, :, t % size] = h
-                # Unwritten slots are still zero: the causal conv's left zero padding.
-                taps = blk["buf"][:, :, [(t - (k - 1 - j) * d) % size for j in range(k)]]
-                z = torch.addmm(blk["b"] + c, taps.reshape(batch, -1), blk["w"])
-                a, g = z.chunk(2, dim=1)
-                rs = torch.addmm(blk["b_rs"], torch.tanh(a) * torch.sigmoid(g), blk["w_rs"])
-                h = (h + rs[:, :blk["r"]]) * math.sqrt(0.5)
-                skips = skips + rs[:, blk["r"]:]
-            hid = F.relu(F.linear(F.relu(skips * skip_scale), f.hidden.weight[:, :, 0], f.hidden.bias))
-            out = F.linear(hid, f.out.weight[:, :, 0], f.out.bias)
-            return out[:, 0], torch.clamp(out[:, 1], min=f.log_scale_min)
-
-        return step
-
     def _sequential(self, values: torch.Tensor, cond: torch.Tensor, invert: bool, chunk: int = 1024,
                     progress: bool = False, compiled: bool | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -456,94 +366,52 @@ class IAFStudent(nn.Module):
 
         At step t every flow's (mu, s) needs only its input at t - 1, already known: forwards, flows run first to
         last; inverting, last to first, each peeling z_{k-1}[t] = (z_k[t] - mu_k[t]) / s_k[t] off its output.
-        compiled (default for float32, on any device: per-step work is far too small for a GPU) runs the loop in
-        numba on the CPU, ~10x faster than the torch reference loop.
+        Each layer keeps a ring of its past inputs, so a step costs O(layers), not O(receptive field). compiled
+        (default for float32, on any device: per-step work is far too small for a GPU) runs the loop compiled
+        on the CPU (wavflow/kernels.py), without the per-op dispatch of the torch loop, its reference.
         """
         if compiled is None:
             compiled = values.dtype == torch.float32
-        if compiled:
-            return self._sequential_numba(values, cond, invert, chunk, progress)
+        with progress_bar(values.shape[-1], progress, "student inversion" if invert else "student steps") as bar:
+            if compiled:
+                from .. import kernels
+
+                heads = [(f.hidden.weight[:, :, 0], f.hidden.bias, f.out.weight[:, :, 0], f.out.bias) for f in self.flows]
+                out, log_scale = kernels.iaf_sequential([flatten_stack(f.stack) for f in self.flows], heads, values,
+                                                        cond, invert, self.config.log_scale_min, chunk, bar)
+            else:
+                out, log_scale = self._steps_torch(values, cond, invert, chunk, bar)
+        z, x = (out, values) if invert else (values, out)
+        return out, x - z * torch.exp(log_scale), log_scale  # M from x = z_0 * S + M
+
+    def _steps_torch(self, values: torch.Tensor, cond: torch.Tensor, invert: bool, chunk: int,
+                     bar: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_sequential`'s loop in plain torch, any dtype and device: (x or z_0 [B, T], log S [B, T])."""
         batch, length = values.shape
-        steppers = [self._flow_stepper(f, batch, values.dtype, values.device) for f in self.flows]
-        order = list(range(len(self.flows)))
-        if invert:
-            order.reverse()
-        out = torch.empty_like(values)
-        mean = torch.zeros_like(values)
-        log_scale = torch.zeros_like(values)
+        flats = [flatten_stack(f.stack) for f in self.flows]
+        steppers = [flat.stepper(batch, values.dtype, values.device) for flat in flats]
+        order = list(reversed(range(len(flats)))) if invert else list(range(len(flats)))
+        out, log_scale = torch.empty_like(values), torch.empty_like(values)
         prev = [values.new_zeros(batch) for _ in self.flows]  # flow k's input at t - 1, i.e. z_{k-1}[t-1]
-        cond_chunk: list[list[torch.Tensor]] = []
-        with _one_thread(), _progress(length, progress, invert) as bar:
-            for t in range(length):
-                if t % chunk == 0:  # conditioning projections of every layer of every flow, a chunk at a time
-                    c = cond[..., t: t + chunk]
-                    cond_chunk = [[blk.cond(c) for blk in f.stack.blocks] for f in self.flows]
-                    bar.update(min(chunk, length - t))
-                i = t % chunk
-                cur = values[:, t]
-                m = values.new_zeros(batch)
-                ls = values.new_zeros(batch)
-                for k in order:
-                    mu, log_s = steppers[k](prev[k], t, [c[..., i] for c in cond_chunk[k]])
-                    if invert:
-                        cur = (cur - mu) * torch.exp(-log_s)
-                        prev[k] = cur  # z_{k-1}[t]
-                    else:
-                        prev[k] = cur
-                        cur = cur * torch.exp(log_s) + mu
-                        m = m * torch.exp(log_s) + mu
-                    ls = ls + log_s
-                out[:, t] = cur
-                log_scale[:, t] = ls
-                mean[:, t] = m
-        if invert:  # M from x = z_0 * S + M, with z_0 and S now known
-            mean = values - out * torch.exp(log_scale)
-        return out, mean, log_scale
-
-    def _sequential_numba(self, values: torch.Tensor, cond: torch.Tensor, invert: bool, chunk: int,
-                          progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`_sequential` as one compiled loop over steps, utterances, flows and layers (float32, CPU)."""
-        batch, length = values.shape
-        k = self.config.kernel_size
-        blocks = [blk for f in self.flows for blk in f.stack.blocks]
-        first = np.cumsum([0] + [len(f.stack.blocks) for f in self.flows]).astype(np.int64)
-        dil = np.array([blk.dilation for blk in blocks], dtype=np.int64)
-        qlen = (k - 1) * dil
-        qoff = np.concatenate([[0], np.cumsum(qlen)[:-1]]).astype(np.int64)
-
-        def np32(t: torch.Tensor) -> np.ndarray:
-            return np.ascontiguousarray(t.detach().float().cpu().numpy())
-
-        # [in, out] matrices; conv rows j * R + r hold tap j (lag (k - 1 - j) d) of input channel r
-        conv_w = np32(torch.stack([b.conv.weight.permute(2, 1, 0).reshape(-1, b.conv.weight.shape[0]) for b in blocks]))
-        rs_w = np32(torch.stack([b.res_skip.weight[:, :, 0].t() for b in blocks]))
-        rs_b = np32(torch.stack([b.res_skip.bias for b in blocks]))
-        in_w = np32(torch.stack([f.stack.input.weight[:, 0, 0] for f in self.flows]))
-        in_b = np32(torch.stack([f.stack.input.bias for f in self.flows]))
-        hid_w = np32(torch.stack([f.hidden.weight[:, :, 0].t() for f in self.flows]))
-        hid_b = np32(torch.stack([f.hidden.bias for f in self.flows]))
-        out_w = np32(torch.stack([f.out.weight[:, :, 0].t() for f in self.flows]))
-        out_b = np32(torch.stack([f.out.bias for f in self.flows]))
-        cond_w = torch.stack([b.cond.weight[:, :, 0].t() for b in blocks]).detach().float()  # [L, C, G]
-        conv_b = torch.stack([b.conv.bias for b in blocks]).detach().float()  # [L, G]
-        vals = np32(values)
-        out = np.zeros_like(vals)
-        log_scale = np.zeros_like(vals)
-        queue = np.zeros((batch, int(qlen.sum()), self.config.residual_channels), np.float32)
-        x_prev = np.zeros((batch, len(self.flows)), np.float32)
-        with _progress(length, progress, invert) as bar:
+        heads = [f.step_head for f in self.flows]
+        with one_thread():
             for t0 in range(0, length, chunk):
-                t1 = min(t0 + chunk, length)
-                c = cond[..., t0:t1].detach().float().cpu()
-                cond_proj = (torch.einsum("bct,lcg->tblg", c, cond_w) + conv_b).reshape(t1 - t0, batch, -1)
-                _iaf_steps(t0, t1, vals, out, log_scale, np.ascontiguousarray(cond_proj.numpy()), queue, x_prev,
-                           invert, first, dil, qoff, k, in_w, in_b, conv_w, rs_w, rs_b, hid_w, hid_b, out_w, out_b,
-                           np.float32(self.config.log_scale_min))
-                bar.update(t1 - t0)
-        out_t = torch.from_numpy(out).to(values.device, values.dtype)
-        log_scale_t = torch.from_numpy(log_scale).to(values.device, values.dtype)
-        z, x = (out_t, values) if invert else (values, out_t)
-        return out_t, x - z * torch.exp(log_scale_t), log_scale_t
+                # every layer's projection of the conditioning, a chunk at a time: per flow [Tc, L, B, G]
+                proj = [torch.einsum("bct,lgc->tlbg", cond[..., t0: t0 + chunk], flat.cond_w) for flat in flats]
+                for t in range(t0, min(t0 + chunk, length)):
+                    cur, ls = values[:, t], 0
+                    for k in order:
+                        mu, log_s = heads[k](steppers[k](prev[k], t, proj[k][t - t0]))
+                        if invert:
+                            cur = (cur - mu) * torch.exp(-log_s)
+                            prev[k] = cur  # z_{k-1}[t]
+                        else:
+                            prev[k] = cur
+                            cur = cur * torch.exp(log_s) + mu
+                        ls = ls + log_s
+                    out[:, t], log_scale[:, t] = cur, ls
+                bar.update(min(chunk, length - t0))
+        return out, log_scale
 
     @torch.no_grad()
     def invert(self, audio: torch.Tensor, mel: torch.Tensor, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -568,7 +436,8 @@ class IAFStudent(nn.Module):
     def attach_teacher(self, teacher: nn.Module, sha256: str | None = None) -> None:
         """Freeze `teacher` (eval mode, no gradients) and use it in training_loss. It is not a submodule: never
         saved with the student, moved by .to(), or handed to the optimiser. `sha256` (the teacher file's hash)
-        is recorded so the student's checkpoint says which teacher it was distilled from."""
+        is recorded so the student's checkpoint says which teacher it was distilled from; the hash of its
+        weights now (`teacher_weights_sha256`, models.weights_sha256) lets a caller check it stayed frozen."""
         name = getattr(getattr(teacher, "dist", None), "name", None)
         if name not in ("gaussian", "mixture"):
             raise WavflowError(f"cannot distil from a teacher with '{name}' output: the student needs a Gaussian "
@@ -580,22 +449,7 @@ class IAFStudent(nn.Module):
         teacher.requires_grad_(False)
         self._teacher = [teacher]
         self.teacher_sha256 = sha256
-        self._teacher_fingerprint = self._fingerprint(teacher)
-
-    @staticmethod
-    def _fingerprint(module: nn.Module) -> str:
-        h = hashlib.sha256()
-        for name, tensor in module.state_dict().items():
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
-
-    def verify_teacher_unchanged(self) -> None:
-        """Raise if the attached teacher's weights differ in any bit from when it was attached."""
-        if self.teacher is None:
-            raise WavflowError("no teacher attached")
-        if self._fingerprint(self.teacher) != self._teacher_fingerprint:
-            raise WavflowError("the teacher's weights changed during distillation")
+        self.teacher_weights_sha256 = weights_sha256(teacher)
 
     def distillation_kl(self, mean: torch.Tensor, log_scale: torch.Tensor,
                         params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -649,99 +503,3 @@ class IAFStudent(nn.Module):
                 "log_scale": log_scale.mean().item(),
             }
         return loss, logs
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Compiled step-by-step loop (exact inversion x -> z of real audio, and the forward reference)
-
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _iaf_steps(t0, t1, values, out, log_scale, cond, queue, x_prev, invert, first, dil, qoff, k,
-               in_w, in_b, conv_w, rs_w, rs_b, hid_w, hid_b, out_w, out_b, log_scale_min):
-    """Steps t0..t1-1 of every utterance through every flow; `queue` and `x_prev` carry the state across chunks.
-
-    values/out/log_scale [B, T]; cond [Tc, B, L*G]: each layer's mel projection plus conv bias, for this chunk;
-    queue [B, sum_l (k-1) d_l, R]: layer l's past inputs, slot t mod (k-1) d_l (zeros: the causal left padding);
-    x_prev [B, K]: flow f's input at t - 1. Flow f's layers are first[f]..first[f+1]-1. Weights are [in, out], so
-    every inner loop runs along contiguous output channels and vectorises.
-    """
-    B = values.shape[0]
-    K = in_w.shape[0]
-    L, KR, G = conv_w.shape
-    R = KR // k
-    Gh = G // 2
-    S = hid_w.shape[1]
-    res_scale = np.float32(math.sqrt(0.5))
-    taps = np.zeros(KR, np.float32)
-    z = np.zeros(G, np.float32)
-    gated = np.zeros(Gh, np.float32)
-    rs = np.zeros(R + S, np.float32)
-    h = np.zeros(R, np.float32)
-    skips = np.zeros(S, np.float32)
-    hid = np.zeros(S, np.float32)
-    for t in range(t0, t1):
-        tc = t - t0
-        for b in range(B):
-            cur = values[b, t]
-            total = np.float32(0.0)
-            for i in range(K):
-                f = K - 1 - i if invert else i
-                for r in range(R):
-                    h[r] = in_w[f, r] * x_prev[b, f] + in_b[f, r]
-                for o in range(S):
-                    skips[o] = 0.0
-                for l in range(first[f], first[f + 1]):
-                    d = dil[l]
-                    ql = (k - 1) * d
-                    base = qoff[l]
-                    for j in range(k - 1):  # tap j looks (k - 1 - j) d steps back
-                        src = base + (t - (k - 1 - j) * d) % ql
-                        for r in range(R):
-                            taps[j * R + r] = queue[b, src, r]
-                    slot = base + t % ql
-                    for r in range(R):
-                        taps[(k - 1) * R + r] = h[r]
-                        queue[b, slot, r] = h[r]
-                    for g in range(G):
-                        z[g] = cond[tc, b, l * G + g]
-                    for q in range(KR):
-                        xq = taps[q]
-                        for g in range(G):
-                            z[g] += xq * conv_w[l, q, g]
-                    for u in range(Gh):
-                        gated[u] = math.tanh(z[u]) / (np.float32(1.0) + math.exp(-z[Gh + u]))
-                    for o in range(R + S):
-                        rs[o] = rs_b[l, o]
-                    for u in range(Gh):
-                        gu = gated[u]
-                        for o in range(R + S):
-                            rs[o] += gu * rs_w[l, u, o]
-                    for r in range(R):
-                        h[r] = (h[r] + rs[r]) * res_scale
-                    for o in range(S):
-                        skips[o] += rs[R + o]
-                skip_scale = np.float32(math.sqrt(1.0 / (first[f + 1] - first[f])))
-                for o in range(S):
-                    hid[o] = hid_b[f, o]
-                for q in range(S):
-                    v = skips[q] * skip_scale
-                    if v > 0:
-                        for o in range(S):
-                            hid[o] += v * hid_w[f, q, o]
-                mu = out_b[f, 0]
-                ls = out_b[f, 1]
-                for q in range(S):
-                    v = hid[q]
-                    if v > 0:
-                        mu += v * out_w[f, q, 0]
-                        ls += v * out_w[f, q, 1]
-                if ls < log_scale_min:
-                    ls = log_scale_min
-                if invert:
-                    cur = (cur - mu) * math.exp(-ls)
-                    x_prev[b, f] = cur  # z_{f}[t]: this flow's input at t, fed to it at t + 1
-                else:
-                    x_prev[b, f] = cur
-                    cur = cur * math.exp(ls) + mu
-                total += ls
-            out[b, t] = cur
-            log_scale[b, t] = total

@@ -1,4 +1,5 @@
-"""WaveGlow (Prenger, Valle & Catanzaro 2019): a normalising flow from mel-conditioned audio to Gaussian noise.
+"""WaveGlow (Prenger, Valle & Catanzaro 2019): a normalising flow from mel-conditioned audio to Gaussian noise
+(design.md section 3).
 
     audio [B, T] --squeeze groups of n_group--> x [B, n_group, T/n_group]
     for each of n_flows flows:  (every n_early_every flows, n_early_size channels leave early into z)
@@ -18,9 +19,8 @@ one-to-one onto NVIDIA's (wavflow.nvidia imports their checkpoints):
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +31,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from ..errors import WavflowError
 from ..flows import AffineCoupling, Invertible1x1Conv, squeeze, unsqueeze
 from ..frontend import MelConfig
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+from . import is_int, is_real, noise_device, refuse_options
 
 
 @dataclass(frozen=True)
@@ -61,15 +54,15 @@ class WaveGlowConfig:
         problems = []
         for name in ("n_flows", "n_early_every", "wn_layers", "wn_channels", "upsample_kernel"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 problems.append(f"{name}={value!r} must be an integer >= 1")
-        if not _is_int(self.n_group) or self.n_group < 2 or self.n_group % 2:
+        if not is_int(self.n_group) or self.n_group < 2 or self.n_group % 2:
             problems.append(f"n_group={self.n_group!r} must be an even integer >= 2 (each coupling splits the "
                             f"channels in halves)")
-        if not _is_int(self.n_early_size) or self.n_early_size < 0 or self.n_early_size % 2:
+        if not is_int(self.n_early_size) or self.n_early_size < 0 or self.n_early_size % 2:
             problems.append(f"n_early_size={self.n_early_size!r} must be an even integer >= 0 (the channels left "
                             f"must split in halves)")
-        if not _is_int(self.wn_kernel_size) or self.wn_kernel_size < 1 or self.wn_kernel_size % 2 == 0:
+        if not is_int(self.wn_kernel_size) or self.wn_kernel_size < 1 or self.wn_kernel_size % 2 == 0:
             problems.append(f"wn_kernel_size={self.wn_kernel_size!r} must be an odd integer >= 1 (a centred, "
                             f"non-causal conv)")
         if not problems:
@@ -78,9 +71,9 @@ class WaveGlowConfig:
                 problems.append(f"n_early_every={self.n_early_every} and n_early_size={self.n_early_size} leave "
                                 f"fewer than 2 channels for the last flows (flow {self.n_flows - 1} of "
                                 f"n_flows={self.n_flows} would get {last} of n_group={self.n_group})")
-        if not _is_real(self.sigma) or not self.sigma > 0:
+        if not is_real(self.sigma) or not self.sigma > 0:
             problems.append(f"sigma={self.sigma!r} must be a finite number > 0")
-        if not _is_real(self.infer_sigma) or not self.infer_sigma >= 0:
+        if not is_real(self.infer_sigma) or not self.infer_sigma >= 0:
             problems.append(f"infer_sigma={self.infer_sigma!r} must be a finite number >= 0")
         if problems:
             raise WavflowError(f"invalid WaveGlowConfig: {'; '.join(problems)}")
@@ -103,7 +96,7 @@ def upsample_squeezed(mel: Tensor, weight: Tensor, bias: Tensor, hop: int, n_gro
 
     Output block b (samples b * hop ... b * hop + hop - 1) is the sum of frames b, b-1, ..., b-n+1 through
     kernel slices 0, 1, ..., n-1, so the transposed conv is one [blocks, n * C] x [n * C, C_out * hop] matmul:
-    PyTorch's CPU transposed convolution runs this shape at a few GFLOP/s, the matmul at the BLAS peak (in
+    PyTorch's CPU transposed convolution runs this shape far below the BLAS peak, the matmul near it (in
     training as in sampling). The product is rearranged straight into the squeezed layout the couplings read.
     weight_matrix: the [n * C, C_out * hop] rearranged weight, when the caller has it already.
     """
@@ -176,9 +169,10 @@ class WN(nn.Module):
 
 
 class WaveGlow(nn.Module):
-    """WaveGlow vocoder. See the module docstring for the flow and the likelihood."""
+    """WaveGlow vocoder, a `wavflow.models.Vocoder`. See the module docstring for the flow and the likelihood."""
 
     model_type: ClassVar[str] = "waveglow"
+    infer_options: ClassVar[tuple[str, ...]] = ("sigma",)
 
     def __init__(self, config: WaveGlowConfig = WaveGlowConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()
@@ -209,7 +203,7 @@ class WaveGlow(nn.Module):
         """
         hop, kernel = self.mel_config.hop_length, self.config.upsample_kernel
         if (mel.shape[-1] - 1) * hop + kernel < num_samples:
-            raise ValueError(f"mel of {mel.shape[-1]} frames is too short for {num_samples} samples")
+            raise WavflowError(f"mel of {mel.shape[-1]} frames is too short for {num_samples} samples")
         return upsample_squeezed(mel, self.upsample.weight, self.upsample.bias, hop, self.config.n_group,
                                  num_samples // self.config.n_group, weight_matrix)
 
@@ -273,31 +267,38 @@ class WaveGlow(nn.Module):
         return loss, {"nll": loss.item()}
 
     # ---------------------------------------------------------------- sampling
+    def draw_noise(self, batch: int, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """Standard-normal z [batch, n_group, num_samples / n_group] in forward's layout, float32, on the
+        generator's device (the CPU without one)."""
+        g = self.config.n_group
+        return torch.randn((batch, g, num_samples // g), generator=generator, device=noise_device(generator))
+
     @torch.no_grad()
-    def infer(self, mel: Tensor, generator: torch.Generator | None = None, sigma: float | None = None,
-              z: Tensor | None = None) -> Tensor:
-        """mel [B, n_mels, F] -> audio [B, F * hop].
+    def infer(self, mel: Tensor, *, noise: Tensor | None = None, generator: torch.Generator | None = None,
+              frames: Sequence[int] | Tensor | None = None, sigma: float | None = None, **unknown: Any) -> Tensor:
+        """mel [B, n_mels, F] -> audio [B, F * hop]; every item is made to the batch's length (frames is ignored).
 
         sigma: std of the noise (default config.infer_sigma = 0.6; 0 gives the flow's mode-like output).
-        z: explicit standard-normal noise [B, n_group, F * hop / n_group] in forward's layout (scaled by sigma
-        here), for reproducible output; otherwise drawn from `generator`. In NVIDIA's infer the last flow's
+        noise: standard-normal z [B, n_group, F * hop / n_group] in forward's layout (scaled by sigma here), for
+        reproducible output; otherwise drawn from `generator` (draw_noise). In NVIDIA's infer the last flow's
         channels z[:, -remaining:] are drawn first and the early blocks join from the last exit back to the
         first, so NVIDIA's draws map onto z one-to-one (tests/test_nvidia.py checks equal audio).
         Runs on a cached, folded copy of the weights (see _CouplingPlan); `inverse` is the plain reference.
         """
+        refuse_options(self, unknown)
         cfg = self.config
         sigma = cfg.infer_sigma if sigma is None else float(sigma)
-        b, _, frames = mel.shape
-        t = frames * self.mel_config.hop_length
+        b, _, n_frames = mel.shape
+        t = n_frames * self.mel_config.hop_length
         shape = (b, cfg.n_group, t // cfg.n_group)
-        if z is None:
-            z = torch.randn(shape, generator=generator, device=mel.device, dtype=mel.dtype)
-        elif tuple(z.shape) != shape:
-            raise ValueError(f"z has shape {tuple(z.shape)}, expected {shape} for a mel of {frames} frames")
+        if noise is None:
+            noise = self.draw_noise(b, t, generator)
+        elif tuple(noise.shape) != shape:
+            raise WavflowError(f"noise has shape {tuple(noise.shape)}, expected {shape} for a mel of {n_frames} frames")
         plan = self._sampling_plan()
         cond_in = self.condition(mel, t, plan.upsample)
         x = torch.empty(shape, device=mel.device, dtype=mel.dtype)
-        x.copy_(z).mul_(sigma)  # our own buffer: sampling works in place
+        x.copy_(noise).mul_(sigma)  # our own buffer: sampling works in place
         # One utterance at a time: each matmul is already large (G = 2756 columns per second of audio).
         return torch.stack([self._sample_one(plan, x[i], cond_in[i]) for i in range(b)])
 

@@ -1,0 +1,41 @@
+"""Training for every wavflow model: `python -m wavflow.train CONFIG.yaml [--out-dir DIR] [--resume] [key=value ...]`.
+
+A run is described by a YAML file (sections model, model_config, mel, teacher, data, train: config.py;
+recipes/ljspeech/conf/*.yaml are commented examples). Any key can be overridden on the command line:
+`train.max_steps=100 data.root=/data/LJSpeech-1.1`.
+
+    config.py    the YAML sections (DataConfig, TrainConfig, RunConfig), overrides, value checks
+    runtime.py   the process: its rank under torchrun, its device, its random streams, exit statuses
+    state.py     what the checkpoints hold: last.pt (resume), step-N.pt, best.pt
+    loop.py      the Trainer: build the run, then fit(): steps, logging, validation, checkpoints, signals
+    command.py   the command line, and train() for Python
+
+Distributed: launch the same command under torchrun (`torchrun --nproc_per_node 8 -m wavflow.train CONF`);
+each process trains on its own share of every epoch with `data.batch_size` crops, so the global batch is
+batch_size x world size. GPUs talk over NCCL, CPU processes over gloo. Rank 0 alone writes files, and every
+rank reads last.pt on --resume, so on several nodes the output directory must be on a shared file system.
+
+The output directory holds:
+    last.pt      full training state (model, optimizer, grad scaler, step, RNG states of every process, the
+                 data sampler's position, config, mel settings), written atomically every train.ckpt_every
+                 steps; `--resume` continues from it bit-for-bit: the same losses as an uninterrupted run on
+                 the same hardware (on GPU with train.deterministic: true; without it, cuDNN's kernel choice
+                 makes even two uninterrupted GPU runs differ in the last bits). It loads with wavflow.load.
+                 `--resume` with no last.pt starts afresh, so a scheduler can rerun one command line.
+    best.pt      inference checkpoint (no optimizer) with the lowest validation NLL so far.
+    config.yaml  the resolved configuration;  log.jsonl  one JSON line per log/validation event;
+    tb/          TensorBoard scalars (loss, validation NLL, lr, gradient norm, steps/s) and audio samples.
+
+Exit status: 0 finished; 2 bad configuration or data (one line on stderr); 1 the loss or gradient became
+NaN/inf (nothing is saved at that point: last.pt stays the last good state); 130 after SIGINT and 143 after
+SIGTERM: the step in progress is finished and a checkpoint saved before exiting, so `--resume` loses nothing.
+A second SIGINT aborts at once (last.pt is still the previous complete checkpoint: saves are atomic).
+"""
+from ..models import weights_sha256
+from .command import main, train
+from .config import DataConfig, RunConfig, TrainConfig, load_config
+from .loop import Trainer, TrainingDiverged
+from .runtime import PROG, Runtime, seed_everything
+
+__all__ = ["PROG", "DataConfig", "RunConfig", "Runtime", "TrainConfig", "Trainer", "TrainingDiverged",
+           "load_config", "main", "seed_everything", "train", "weights_sha256"]

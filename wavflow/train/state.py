@@ -1,0 +1,120 @@
+"""The state of a training run that its checkpoints hold (layout: design.md section 7).
+
+    last.pt     everything a bit-for-bit resume needs: weights, optimizer, grad scaler, step, the data sampler's
+                position, every process's random streams, the best validation NLL so far, the config;
+    step-N.pt   a copy of last.pt every train.keep_every steps;
+    best.pt     the model alone (no optimizer) at the lowest validation NLL so far, with that NLL.
+
+Every file is written by rank 0 alone, atomically (wavflow.checkpoint.save_checkpoint), so a run killed at any
+moment leaves the previous complete last.pt.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import model_payload, read_checkpoint
+from ..errors import WavflowError
+from ..frontend import MelConfig
+from ..models import config_to_dict
+from .config import RunConfig
+from .runtime import PROG, Runtime, seed_process, set_rng_state
+
+LAST = "last.pt"
+BEST = "best.pt"
+STALE = ".*.pt.*.tmp"  # the temporary file of a save that a killed run never renamed (wavflow.fileio's names)
+
+
+def read_last(out_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The run's last.pt to resume from; None for a fresh run. A run already there is never overwritten."""
+    path = out_dir / LAST
+    if not path.exists():
+        return None  # `--resume` with no last.pt starts afresh, so a scheduler can rerun one command line
+    if not resume:
+        raise WavflowError(f"{path}: the output directory already holds a run; pass --resume to continue it, "
+                           f"or choose another --out-dir")
+    return read_checkpoint(path)
+
+
+@dataclass
+class RunState:
+    """What a training step changes and last.pt keeps, besides the random streams (runtime.rng_state)."""
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    step: int = 0                  # optimizer steps done
+    epoch: int = 0                 # the data sampler's position: the epoch, and the batches of it each process
+    batches_in_epoch: int = 0      # has trained on
+    best_valid_nll: float = math.inf
+
+    def training_payload(self, config: RunConfig, rng: list[dict[str, Any]], world_size: int,
+                         rank_weights: list[str], teacher_sha256: str | None) -> dict[str, Any]:
+        """last.pt: the model's checkpoint plus the training state; `rng` holds every process's streams."""
+        extra: dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng,
+            "sampler": {"epoch": self.epoch, "batches": self.batches_in_epoch},
+            "train_config": config.to_dict(),
+            "best_valid_nll": self.best_valid_nll,
+            "world_size": world_size,
+        }
+        if rank_weights:  # distributed: each process's weight hash, which must all agree
+            extra["rank_weights_sha256"] = rank_weights
+        if teacher_sha256 is not None:
+            extra["teacher_sha256"] = teacher_sha256
+        return model_payload(self.model, self.step, **extra)
+
+    def best_payload(self, nll: float, config: RunConfig, teacher_sha256: str | None) -> dict[str, Any]:
+        """best.pt: the model's checkpoint, its validation NLL and the config; no training state."""
+        extra: dict[str, Any] = {"valid_nll": nll, "train_config": config.to_dict()}
+        if teacher_sha256 is not None:
+            extra["teacher_sha256"] = teacher_sha256
+        return model_payload(self.model, self.step, **extra)
+
+    def restore(self, ck: dict[str, Any], source: str, config: RunConfig, mel_config: MelConfig,
+                teacher_sha256: str | None, runtime: Runtime) -> None:
+        """Continue from checkpoint `ck` (read from `source`), after checking that it is this config's run."""
+        _check_same_run(ck, source, config, self.model, mel_config, teacher_sha256)
+        self.model.load_state_dict(ck["state_dict"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.step = int(ck["step"])
+        self.epoch, self.batches_in_epoch = int(ck["sampler"]["epoch"]), int(ck["sampler"]["batches"])
+        self.best_valid_nll = float(ck.get("best_valid_nll", math.inf))
+        states = ck["rng"]
+        if len(states) == runtime.world_size:
+            set_rng_state(states[runtime.rank])
+        else:  # another world size: the data order is kept, the per-process noise streams cannot be
+            if runtime.main:
+                print(f"{PROG}: note: {source} was written by {len(states)} process(es), this run has "
+                      f"{runtime.world_size}; continuing, but not bit-for-bit", file=sys.stderr)
+            seed_process(config.train.seed, runtime.rank, self.step)
+            self.batches_in_epoch = self.batches_in_epoch * len(states) // runtime.world_size
+
+
+def _check_same_run(ck: dict[str, Any], source: str, config: RunConfig, model: torch.nn.Module,
+                    mel_config: MelConfig, teacher_sha256: str | None) -> None:
+    """Refuse to resume a checkpoint of another model, model config, mel or teacher, or one with no training state."""
+    if ck.get("model_type") != config.model:
+        raise WavflowError(f"{source}: holds a {ck.get('model_type')} run, the config trains a {config.model}")
+    mine = config_to_dict(model.config)
+    if ck.get("model_config") != mine:
+        diff = sorted(k for k in set(mine) | set(ck.get("model_config", {}))
+                      if mine.get(k) != ck.get("model_config", {}).get(k))
+        raise WavflowError(f"{source}: model_config differs from the config in {', '.join(diff)}; resume with the "
+                           f"run's own config (see config.yaml in the output directory)")
+    if ck.get("mel_config") != mel_config.to_dict():
+        raise WavflowError(f"{source}: the run used other mel settings than this config")
+    if teacher_sha256 is not None and ck.get("teacher_sha256") != teacher_sha256:
+        raise WavflowError(f"{source}: was distilled from teacher {str(ck.get('teacher_sha256'))[:12]}..., but "
+                           f"{config.teacher} has sha256 {teacher_sha256[:12]}...")
+    for key in ("optimizer", "rng", "sampler"):
+        if key not in ck:
+            raise WavflowError(f"{source}: not a training checkpoint (no '{key}'); cannot resume from it")
