@@ -79,3 +79,113 @@ class _Payload:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Other toolkits' conventions, each pinned to an independent librosa implementation of its source's recipe.
+
+def _librosa_mel(y: np.ndarray, sr: int, n_fft: int, hop: int, win: int, fmin: float, fmax: float, *, center: bool,
+                 eps: float, log, floor: float, htk: bool = False, norm="slaney") -> np.ndarray:
+    if center:
+        stft = librosa.stft(y, n_fft=n_fft, hop_length=hop, win_length=win, window="hann", center=True,
+                            pad_mode="reflect")
+    else:  # HiFi-GAN: reflect-pad (n_fft - hop) / 2 per side, then an uncentred STFT
+        pad = (n_fft - hop) // 2
+        stft = librosa.stft(np.pad(y, (pad, pad), mode="reflect"), n_fft=n_fft, hop_length=hop, win_length=win,
+                            window="hann", center=False)
+    spec = np.sqrt(np.abs(stft) ** 2 + eps)
+    basis = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=80, fmin=fmin, fmax=fmax, htk=htk, norm=norm)
+    return log(np.maximum(basis @ spec, floor))
+
+
+@pytest.mark.parametrize("preset,reference", [
+    ("tacotron2", dict(center=True, eps=0.0, log=np.log, floor=1e-5, fmin=0.0, fmax=8000.0)),
+    ("hifigan", dict(center=False, eps=1e-9, log=np.log, floor=1e-5, fmin=0.0, fmax=8000.0)),
+    ("parallel_wavegan", dict(center=True, eps=0.0, log=np.log10, floor=1e-10, fmin=80.0, fmax=7600.0)),
+    ("espnet", dict(center=True, eps=0.0, log=np.log10, floor=1e-10, fmin=80.0, fmax=7600.0)),
+])
+def test_preset_matches_its_librosa_reference(short_clip, preset, reference):
+    y, sr = sf.read(short_clip, dtype="float32")
+    config = MelConfig.preset(preset)
+    ours = mel_spectrogram(torch.from_numpy(y), config)[0].numpy()
+    ref = _librosa_mel(y, 22050, 1024, 256, 1024, **reference)
+    assert ours.shape == ref.shape == (80, config.num_frames(len(y)))
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_hifigan_frames_are_t_over_hop_and_half_a_hop_later(short_clip):
+    y, _ = sf.read(short_clip, dtype="float32")
+    y = y[: 256 * 40]
+    hifi = mel_spectrogram(torch.from_numpy(y), MelConfig.preset("hifigan", magnitude_eps=0.0))[0]
+    taco = mel_spectrogram(torch.from_numpy(y), MelConfig())[0]
+    assert hifi.shape[1] == 40 and taco.shape[1] == 41
+    # frame i of HiFi-GAN's framing is centred 128 samples (half a hop) after Tacotron 2's frame i: a shifted
+    # signal's centred mel reproduces it away from the edges (without the 1e-9 added to |X|^2, which is all
+    # that differs otherwise)
+    shifted = mel_spectrogram(torch.from_numpy(np.ascontiguousarray(y[128:])), MelConfig())[0]
+    np.testing.assert_allclose(hifi[:, 4:30].numpy(), shifted[:, 4:30].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("rate,hop,n_fft,fmax", [(16000, 200, 800, 8000.0), (24000, 300, 1200, 12000.0),
+                                                 (44100, 512, 2048, 22050.0)])
+def test_other_rates_and_hops_match_librosa(short_clip, rate, hop, n_fft, fmax):
+    from wavflow.audio import resample
+
+    y22, _ = sf.read(short_clip, dtype="float32")
+    y = resample(torch.from_numpy(y22), 22050, rate).numpy()
+    config = MelConfig(sample_rate=rate, hop_length=hop, n_fft=n_fft, win_length=n_fft, fmax=fmax)
+    ours = mel_spectrogram(torch.from_numpy(y), config)[0].numpy()
+    ref = _librosa_mel(y, rate, n_fft, hop, n_fft, 0.0, fmax, center=True, eps=0.0, log=np.log, floor=1e-5)
+    assert ours.shape == ref.shape == (80, len(y) // hop + 1)
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_htk_scale_without_area_norm_matches_librosa(short_clip):
+    y, _ = sf.read(short_clip, dtype="float32")
+    config = MelConfig(mel_scale="htk", mel_norm=None)
+    ours = mel_spectrogram(torch.from_numpy(y), config)[0].numpy()
+    ref = _librosa_mel(y, 22050, 1024, 256, 1024, 0.0, 8000.0, center=True, eps=0.0, log=np.log, floor=1e-5,
+                       htk=True, norm=None)
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_statistics_normalise_and_decompress_inverts(short_clip, tmp_path):
+    from wavflow.frontend import load_stats
+
+    y, _ = sf.read(short_clip, dtype="float32")
+    plain = MelConfig.preset("parallel_wavegan")
+    logmel = mel_spectrogram(torch.from_numpy(y), plain)[0].double()
+    mean, std = logmel.mean(dim=1).numpy(), logmel.std(dim=1).numpy()
+    np.save(tmp_path / "stats.npy", np.stack([mean, std]))
+    m, s = load_stats(tmp_path / "stats.npy", 80)
+    normed = plain.with_stats(m, s)
+    got = mel_spectrogram(torch.from_numpy(y), normed)[0].double()
+    torch.testing.assert_close(got, (logmel - torch.from_numpy(mean)[:, None]) / torch.from_numpy(std)[:, None],
+                               rtol=0, atol=1e-5)
+    assert normed.silence == pytest.approx(float(((-10.0 - mean) / std).mean()))
+    linear = torch.rand(80, 7, dtype=torch.float64) + 1e-3
+    for config in (MelConfig(), plain, normed):
+        torch.testing.assert_close(config.decompress(config.compress(linear)), linear)
+    with pytest.raises(WavflowError, match=r"statistics of shape \(3,\)"):
+        np.save(tmp_path / "bad.npy", np.zeros(3))
+        load_stats(tmp_path / "bad.npy", 80)
+    with pytest.raises(WavflowError, match="positive scale"):
+        np.save(tmp_path / "zero.npy", np.stack([mean, 0 * std]))
+        load_stats(tmp_path / "zero.npy", 80)
+
+
+@pytest.mark.parametrize("fields,needle", [
+    (dict(log_base="2"), "log_base='2'"), (dict(fmax=12000.0), "fmax=12000.0"), (dict(hop_length=0), "hop_length=0"),
+    (dict(win_length=2048), "win_length=2048"), (dict(mean=(0.0,) * 80), "mean and std come together"),
+    (dict(mean=(0.0,) * 3, std=(1.0,) * 3), "mean has 3 values for 80 bands"), (dict(clip_val=0.0), "clip_val=0.0"),
+    (dict(mel_scale="bark"), "mel_scale='bark'"), (dict(center=False, hop_length=255), "differ by an even number"),
+])
+def test_bad_mel_settings_are_refused_by_name(fields, needle):
+    with pytest.raises(WavflowError, match="invalid MelConfig") as e:
+        MelConfig(**fields)
+    assert needle in str(e.value)
+
+
+def test_unknown_preset_is_named():
+    with pytest.raises(WavflowError, match="unknown mel preset 'kaldi'; known: tacotron2, hifigan"):
+        MelConfig.preset("kaldi")

@@ -79,3 +79,28 @@ def test_mel_cli_several_inputs_and_default_output(tmp_path, capsys):
     code, _, err = _main([tmp_path, "-o", tmp_path / "dir_in", "-q"], capsys)  # a directory of audio
     assert code == 0, err
     assert snapshot(tmp_path) - before == {"dir_in", "dir_in/x.npy", "dir_in/y.npy"}
+
+
+def test_mel_cli_presets_and_statistics(short_clip, tmp_path, capsys):
+    from wavflow.frontend import MelConfig
+
+    audio, _ = sf.read(str(short_clip), dtype="float32")
+    code, _, err = _main([short_clip, "-o", tmp_path / "pwg.npy", "--preset", "parallel_wavegan", "-q"], capsys)
+    assert code == 0, err
+    pwg = np.load(tmp_path / "pwg.npy")
+    expected = mel_spectrogram(torch.from_numpy(audio)[None], MelConfig.preset("parallel_wavegan"))[0].numpy()
+    np.testing.assert_array_equal(pwg, expected)
+    assert pwg.min() >= -10.0 and np.load(tmp_path / "pwg.npy").shape == (80, len(audio) // 256 + 1)
+    mean, scale = pwg.mean(axis=1), pwg.std(axis=1)
+    np.save(tmp_path / "stats.npy", np.stack([mean, scale]))
+    code, _, err = _main([short_clip, "-o", tmp_path / "norm.npy", "--preset", "parallel_wavegan", "--stats",
+                          tmp_path / "stats.npy", "-q"], capsys)
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "norm.npy"), (pwg - mean[:, None]) / scale[:, None], atol=1e-5)
+    code, _, err = _main([short_clip, "-o", tmp_path / "h.npy", "--preset", "hifigan", "-q"], capsys)
+    assert code == 0 and np.load(tmp_path / "h.npy").shape == (80, len(audio) // 256)
+    code, _, err = _main([short_clip, "-o", tmp_path / "x.npy", "--preset", "kaldi"], capsys)
+    assert code == 2 and "--preset" in err and not (tmp_path / "x.npy").exists()
+    np.save(tmp_path / "bad.npy", np.zeros((2, 40)))
+    code, _, err = _main([short_clip, "-o", tmp_path / "y.npy", "--stats", tmp_path / "bad.npy"], capsys)
+    assert code == 2 and "statistics for 40 bands; the mel has 80" in err and not (tmp_path / "y.npy").exists()

@@ -237,7 +237,7 @@ def plot_spectrograms(path: Path, clip: Clip, systems: list[SystemResult], mel_c
     shown = [s for s in systems if s.plot_audio is not None]
     fig, axes = plt.subplots(len(shown), 1, figsize=(10, 2.1 * len(shown)), sharex=True, squeeze=False)
     seconds = clip.audio.shape[0] / mel_config.sample_rate
-    lo = math.log(mel_config.clip_val)
+    lo = mel_config.silence
     for ax, s in zip(axes[:, 0], shown):
         mel = mel_spectrogram(s.plot_audio[None], mel_config)[0].numpy()
         im = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=lo, vmax=2.0,

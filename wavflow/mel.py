@@ -1,8 +1,10 @@
-"""`python -m wavflow.mel`: audio files to the Tacotron 2 mel spectrograms every wavflow model reads.
+"""`python -m wavflow.mel`: audio files to mel spectrograms, in the Tacotron 2 convention every shipped model
+reads or in another toolkit's (`--preset`, `--stats`).
 
     python -m wavflow.mel speech.wav                      # speech.npy next to speech.wav
     python -m wavflow.mel speech.flac -o mel.npy          # any format soundfile reads, any sample rate
     python -m wavflow.mel a.wav b.wav wavs/ -o mels/      # several files (a directory stands for its audio)
+    python -m wavflow.mel speech.wav --preset parallel_wavegan --stats stats.npy   # ESPnet / PWG features
 
 Each output is float32 .npy shaped (80, F) with F = T // 256 + 1 for T samples at 22050 Hz (design.md section 1):
 exactly the mel `wavflow.mel_spectrogram` gives, so Tacotron 2 output and these files are interchangeable.
@@ -27,13 +29,13 @@ from .audio import load_audio
 from .cli import ArgumentParser, check_writable_dir, expand_inputs, output_paths, run_cli
 from .errors import WavflowError
 from .fileio import check_input_file
-from .frontend import MAX_FRAMES, MelConfig, mel_spectrogram, save_mel
+from .frontend import PRESETS, MelConfig, load_stats, mel_spectrogram, save_mel
 
 PROG = "python -m wavflow.mel"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 
 
-def check_audio_file(path: Path, config: MelConfig = MelConfig(), max_frames: int = MAX_FRAMES) -> int:
+def check_audio_file(path: Path, config: MelConfig = MelConfig(), max_frames: int | None = None) -> int:
     """Check from the file's header alone that it gives a mel within limits; return its frame count.
 
     Run on every input before any work, so one bad file in a list stops the run before anything is written.
@@ -46,10 +48,11 @@ def check_audio_file(path: Path, config: MelConfig = MelConfig(), max_frames: in
     if info.frames <= 0 or info.samplerate <= 0:
         raise WavflowError(f"{path}: the audio file holds no samples")
     samples = math.ceil(info.frames * config.sample_rate / info.samplerate)  # after resampling
-    if samples <= config.n_fft // 2:
+    if samples <= config.pad:
         raise WavflowError(f"{path}: {info.frames / info.samplerate * 1000:.1f} ms of audio is too short for a mel "
-                           f"(need more than {config.n_fft // 2} samples at {config.sample_rate} Hz)")
+                           f"(need more than {config.pad} samples at {config.sample_rate} Hz)")
     frames = config.num_frames(samples)
+    max_frames = config.max_frames if max_frames is None else max_frames
     if frames > max_frames:
         raise WavflowError(f"{path}: {info.frames / info.samplerate:.0f} s of audio gives {frames} mel frames, more "
                            f"than the limit of {max_frames} ({max_frames * config.hop_length / config.sample_rate:.0f} s); "
@@ -78,18 +81,27 @@ def _missing_dirs(directories: set[Path]) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog=PROG, description="Compute Tacotron 2 log-mel spectrograms (80 bands, hop 256, "
-                            "22050 Hz) of audio files and write them as float32 .npy arrays shaped (80, F).")
+    parser = ArgumentParser(prog=PROG, description="Compute log-mel spectrograms of audio files (by default the "
+                            "Tacotron 2 convention: 80 bands, hop 256, 22050 Hz) and write them as float32 .npy "
+                            "arrays shaped (n_mels, F).")
     parser.add_argument("inputs", nargs="+", metavar="AUDIO",
                         help="audio files (WAV, FLAC, anything soundfile reads; other sample rates are resampled) "
                              "or directories of them")
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="output .npy file (one input) or directory (created if needed); "
                              "default: next to each input, with the suffix .npy")
+    parser.add_argument("--preset", default="tacotron2", choices=list(PRESETS),
+                        help="the convention: tacotron2 (default; every shipped model), hifigan, parallel_wavegan, "
+                             "espnet (docs/design.md section 8)")
+    parser.add_argument("--stats", metavar="FILE",
+                        help="normalise each band with dataset statistics: ParallelWaveGAN's stats.npy ([2, n_mels]: "
+                             "mean, scale) or stats.h5")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not list the files written")
     args = parser.parse_args(argv)
 
-    config = MelConfig()
+    config = MelConfig.preset(args.preset)
+    if args.stats is not None:
+        config = config.with_stats(*load_stats(args.stats, config.n_mels))
     inputs = expand_inputs(args.inputs, AUDIO_SUFFIXES, "audio")
     for path in inputs:
         check_audio_file(path, config)

@@ -148,9 +148,10 @@ def griffin_lim(log_mel: torch.Tensor, mel_config: MelConfig, n_iter: int, lengt
     import librosa
 
     c = mel_config
-    mel = np.exp(log_mel.detach().double().cpu().numpy())  # magnitude mel (power 1), floor 1e-5 included
+    mel = c.decompress(log_mel.detach().double().cpu()).numpy()  # magnitude mel (power 1), floor included
     magnitude = librosa.feature.inverse.mel_to_stft(mel, sr=c.sample_rate, n_fft=c.n_fft, power=1.0,
-                                                     fmin=c.fmin, fmax=c.fmax, htk=False, norm="slaney")
+                                                     fmin=c.fmin, fmax=c.fmax, htk=c.mel_scale == "htk",
+                                                     norm=c.mel_norm)
     audio = librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=c.hop_length, win_length=c.win_length,
                                n_fft=c.n_fft, window="hann", center=True, length=length, random_state=seed)
     return torch.from_numpy(audio.astype(np.float32))
