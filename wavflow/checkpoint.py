@@ -2,6 +2,12 @@
 
 The native layout, and what the trainer adds to it in last.pt, step-N.pt and best.pt, is design.md section 7:
 every value loads under `torch.load(weights_only=True)`. NVIDIA's WaveGlow files are read too (wavflow.nvidia).
+
+Inference checkpoints (best.pt with train.best_dtype, `python -m wavflow.train.ship`) may store their float32
+weights as fp16 or bf16, half the bytes, marked `"weights_dtype": "fp16" | "bf16"`; loading upcasts every such
+tensor to the dtype of the model's own tensor (float32), so a model always runs in float32 whatever the file
+holds. Training checkpoints (last.pt) always keep float32: the optimizer's state is float32 and resuming must
+be exact.
 """
 from __future__ import annotations
 
@@ -21,6 +27,11 @@ from .fileio import atomic_write
 
 FORMAT = "wavflow"
 VERSION = 1
+
+# The weight precisions an inference checkpoint may store (the "weights_dtype" key; absent means fp32).
+WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# What only the trainer needs to continue a run: left out of an inference checkpoint.
+TRAINING_KEYS = ("optimizer", "scaler", "rng", "sampler", "best_valid_nll", "world_size", "rank_weights_sha256")
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -117,6 +128,37 @@ def model_payload(model: torch.nn.Module, step: int = 0, **extra: Any) -> dict[s
     }
 
 
+def cast_weights(state_dict: dict[str, torch.Tensor], weights_dtype: str,
+                 source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """`state_dict` with every float32, fp16 or bf16 tensor stored as `weights_dtype` (fp32, fp16, bf16); other
+    tensors (integer buffers, float64) as they are. fp16 cannot hold a magnitude above 65,504: such a weight is
+    refused by name rather than stored as infinity (bf16 has float32's range)."""
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise WavflowError(f"weights dtype '{weights_dtype}': expected one of {', '.join(WEIGHT_DTYPES)}")
+    dtype = WEIGHT_DTYPES[weights_dtype]
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state_dict.items():
+        if t.dtype in WEIGHT_DTYPES.values() and t.dtype != dtype:
+            if dtype == torch.float16 and t.numel() and bool((t.abs() > torch.finfo(torch.float16).max).any()):
+                raise WavflowError(f"{source}: weight {name} holds magnitudes above fp16's 65504 "
+                                   f"(max {t.abs().max().item():.4g}); store it as bf16 or fp32")
+            t = t.to(dtype)
+        out[name] = t
+    return out
+
+
+def inference_payload(obj: dict[str, Any], weights_dtype: str = "fp32", source: str = "checkpoint") -> dict[str, Any]:
+    """A native checkpoint (training or inference) as an inference checkpoint: the training state dropped
+    (TRAINING_KEYS), the weights stored as `weights_dtype` and marked so."""
+    out = {k: v for k, v in obj.items() if k not in TRAINING_KEYS}
+    out["state_dict"] = cast_weights(obj["state_dict"], weights_dtype, source)
+    if weights_dtype == "fp32":
+        out.pop("weights_dtype", None)
+    else:
+        out["weights_dtype"] = weights_dtype
+    return out
+
+
 def is_native(obj: dict[str, Any]) -> bool:
     return obj.get("format") == FORMAT
 
@@ -138,6 +180,9 @@ def model_from_payload(obj: dict[str, Any], source: str = "checkpoint") -> torch
     bad = [k for k, v in obj["state_dict"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise WavflowError(f"{source}: 'state_dict' entry {bad[0]!r} is not a named tensor")
+    if "weights_dtype" in obj and obj["weights_dtype"] not in WEIGHT_DTYPES:
+        raise WavflowError(f"{source}: 'weights_dtype' is {obj['weights_dtype']!r}, expected one of "
+                           f"{', '.join(WEIGHT_DTYPES)}")
     if not isinstance(obj.get("version", VERSION), int):
         raise WavflowError(f"{source}: 'version' is not an integer")
     if obj.get("version", VERSION) > VERSION:
@@ -161,8 +206,12 @@ def model_from_payload(obj: dict[str, Any], source: str = "checkpoint") -> torch
                  f"{tuple(expected[wrong[0]].shape)} expected)" if wrong else ""]
         raise WavflowError(f"{source}: weights do not fit a {obj['model_type']} of the stored config: "
                            f"{', '.join(p for p in parts if p)}")
+    # Half-precision weights (an inference checkpoint's weights_dtype) are upcast to the model's own dtype here,
+    # explicitly, so what runs is exactly the stored value in float32.
+    upcast = {k: v.to(expected[k].dtype) if v.is_floating_point() and v.dtype != expected[k].dtype
+              and expected[k].is_floating_point() else v for k, v in given.items()}
     try:
-        model.load_state_dict(obj["state_dict"], strict=True)
+        model.load_state_dict(upcast, strict=True)
     except RuntimeError as e:
         raise WavflowError(f"{source}: weights do not fit a {obj['model_type']} of the stored config "
                            f"({str(e).splitlines()[0][:200]})") from None

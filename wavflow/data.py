@@ -11,8 +11,10 @@ when a clip is shorter. Mels are NOT computed here: the trainer computes them on
 crop (wavflow.frontend.mel_spectrogram), so the mel of a crop is exactly the mel the model will see at inference
 for that audio, and the STFT runs on the GPU. `return_mel=True` gives (audio, mel) pairs for other uses.
 
-The crop offset is a pure function of (seed, epoch, clip index) when the item comes from `CropSampler`, so a run
-resumed from a checkpoint sees the very same batches as an uninterrupted one (see wavflow.train).
+The crop offset is a pure function of (seed, epoch, clip index) when the item comes from `CropSampler`
+(`crop_offset`), so a run resumed from a checkpoint sees the very same batches as an uninterrupted one (see
+wavflow.train). `DeviceCrops` cuts the same crops from audio held on the training device, for the trainer's
+`data.device_resident` path: the same sampler decides clip and offset, so both paths give identical batches.
 """
 from __future__ import annotations
 
@@ -146,7 +148,7 @@ class LJSpeech(Dataset):
     def __getitem__(self, item: int | tuple[int, int, int]):
         if isinstance(item, (tuple, list)):
             index, seed, epoch = item
-            rng = np.random.default_rng([int(seed), int(epoch), int(index)])
+            rng = crop_rng(seed, epoch, index)
         else:
             index, rng = int(item), None
         audio = self.load(index)
@@ -155,6 +157,20 @@ class LJSpeech(Dataset):
         if self.return_mel:
             return audio, mel_spectrogram(audio.unsqueeze(0), self.mel_config)[0]
         return audio
+
+
+def crop_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator that draws the crop offset of CropSampler's item (index, seed, epoch): one per item, so the
+    offset depends on nothing else (not on workers, batch order or what ran before)."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+def crop_offset(clip_samples: int, segment_length: int, seed: int, epoch: int, index: int) -> int:
+    """Where `LJSpeech.crop` starts the crop of item (index, seed, epoch) in a clip of `clip_samples`: uniform
+    over the clip, or 0 for a clip no longer than the segment (which is zero-padded at the end instead)."""
+    if clip_samples <= segment_length:
+        return 0
+    return int(crop_rng(seed, epoch, index).integers(clip_samples - segment_length + 1))
 
 
 class CropSampler(DistributedSampler):
@@ -180,6 +196,80 @@ class CropSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return max(0, self.num_samples - self.start)
+
+
+class DeviceCrops:
+    """Every clip of a training split held once on `device`, and CropSampler's batches cut from it there.
+
+    The clips are concatenated into one tensor with a start offset per clip: int16 (what 16-bit PCM is, half the
+    bytes of float32; about 3.8 GB for the full LJSpeech), or float32 when a clip is not exactly 16-bit PCM (a
+    resampled one). A batch is a gather on the device, so training needs no DataLoader, no worker processes and
+    no host-to-device copy per step. The crops equal `LJSpeech`'s for the same sampler items value for value: the
+    sampler picks the clips, `crop_offset` the offsets, a clip shorter than the segment is zero-padded at the
+    end, and int16 / 32768 is the float32 load_audio reads.
+    """
+
+    def __init__(self, dataset: LJSpeech, device: torch.device | str, threads: int = 8):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.segment_length = dataset.segment_length
+        self.device = torch.device(device)
+        parts: list[torch.Tensor] = []
+        exact = True
+        with ThreadPoolExecutor(max(1, min(threads, os.cpu_count() or 1))) as pool:
+            # load_audio, not dataset.load: its cache (data.cache_audio) would keep a second, float32 copy.
+            rate = dataset.mel_config.sample_rate
+            for audio in pool.map(lambda path: load_audio(path, rate), dataset.paths):  # in order; decodes overlap
+                if exact:
+                    scaled = audio * 32768.0
+                    pcm = scaled.round()
+                    if torch.equal(pcm, scaled) and (pcm.numel() == 0 or (pcm.min() >= -32768 and pcm.max() <= 32767)):
+                        parts.append(pcm.to(torch.int16))
+                        continue
+                    exact = False  # keep float32 for every clip from here on, the ones before converted back
+                    parts = [q.float() / 32768.0 for q in parts]
+                parts.append(audio.float())
+        self.lengths = [int(a.shape[0]) for a in parts]
+        starts = [0]
+        for n in self.lengths[:-1]:
+            starts.append(starts[-1] + n)
+        self.audio = torch.cat(parts).to(self.device)
+        self.starts_dev = torch.tensor(starts, dtype=torch.int64, device=self.device)
+        self.lengths_dev = torch.tensor(self.lengths, dtype=torch.int64, device=self.device)
+        self.ramp = torch.arange(self.segment_length, device=self.device)
+
+    @property
+    def nbytes(self) -> int:
+        return self.audio.numel() * self.audio.element_size()
+
+    def plan(self, items: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clip index, crop offset) of each sampler item, as int64 tensors on the device."""
+        index = [int(i) for i, _, _ in items]
+        offset = [crop_offset(self.lengths[i], self.segment_length, seed, epoch, i) for i, seed, epoch in items]
+        return (torch.tensor(index, dtype=torch.int64).to(self.device),
+                torch.tensor(offset, dtype=torch.int64).to(self.device))
+
+    def crops(self, index: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """[B, segment_length] float32 crops of clips `index` [B] from `offset` [B], zero past a clip's end."""
+        within = offset[:, None] + self.ramp[None, :]
+        valid = within < self.lengths_dev[index][:, None]
+        position = torch.where(valid, self.starts_dev[index][:, None] + within, 0)
+        audio = self.audio[position]
+        if audio.dtype == torch.int16:
+            audio = audio.float() / 32768.0
+        return audio.masked_fill(~valid, 0.0)
+
+    def batches(self, sampler: CropSampler, batch_size: int) -> Iterator[torch.Tensor]:
+        """The full batches of the sampler's current epoch (from its start), as a DataLoader with drop_last
+        would give them, already on the device. The epoch's offsets are worked out and sent over once."""
+        items = list(iter(sampler))
+        count = len(items) // batch_size
+        if count == 0:
+            return
+        index, offset = self.plan(items[: count * batch_size])
+        for b in range(count):
+            rows = slice(b * batch_size, (b + 1) * batch_size)
+            yield self.crops(index[rows], offset[rows])
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Training for every wavflow model: `python -m wavflow.train CONFIG.yaml [--out-dir DIR] [--resume] [key=value ...]`.
+"""Training for every wavflow model: `python -m wavflow.train CONFIG.yaml [--out-dir DIR] [--resume | --init CKPT]
+[--max-minutes M] [key=value ...]`.
 
 A run is described by a YAML file (sections model, model_config, mel, teacher, data, train: config.py;
 recipes/ljspeech/conf/*.yaml are commented examples). Any key can be overridden on the command line:
@@ -9,6 +10,10 @@ recipes/ljspeech/conf/*.yaml are commented examples). Any key can be overridden 
     state.py     what the checkpoints hold: last.pt (resume), step-N.pt, best.pt
     loop.py      the Trainer: build the run, then fit(): steps, logging, validation, checkpoints, signals
     command.py   the command line, and train() for Python
+    ship.py      `python -m wavflow.train.ship`: a checkpoint as a half-precision inference file for shipping
+
+--init CKPT starts a new run (fresh optimizer, step 0) from a checkpoint's weights and architecture; --max-minutes
+M ends the run with a validation and saves before M minutes from process start (loop.py, state.read_init).
 
 Distributed: launch the same command under torchrun (`torchrun --nproc_per_node 8 -m wavflow.train CONF`);
 each process trains on its own share of every epoch with `data.batch_size` crops, so the global batch is
@@ -26,7 +31,7 @@ The output directory holds:
     config.yaml  the resolved configuration;  log.jsonl  one JSON line per log/validation event;
     tb/          TensorBoard scalars (loss, validation NLL, lr, gradient norm, steps/s) and audio samples.
 
-Exit status: 0 finished; 2 bad configuration or data (one line on stderr); 1 the loss or gradient became
+Exit status: 0 finished (train.max_steps, or the --max-minutes budget); 2 bad configuration or data (one line on stderr); 1 the loss or gradient became
 NaN/inf (nothing is saved at that point: last.pt stays the last good state); 130 after SIGINT and 143 after
 SIGTERM: the step in progress is finished and a checkpoint saved before exiting, so `--resume` loses nothing.
 A second SIGINT aborts at once (last.pt is still the previous complete checkpoint: saves are atomic).

@@ -38,6 +38,10 @@ class DataConfig:
     batch_size: int = 12         # crops per step PER PROCESS: the global batch is batch_size x world size
     num_workers: int = 2         # DataLoader worker processes per training process (0: load in the main process)
     cache_audio: bool = False    # keep decoded clips in memory (per worker; ~190 MB for the mini set, 7.6 GB full)
+    device_resident: bool = False  # hold every training clip on the training device (int16, ~95 MB for the mini
+                                 # set, 3.8 GB full) and cut the crops there: no DataLoader, no workers, the same
+                                 # crops as the DataLoader path (wavflow.data.DeviceCrops); num_workers and
+                                 # cache_audio are then unused
 
 
 @dataclass
@@ -47,12 +51,20 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_decay_every: int = 0                   # multiply lr by lr_decay_gamma every this many steps (0: constant)
     lr_decay_gamma: float = 0.5
+    warmup_steps: int = 0                     # raise lr linearly over the first this-many steps (0: none); a fresh
+                                              # Adam on trained weights (--init) moves every weight by ~lr at first
     max_steps: int = 580_000                  # optimizer steps in total (a resumed run counts from its checkpoint)
     grad_clip: float = 0.0                    # clip the global gradient norm to this value (0: no clipping)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler and needs CUDA
     device: str = "auto"                      # auto (cuda when available), cpu, cuda, cuda:N
     deterministic: bool = False               # deterministic GPU kernels (bit-for-bit resume on GPU; slower)
     compile: bool = False                     # torch.compile the training step on GPU (ignored on CPU)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # torch.compile's mode;
+                                              # reduce-overhead replays the compiled step as CUDA graphs
+    fused_adam: bool = True                   # torch's fused Adam kernel on CUDA (ignored on CPU)
+    max_minutes: float = 0.0                  # wall-clock budget from process start, start-up, compilation and
+                                              # validation included: the run validates and saves before it ends
+                                              # (0: none); --max-minutes sets it
     threads: int = 0                          # CPU threads for torch (0: torch's default, one per core); small
                                               # models on a shared CPU run faster with 1 (no spinning threads)
     seed: int = 1234                          # model init, data order and crops, per-step noise
@@ -64,6 +76,8 @@ class TrainConfig:
     audio_seconds: float = 4.0                # length of the vocoded sample (the first validation clip's mel)
     infer_options: dict = field(default_factory=dict)  # passed to model.infer for samples, e.g. {sigma: 0.6}
     ckpt_every: int = 1000                    # steps between checkpoints (last.pt); one is also written at the end
+    best_dtype: Literal["fp32", "fp16", "bf16"] = "fp32"  # weights of best.pt: fp16/bf16 halve the file and are
+                                              # upcast to float32 on load (last.pt always keeps float32)
     keep_every: int = 0                       # also keep a copy step-N.pt every this many steps (0: none)
     out_dir: str = ""                         # output directory ("" : exp/<config file name>); --out-dir overrides
     tensorboard: bool = True
@@ -159,7 +173,8 @@ def check_values(c: RunConfig) -> None:
                     "train.valid_clips": t.valid_clips, "train.valid_max_seconds": t.valid_max_seconds,
                     "train.audio_every": t.audio_every, "train.keep_every": t.keep_every,
                     "train.grad_clip": t.grad_clip, "train.lr_decay_every": t.lr_decay_every,
-                    "train.weight_decay": t.weight_decay, "train.threads": t.threads, "train.seed": t.seed}
+                    "train.weight_decay": t.weight_decay, "train.threads": t.threads, "train.seed": t.seed,
+                    "train.max_minutes": t.max_minutes, "train.warmup_steps": t.warmup_steps}
     # `not v > 0` rather than `v <= 0`: NaN compares false both ways and must be refused too.
     for name, v in positive.items():
         if not v > 0:

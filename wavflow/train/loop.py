@@ -4,6 +4,12 @@ One trainer serves WaveGlow, the WaveNet teacher and the distilled IAF student: 
 interface, `wavflow.models.Vocoder` (`training_loss`, `log_likelihood`, `infer`), and on `attach_teacher` for
 the student. Rank 0 alone writes files. A signal (SIGINT, SIGTERM) lets the step in progress finish and saves
 before the run stops.
+
+A run may start from another checkpoint's weights (`init`, state.read_init) and may have a wall-clock budget
+(train.max_minutes, counted from `started_at`, the process's start for the command line): before each step the
+trainer checks that the step, a validation and the saves that end the run still fit, from the durations it
+measured (a validation at step 0 measures the first; a save is estimated from the model's size until one is
+timed), and if not it validates, writes best.pt (if better) and last.pt, and stops with exit status 0.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import yaml
 
 from ..checkpoint import file_sha256, load, save_checkpoint
 from ..cli import check_writable_dir
-from ..data import CropSampler, LJSpeech, validation_clips
+from ..data import CropSampler, DeviceCrops, LJSpeech, validation_clips
 from ..errors import WavflowError
 from ..frontend import MelConfig, mel_spectrogram
 from ..metrics import pooled_nll
@@ -30,7 +36,7 @@ from ..models import build_model, weights_sha256
 from .config import RunConfig, check_segment_length, check_values
 from .runtime import (EXIT_SIGNAL, PROG, Runtime, choose_kernels, pick_device, rng_state, seed_everything,
                       seed_process, separate_rng)
-from .state import BEST, LAST, STALE, RunState, read_last
+from .state import BEST, LAST, STALE, RunState, read_init, read_last
 
 
 class TrainingDiverged(Exception):
@@ -56,13 +62,24 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, out_dir: str | os.PathLike, resume: bool = False,
-                 runtime: Runtime | None = None, model: torch.nn.Module | None = None):
-        self.config = config
+                 runtime: Runtime | None = None, model: torch.nn.Module | None = None,
+                 init: str | os.PathLike | None = None, started_at: float | None = None):
+        self.started_at = time.time() if started_at is None else started_at  # train.max_minutes counts from here
         self.runtime = runtime or Runtime()
         self.out_dir = Path(out_dir)
         self.last_path = self.out_dir / LAST
-        t = config.train
+        if init is not None and resume:
+            raise WavflowError("--init starts a new run from a checkpoint's weights and --resume continues the run "
+                               "in the output directory: give one of them (an --init run resumes with "
+                               "OUT/config.yaml and --resume)")
         check_values(config)  # again, for a RunConfig made in code rather than by load_config
+        init_from = None
+        if init is not None:
+            if model is not None:
+                raise ValueError("Trainer: give `init` or `model`, not both")
+            model, config, init_from = read_init(init, config)  # the checkpoint's architecture, checked
+        self.config = config
+        t = config.train
         self.device = pick_device(t.device, self.runtime)
         if t.precision == "fp16" and self.device.type != "cuda":
             raise WavflowError("train.precision=fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
@@ -79,6 +96,7 @@ class Trainer:
             self.state.restore(checkpoint, str(self.last_path), config, self.mel_config, self.teacher_sha256,
                                self.runtime)
         else:
+            self.state.init_from = init_from
             seed_process(t.seed, self.runtime.rank)
         self.losses: list[float] = []
         self.valid_history: list[tuple[int, float]] = []
@@ -88,7 +106,10 @@ class Trainer:
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if t.compile and self.device.type == "cuda":  # on CPU inductor's C++ build costs more than it gains
-            self.loss_module = torch.compile(self.loss_module)
+            self.loss_module = torch.compile(self.loss_module,
+                                             mode=None if t.compile_mode == "default" else t.compile_mode)
+        # data.device_resident: every training clip on the device once, crops cut there (same crops as the loader)
+        self.device_crops = DeviceCrops(self.train_set, self.device) if config.data.device_resident else None
 
         self.valid_clips: list[torch.Tensor] = []
         if self.valid_set is not None and t.valid_every > 0:
@@ -98,6 +119,12 @@ class Trainer:
                                 if c.audio.shape[0] > self.mel_config.n_fft // 2]
         self.writer = None
         self.stop_signal: int | None = None
+        self.end_reason = ""                 # max_steps | max_minutes | signal, once fit() returns
+        self.step_seconds: list[float] = []  # each step's wall time in this process (the budget's step estimate)
+        self._valid_seconds = 0.0            # longest validation so far (measured)
+        self._best_seconds: float | None = None  # longest best.pt / last.pt save so far (None: not yet measured)
+        self._last_seconds: float | None = None
+        self._validated_at = self._saved_at = -1
 
     # -- set-up ----------------------------------------------------------------------------------------------
 
@@ -125,7 +152,10 @@ class Trainer:
         self.teacher: torch.nn.Module | None = None
         self.teacher_sha256: str | None = None
         self._attach_teacher()
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        # Fused Adam: one kernel for every parameter's update on CUDA instead of several per tensor.
+        fused = {"fused": True} if t.fused_adam and self.device.type == "cuda" else {}
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay,
+                                     **fused)
         scaler = torch.amp.GradScaler("cuda") if t.precision == "fp16" else None
         return RunState(self.model, optimizer, scaler)
 
@@ -146,6 +176,12 @@ class Trainer:
         self.teacher_weights = weights_sha256(teacher)
         self.model.attach_teacher(teacher, self.teacher_sha256)
 
+    def _epoch_batches(self, loader: torch.utils.data.DataLoader | None) -> Any:
+        """The batches of the sampler's current epoch: cut on the device (data.device_resident) or loaded."""
+        if self.device_crops is not None:
+            return self.device_crops.batches(self.sampler, self.config.data.batch_size)
+        return loader
+
     def _loader(self) -> torch.utils.data.DataLoader:
         dc = self.config.data
         return torch.utils.data.DataLoader(
@@ -160,7 +196,8 @@ class Trainer:
 
     def lr_at(self, step: int) -> float:
         t = self.config.train
-        return t.lr * (t.lr_decay_gamma ** (step // t.lr_decay_every) if t.lr_decay_every else 1.0)
+        warmup = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
+        return t.lr * warmup * (t.lr_decay_gamma ** (step // t.lr_decay_every) if t.lr_decay_every else 1.0)
 
     def train_step(self, audio: torch.Tensor) -> tuple[float, float, dict[str, float]]:
         """One optimizer step on a batch of crops [B, T]: (loss, gradient norm, model's scalars)."""
@@ -239,6 +276,12 @@ class Trainer:
 
     def save(self) -> None:
         """last.pt, and step-N.pt every train.keep_every steps, with every process's random streams."""
+        start = time.perf_counter()
+        self._save()
+        self._saved_at = self.state.step
+        self._last_seconds = max(self._last_seconds or 0.0, time.perf_counter() - start)
+
+    def _save(self) -> None:
         rt, s = self.runtime, self.state
         gathered = rt.gather((rng_state(), weights_sha256(self.model) if rt.distributed else None))
         weights = [g[1] for g in gathered] if rt.distributed else []
@@ -256,8 +299,10 @@ class Trainer:
             save_checkpoint(self.out_dir / f"step-{s.step}.pt", payload)
 
     def save_best(self, nll: float) -> None:
+        start = time.perf_counter()
         if self.runtime.main:
             save_checkpoint(self.out_dir / BEST, self.state.best_payload(nll, self.config, self.teacher_sha256))
+        self._best_seconds = max(self._best_seconds or 0.0, time.perf_counter() - start)
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.runtime.main:
@@ -299,14 +344,20 @@ class Trainer:
                 self.writer.add_audio("valid/real", self.valid_clips[0][: int(t.audio_seconds * sr)].cpu(),
                                       0, sample_rate=sr)
         n = sum(p.numel() for p in self.model.parameters())
+        init = self.state.init_from
+        start = (f"resumed at step {step}" if step else
+                 f"from the weights of {init['path']}" if init is not None and step == 0 else "from scratch")
+        data = (f"; training audio on {self.device} ({self.device_crops.nbytes / 2**20:.0f} MiB "
+                f"{str(self.device_crops.audio.dtype).replace('torch.', '')})" if self.device_crops is not None else "")
+        budget = f"; budget {t.max_minutes:g} min" if t.max_minutes else ""
         print(f"{PROG}: {self.config.model}, {n:,} parameters, {self.device}, {t.precision}, "
               f"{self.runtime.world_size} process(es) x batch {self.config.data.batch_size}, "
-              f"{len(self.train_set)} training / {len(self.valid_set or [])} validation clips; "
-              + (f"resumed at step {step}" if step else "from scratch") + f" -> {self.out_dir}",
-              file=sys.stderr, flush=True)
+              f"{len(self.train_set)} training / {len(self.valid_set or [])} validation clips{data}{budget}; "
+              + start + f" -> {self.out_dir}", file=sys.stderr, flush=True)
 
     def fit(self) -> int:
-        """Train to train.max_steps. Returns the exit status (0 done, 130/143 stopped by a signal)."""
+        """Train to train.max_steps or the end of train.max_minutes. Returns the exit status (0 done or out of
+        time, 130/143 stopped by a signal)."""
         t = self.config.train
         if self.runtime.main:
             self._open_output()
@@ -331,16 +382,57 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
 
+    # -- the wall-clock budget -------------------------------------------------------------------------------
+
+    def _step_estimate(self) -> float:
+        """The next step's duration: the longest of the last few (the first, which compiles, once others exist)."""
+        times = self.step_seconds[1:] or self.step_seconds
+        return max(times[-5:]) if times else 0.0
+
+    def _reserve(self) -> float:
+        """What ending the run costs: a validation, best.pt and last.pt, measured, or estimated from the model's
+        size (float32 weights and Adam's two moments, synced to disk at a conservative 100 MB/s) until a save has
+        been timed."""
+        n = sum(p.numel() for p in self.model.parameters())
+        last = self._last_seconds if self._last_seconds is not None else 1.0 + 12 * n / 100e6
+        best = self._best_seconds if self._best_seconds is not None else 0.5 + 4 * n / 100e6
+        valid = self._valid_seconds + best if self.valid_clips else 0.0
+        return valid + last
+
+    def _out_of_time(self, deadline: float) -> bool:
+        """Would one more step leave too little time to validate and save before the deadline? Every process
+        must agree: the run stops when any of them is late."""
+        # The margin leaves the process time to exit (interpreter and CUDA teardown) inside the budget.
+        margin = 1.0 + 0.01 * 60.0 * self.config.train.max_minutes
+        late = time.time() + self._step_estimate() + 1.25 * self._reserve() + margin > deadline
+        return bool(self.runtime.any(torch.tensor([1.0 if late else 0.0]), self.device)[0])
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
     def _loop(self, bar: Any) -> int:
         t, s = self.config.train, self.state
         self.model.train()
-        loader = self._loader()
+        loader = self._loader() if self.device_crops is None else None
+        deadline = self.started_at + 60.0 * t.max_minutes if t.max_minutes else None
+        self.end_reason = "max_steps"
+        first_step = s.step
+        if s.step == 0 and self.valid_clips and (s.init_from is not None or deadline is not None):
+            # The starting point's NLL: the baseline best.pt must beat (a continued model's own figure), and the
+            # measured duration of a validation, which the budget reserves.
+            self._validate_and_keep_best(None, bar, baseline=True)
         window: dict[str, float] = {}
         steps_in_window, tick = 0, time.perf_counter()
+        batch_samples = 0
         while s.step < t.max_steps and self.stop_signal is None:
             self.sampler.set_state(s.epoch, s.batches_in_epoch * self.config.data.batch_size)
-            for audio in loader:
+            for audio in self._epoch_batches(loader):
+                if deadline is not None and self._out_of_time(deadline):
+                    self.end_reason = "max_minutes"
+                    break
+                started = time.perf_counter()
                 loss, gnorm, logs = self.train_step(audio)
+                self.step_seconds.append(time.perf_counter() - started)
+                batch_samples = audio.numel()
                 s.batches_in_epoch += 1
                 self.losses.append(loss)
                 for k, v in {"loss": loss, "grad_norm": gnorm, **logs}.items():
@@ -351,7 +443,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
                 if s.step % t.log_every == 0 or s.step == t.max_steps:
-                    self._log_window(window, steps_in_window, time.perf_counter() - tick, audio.numel(), bar)
+                    self._log_window(window, steps_in_window, time.perf_counter() - tick, batch_samples, bar)
                     window, steps_in_window, tick = {}, 0, time.perf_counter()
                 if t.valid_every and (s.step % t.valid_every == 0 or s.step == t.max_steps):
                     self._validate_and_keep_best(loss, bar)
@@ -366,6 +458,17 @@ class Trainer:
                 s.batches_in_epoch = 0
                 continue
             break
+        if self.end_reason == "max_minutes":
+            # Keep the work: validate (best.pt if better) and save, unless this very step already did both.
+            if steps_in_window:
+                self._log_window(window, steps_in_window, time.perf_counter() - tick, batch_samples, bar)
+            if self.valid_clips and self._validated_at != s.step:
+                self._validate_and_keep_best(self.losses[-1] if self.losses else None, bar)
+            if self._saved_at != s.step:
+                self.save()
+        if self.stop_signal is not None:
+            self.end_reason = "signal"
+        self._log_summary(s.step - first_step, batch_samples)
         if self.stop_signal is not None:
             if self.runtime.main:
                 print(f"{PROG}: stopped at step {s.step}; saved {self.last_path}; continue with --resume",
@@ -373,8 +476,33 @@ class Trainer:
             return EXIT_SIGNAL.get(self.stop_signal, 130)
         if self.runtime.main:
             best = f", best validation NLL {s.best_valid_nll:.4f} nats/sample" if self.valid_history else ""
-            print(f"{PROG}: done: {s.step} steps{best}; {self.last_path}", file=sys.stderr, flush=True)
+            if self.end_reason == "max_minutes":
+                print(f"{PROG}: the {t.max_minutes:g}-minute budget ended the run at step {s.step} after "
+                      f"{time.time() - self.started_at:.1f} s{best}; saved {self.last_path}",
+                      file=sys.stderr, flush=True)
+            else:
+                print(f"{PROG}: done: {s.step} steps{best}; {self.last_path}", file=sys.stderr, flush=True)
         return 0
+
+    def _log_summary(self, steps: int, batch_samples: int) -> None:
+        """The run's last log record: how it ended, its wall time, and its training throughput in audio samples
+        per second (all steps, and without the first, which includes compilation and warm-up)."""
+        world = self.runtime.world_size
+        train_seconds = sum(self.step_seconds)
+        steady = self.step_seconds[1:]
+        record: dict[str, Any] = {
+            "step": self.state.step, "run/end": self.end_reason, "run/steps": steps,
+            "run/wall_seconds": time.time() - self.started_at, "run/train_seconds": train_seconds,
+            "run/samples": steps * batch_samples * world,
+            "run/samples_per_s": steps * batch_samples * world / train_seconds if train_seconds else None,
+            "run/steady_samples_per_s": (len(steady) * batch_samples * world / sum(steady)
+                                         if steady and sum(steady) else None),
+            "run/batch": self.config.data.batch_size, "run/segment_length": self.config.data.segment_length,
+            "run/world_size": world, "run/device": str(self.device), "run/precision": self.config.train.precision,
+        }
+        if self.state.init_from is not None:
+            record["run/init_from"] = self.state.init_from
+        self._log(record)
 
     def _log_window(self, window: dict[str, float], steps: int, elapsed: float, batch_samples: int, bar: Any) -> None:
         """One log record: the means over the steps since the last one (and over every process's batches)."""
@@ -386,20 +514,32 @@ class Trainer:
         if self.device.type == "cuda":
             record["train/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self._log(record)
-        if bar is None and self.runtime.main and t.progress:
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['train/loss']:.4f}", samples_s=f"{record['train/samples_per_s']:.3g}")
+        elif self.runtime.main and t.progress:
             print(f"step {step}/{t.max_steps}  loss {record['train/loss']:.4f}  "
-                  f"|g| {record['train/grad_norm']:.3g}  {record['train/steps_per_s']:.2f} steps/s",
-                  file=sys.stderr, flush=True)
+                  f"|g| {record['train/grad_norm']:.3g}  {record['train/steps_per_s']:.2f} steps/s  "
+                  f"{record['train/samples_per_s']:,.0f} samples/s", file=sys.stderr, flush=True)
 
-    def _validate_and_keep_best(self, loss: float, bar: Any) -> None:
+    def _validate_and_keep_best(self, loss: float | None, bar: Any, baseline: bool = False) -> None:
+        """Validate; keep best.pt when the NLL beats every earlier one. `baseline`: the starting weights' NLL,
+        which a later validation must beat for a best.pt (a continued model keeps its own figure to beat)."""
+        start = time.perf_counter()
         nll = self.validate()
+        self._valid_seconds = max(self._valid_seconds, time.perf_counter() - start)
         if nll is None:
             return
         s = self.state
+        self._validated_at = s.step
         self.valid_history.append((s.step, nll))
         self._log({"step": s.step, "valid/nll": nll})
         if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4f}", valid_nll=f"{nll:.4f}")
-        if nll < s.best_valid_nll:
+            bar.set_postfix(loss="-" if loss is None else f"{loss:.4f}", valid_nll=f"{nll:.4f}")
+        if baseline:
+            s.best_valid_nll = min(s.best_valid_nll, nll)
+            if self.runtime.main:
+                print(f"{PROG}: validation NLL of the starting weights {nll:.4f} nats/sample (best.pt is written "
+                      f"when a later validation beats it)", file=sys.stderr, flush=True)
+        elif nll < s.best_valid_nll:
             s.best_valid_nll = nll
             self.save_best(nll)

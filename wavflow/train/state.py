@@ -3,10 +3,16 @@
     last.pt     everything a bit-for-bit resume needs: weights, optimizer, grad scaler, step, the data sampler's
                 position, every process's random streams, the best validation NLL so far, the config;
     step-N.pt   a copy of last.pt every train.keep_every steps;
-    best.pt     the model alone (no optimizer) at the lowest validation NLL so far, with that NLL.
+    best.pt     the model alone (no optimizer) at the lowest validation NLL so far, with that NLL; its weights
+                in train.best_dtype (fp16/bf16 halve the file; loading upcasts them to float32).
 
 Every file is written by rank 0 alone, atomically (wavflow.checkpoint.save_checkpoint), so a run killed at any
 moment leaves the previous complete last.pt.
+
+A run started with --init (`read_init`) takes the architecture and the weights of another checkpoint, with a
+fresh optimizer and step 0; every file it writes records where it started in "init_from": {"path", "sha256",
+"model_type", "step" (the source's own step count), "steps_before" (optimizer steps behind the source weights
+in all, through earlier --init runs too; None when a source does not say)}.
 """
 from __future__ import annotations
 
@@ -18,10 +24,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import model_payload, read_checkpoint
+from ..checkpoint import (cast_weights, file_sha256, is_native, model_from_payload, model_payload,
+                          read_checkpoint)
 from ..errors import WavflowError
 from ..frontend import MelConfig
-from ..models import config_to_dict
+from ..models import config_from_dict, config_to_dict, model_classes
 from .config import RunConfig
 from .runtime import PROG, Runtime, seed_process, set_rng_state
 
@@ -51,6 +58,7 @@ class RunState:
     epoch: int = 0                 # the data sampler's position: the epoch, and the batches of it each process
     batches_in_epoch: int = 0      # has trained on
     best_valid_nll: float = math.inf
+    init_from: dict[str, Any] | None = None  # --init: the checkpoint this run started from (module docstring)
 
     def training_payload(self, config: RunConfig, rng: list[dict[str, Any]], world_size: int,
                          rank_weights: list[str], teacher_sha256: str | None) -> dict[str, Any]:
@@ -68,14 +76,24 @@ class RunState:
             extra["rank_weights_sha256"] = rank_weights
         if teacher_sha256 is not None:
             extra["teacher_sha256"] = teacher_sha256
+        if self.init_from is not None:
+            extra["init_from"] = self.init_from
         return model_payload(self.model, self.step, **extra)
 
     def best_payload(self, nll: float, config: RunConfig, teacher_sha256: str | None) -> dict[str, Any]:
-        """best.pt: the model's checkpoint, its validation NLL and the config; no training state."""
+        """best.pt: the model's checkpoint, its validation NLL and the config; no training state; the weights in
+        train.best_dtype."""
         extra: dict[str, Any] = {"valid_nll": nll, "train_config": config.to_dict()}
         if teacher_sha256 is not None:
             extra["teacher_sha256"] = teacher_sha256
-        return model_payload(self.model, self.step, **extra)
+        if self.init_from is not None:
+            extra["init_from"] = self.init_from
+        payload = model_payload(self.model, self.step, **extra)
+        dtype = config.train.best_dtype
+        if dtype != "fp32":
+            payload["state_dict"] = cast_weights(payload["state_dict"], dtype, BEST)
+            payload["weights_dtype"] = dtype
+        return payload
 
     def restore(self, ck: dict[str, Any], source: str, config: RunConfig, mel_config: MelConfig,
                 teacher_sha256: str | None, runtime: Runtime) -> None:
@@ -88,6 +106,7 @@ class RunState:
         self.step = int(ck["step"])
         self.epoch, self.batches_in_epoch = int(ck["sampler"]["epoch"]), int(ck["sampler"]["batches"])
         self.best_valid_nll = float(ck.get("best_valid_nll", math.inf))
+        self.init_from = ck.get("init_from")
         states = ck["rng"]
         if len(states) == runtime.world_size:
             set_rng_state(states[runtime.rank])
@@ -118,3 +137,56 @@ def _check_same_run(ck: dict[str, Any], source: str, config: RunConfig, model: t
     for key in ("optimizer", "rng", "sampler"):
         if key not in ck:
             raise WavflowError(f"{source}: not a training checkpoint (no '{key}'); cannot resume from it")
+
+
+def read_init(path: str | Path, config: RunConfig) -> tuple[torch.nn.Module, RunConfig, dict[str, Any]]:
+    """--init: the model a checkpoint holds (native, half precision, a training last.pt, or NVIDIA's WaveGlow), the
+    config with the checkpoint's architecture filled in, and the run's "init_from" record.
+
+    The architecture is the checkpoint's: the model type, every model_config key and the mel settings. A key the
+    config sets must agree with it (refused by name otherwise); a key it leaves out takes the checkpoint's value,
+    not the paper default. Nothing else of the checkpoint is used: its optimizer, step, sampler and teacher stay
+    behind (a student may be re-distilled from another teacher: the config's teacher is the one used).
+    """
+    source = str(path)
+    obj = read_checkpoint(path)  # weights_only; NVIDIA's pickles through the restricted unpickler
+    if is_native(obj):
+        model = model_from_payload(obj, source)
+        step = obj.get("step")
+        prior = obj.get("init_from")  # the source was itself started from another checkpoint
+        before = prior.get("steps_before") if isinstance(prior, dict) else 0
+    else:
+        from ..nvidia import checkpoint_step, model_from_checkpoint
+
+        model = model_from_checkpoint(obj, source)
+        step, before = checkpoint_step(obj) or None, 0
+    step = int(step) if isinstance(step, int) else None
+    if model.model_type != config.model:
+        raise WavflowError(f"--init {source}: holds a {model.model_type}, the config trains a {config.model}; "
+                           f"set model: {model.model_type} (the architecture comes from the checkpoint)")
+    _, config_class = model_classes(model.model_type)
+    theirs = config_to_dict(model.config)
+    try:
+        asked = config_to_dict(config_from_dict(config_class, {**theirs, **config.model_config}))
+    except WavflowError as e:
+        raise WavflowError(f"--init {source}: {e}") from None
+    differ = sorted(k for k in config.model_config if asked[k] != theirs[k])
+    if differ:
+        shown = ", ".join(f"{k}={asked[k]!r} (checkpoint: {theirs[k]!r})" for k in differ)
+        raise WavflowError(f"--init {source}: the config's model_config contradicts the checkpoint's in {shown}; "
+                           f"leave these keys out (the architecture comes from the checkpoint)")
+    mel_theirs = model.mel_config.to_dict()
+    try:
+        mel_asked = MelConfig.from_dict({**mel_theirs, **config.mel}).to_dict()
+    except (WavflowError, TypeError, ValueError) as e:
+        raise WavflowError(f"--init {source}: mel: {e}") from None
+    differ = sorted(k for k in config.mel if mel_asked[k] != mel_theirs[k])
+    if differ:
+        shown = ", ".join(f"{k}={mel_asked[k]!r} (checkpoint: {mel_theirs[k]!r})" for k in differ)
+        raise WavflowError(f"--init {source}: the config's mel settings contradict the checkpoint's in {shown}")
+    resolved = RunConfig(model=config.model, model_config=theirs, mel=mel_theirs, teacher=config.teacher,
+                         data=config.data, train=config.train)
+    steps_before = None if step is None or not isinstance(before, int) else before + step
+    init_from = {"path": source, "sha256": file_sha256(path), "model_type": model.model_type, "step": step,
+                 "steps_before": steps_before}
+    return model.train(), resolved, init_from
