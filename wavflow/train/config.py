@@ -2,7 +2,7 @@
 
     model: waveglow                  # waveglow | wavenet | student
     model_config: {n_flows: 12}      # fields of the model's config dataclass; omitted ones keep the paper default
-    mel: {}                          # MelConfig fields (omit: the Tacotron 2 mel of design.md section 1)
+    mel: {}                          # MelConfig fields, or {preset: NAME, stats: FILE, ...} (omit: Tacotron 2, design.md 1)
     teacher: null                    # student only: the trained WaveNet checkpoint to distil from
     data: {root: ..., n_valid: 20, segment_length: 16000, batch_size: 12, num_workers: 2}
     train: {lr: 1.0e-4, max_steps: 580000, precision: fp32, ...}   # every key: TrainConfig below
@@ -25,7 +25,7 @@ import yaml
 from ..configs import check_fields, from_dict
 from ..data import LJSpeech
 from ..errors import WavflowError
-from ..frontend import MelConfig
+from ..frontend import MelConfig, load_stats
 from ..models import config_from_dict, model_classes
 
 
@@ -88,7 +88,7 @@ class TrainConfig:
 class RunConfig:
     model: str = ""                                   # waveglow | wavenet | student
     model_config: dict = field(default_factory=dict)  # the model's config fields (unset: paper defaults)
-    mel: dict = field(default_factory=dict)           # MelConfig fields (unset: design.md section 1)
+    mel: dict = field(default_factory=dict)           # MelConfig fields; or preset: NAME (+ stats: FILE) and overrides
     teacher: str | None = None                        # student: path of the frozen teacher checkpoint
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -153,7 +153,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     # The config dataclass refuses every value that cannot build a model (by name, as a WavflowError): find
     # out now, before any data is read or a teacher loaded. Checks that need the mel come when the model is built.
     config_from_dict(model_config_class, model_config)
-    mel = check_fields(MelConfig, raw.get("mel") or {}, "mel")
+    mel = resolve_mel(raw.get("mel") or {})
     teacher = raw.get("teacher")
     if teacher is not None and not isinstance(teacher, str):
         raise WavflowError(f"teacher: expected a checkpoint path, got {teacher!r}")
@@ -162,6 +162,28 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     config = RunConfig(model=model, model_config=model_config, mel=mel, teacher=teacher, data=data, train=train)
     check_values(config)
     return config
+
+
+def resolve_mel(section: Any) -> dict[str, Any]:
+    """The `mel:` section as complete MelConfig fields: `preset: NAME` (wavflow.frontend.PRESETS) with any field
+    overridden, and `stats: FILE` for features normalised with dataset statistics (design.md section 8). The
+    checkpoint stores the result, so a vocoder carries its convention whatever preset named it."""
+    if not isinstance(section, dict):
+        raise WavflowError(f"mel: expected a mapping of keys to values, got {section!r}")
+    fields = dict(section)
+    preset, stats = fields.pop("preset", None), fields.pop("stats", None)
+    fields = check_fields(MelConfig, fields, "mel")
+    if preset is None and stats is None:
+        MelConfig(**fields)  # every value checked now, before any data is read
+        return fields
+    if preset is not None and not isinstance(preset, str):
+        raise WavflowError(f"mel.preset: expected a preset name, got {preset!r}")
+    config = MelConfig.preset(preset or "tacotron2", **fields)
+    if stats is not None:
+        if not isinstance(stats, str):
+            raise WavflowError(f"mel.stats: expected a statistics file path, got {stats!r}")
+        config = config.with_stats(*load_stats(stats, config.n_mels))
+    return config.to_dict()
 
 
 def check_values(c: RunConfig) -> None:
@@ -208,6 +230,22 @@ def _clip_length(path: Path, sample_rate: int) -> int:
     if info.samplerate == sample_rate:
         return int(info.frames)
     return math.ceil(info.frames * sample_rate / info.samplerate)  # torchaudio's resampled length
+
+
+def resample_warning(dataset: LJSpeech) -> str | None:
+    """A line to print when the clips are not at the mel's sample rate (they are resampled as they load), from
+    the first clip's header."""
+    rate = dataset.mel_config.sample_rate
+    if not dataset.paths:
+        return None
+    try:
+        found = sf.info(str(dataset.paths[0])).samplerate
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None  # loading names the problem
+    if found == rate:
+        return None
+    return (f"warning: {dataset.paths[0].name} is at {found} Hz; every clip is resampled to mel.sample_rate="
+            f"{rate} Hz as it loads (resample the dataset once beforehand to save the time)")
 
 
 def check_segment_length(dataset: LJSpeech, segment_length: int, root: str) -> None:

@@ -33,7 +33,7 @@ from ..errors import WavflowError
 from ..frontend import MelConfig, mel_spectrogram
 from ..metrics import pooled_nll
 from ..models import build_model, weights_sha256
-from .config import RunConfig, check_segment_length, check_values
+from .config import RunConfig, check_segment_length, check_values, resample_warning
 from .runtime import (EXIT_SIGNAL, PROG, Runtime, choose_kernels, pick_device, rng_state, seed_everything,
                       seed_process, separate_rng)
 from .state import BEST, LAST, STALE, RunState, read_init, read_last
@@ -138,6 +138,9 @@ class Trainer:
             raise WavflowError(f"{dc.root}: {len(self.train_set)} training clips give each of {rt.world_size} "
                                f"process(es) {self.sampler.num_samples}, fewer than data.batch_size={dc.batch_size}")
         check_segment_length(self.train_set, dc.segment_length, dc.root)
+        warning = resample_warning(self.train_set)
+        if warning is not None and rt.main:
+            print(f"{PROG}: {warning}", file=sys.stderr, flush=True)
         self.valid_set = LJSpeech(dc.root, "valid", dc.n_valid, dc.segment_length, self.mel_config) \
             if dc.n_valid > 0 else None
 
