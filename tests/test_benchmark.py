@@ -60,7 +60,7 @@ def test_quick_run_writes_every_promised_row(tmp_path):
         assert r["rtf"] == pytest.approx(r["median_s"] / (r["samples"] / 22050))
         assert r["x_real_time"] == pytest.approx(1 / r["rtf"])
         assert r["gflops"] == pytest.approx(r["flops_per_sample"] * r["samples_per_s"] / 1e9)
-        assert r["peak_gflops"] == meta["matmul_peak_gflops"] > 0  # fp32 run: one peak for every row
+        assert r["peak_gflops"] == meta["peak_gflops"] > 0  # fp32 run: one peak for every row
         assert r["pct_peak"] == pytest.approx(100 * r["gflops"] / r["peak_gflops"])
     by = {(r["model"], round(r["length_s"], 4)): r for r in rows}
     for L in lengths:
@@ -85,6 +85,16 @@ def test_quick_run_writes_every_promised_row(tmp_path):
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_png.stat().st_size > 10_000
     assert "| WaveNet naive * |" in proc.stdout and "WaveNet cached / naive at" in proc.stdout
     assert "samples/CPU-s" not in proc.stdout  # the column is --cpu-time's
+    # The honest peak: the best of the backends measured in the same run, each one reported.
+    by_backend = meta["peak_gflops_by_backend"]["fp32"]
+    assert set(by_backend) == set(measure.PEAK_BACKENDS) and meta["peak_gflops"] == max(by_backend.values())
+    assert "torch.mm" in proc.stdout and "conv1d 1x1" in proc.stdout
+    # NVIDIA's algorithm is a default row: the ratio is printed at every length, and WaveGlow's backend choice.
+    for L in lengths:
+        assert f"WaveGlow / WaveGlow, NVIDIA algorithm at {L:.2f} s:" in proc.stdout
+    assert meta["waveglow_backends"] and "WaveGlow sampling backend:" in proc.stdout
+    for choice in meta["waveglow_backends"].values():
+        assert choice["how"] == "measured" and choice["backend"] == min(choice["seconds"], key=choice["seconds"].get)
 
 
 def test_flop_count_matches_torch_counter_and_formula():
@@ -246,9 +256,12 @@ def test_row_precision_follows_the_dtype_rules():
     assert got[("wavenet_cached", "cpu", "fp32")] == "fp32 (numba loop)"
     assert got[("wavenet_cached", "cuda", "fp16")] == "fp16 autocast"
     assert got[("wavenet_naive", "cpu", "fp16")] == "fp16 autocast"
-    for name in ("waveglow", "student", "waveglow_nvidia"):  # cast to the dtype, no autocast
+    for name in ("waveglow", "student"):  # cast to the dtype, no autocast
         assert got[(name, "cpu", "fp16")] == got[(name, "cuda", "fp16")] == "fp16"
         assert got[(name, "cuda", "fp32")] == "fp32"
+    # NVIDIA's algorithm: fp32 on a CPU whatever --dtype (its CPU path), cast on a GPU (as NVIDIA runs fp16)
+    assert got[("waveglow_nvidia", "cpu", "fp16")] == got[("waveglow_nvidia", "cpu", "fp32")] == "fp32"
+    assert got[("waveglow_nvidia", "cuda", "fp16")] == "fp16"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -298,16 +311,16 @@ def test_plan_naive_length_and_caps():
     def names(argv):
         return [(s, [e.name for e in rows]) for s, rows in runner.plan(cli.parse_args(argv))]
 
-    parallel = ["wavenet_cached", "wavenet_batched", "waveglow", "student"]
+    parallel = ["wavenet_cached", "wavenet_batched", "waveglow", "student", "waveglow_nvidia"]
     assert names(["--lengths", "0.5,1,2", "--cap", "wavenet_batched=1"]) == [
         (0.1, ["wavenet_naive", "wavenet_cached"]), (0.5, parallel), (1.0, parallel),
-        (2.0, ["wavenet_cached", "waveglow", "student"])]
+        (2.0, ["wavenet_cached", "waveglow", "student", "waveglow_nvidia"])]
     assert names(["--lengths", "0.5,1", "--naive-length", "0.5", "--naive-all"]) == [(0.5, DEFAULT_ROWS),
                                                                                     (1.0, DEFAULT_ROWS)]
     assert names(["--lengths", "0.5,1", "--ar-max", "0.5", "--models", "waveglow,wavenet_batched"]) == [
         (0.5, ["wavenet_batched", "waveglow"]), (1.0, ["waveglow"])]
-    # NVIDIA's algorithm runs only when asked for, beside wavflow's WaveGlow
-    assert "waveglow_nvidia" not in DEFAULT_ROWS
+    # NVIDIA's algorithm runs by default, beside wavflow's WaveGlow
+    assert "waveglow_nvidia" in DEFAULT_ROWS
     assert names(["--lengths", "1", "--models", "waveglow_nvidia,waveglow"]) == [(1.0, ["waveglow",
                                                                                          "waveglow_nvidia"])]
 
@@ -344,3 +357,56 @@ def test_cpu_time_column_and_nvidia_ratio():
     column = [c.strip() for c in header.strip("|").split("|")].index("samples/CPU-s")
     assert cells[column] == "4,500" and rule.count("|") == len(cells) + 1
     assert report.summary_lines(rows) == ["WaveGlow / WaveGlow, NVIDIA algorithm at 1.00 s: 1.50x"]
+
+
+def test_machine_peak_is_the_best_backend_and_each_is_measured():
+    peak = measure.machine_peak(torch.device("cpu"), torch.float32, quick=True)
+    assert set(peak.by_backend) == set(measure.PEAK_BACKENDS)
+    assert all(np.isfinite(v) and v > 0 for v in peak.by_backend.values())
+    assert peak.gflops == max(peak.by_backend.values())
+
+
+def test_bf16_is_refused_in_one_line_without_native_bf16(monkeypatch, capsys):
+    import wavflow.inference as inference
+
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    with pytest.raises(SystemExit) as e:
+        run_cli(PROG, main, ["--quick", "--dtype", "bf16"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--dtype bf16" in err and "avx512_bf16" in err, err
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert cli.parse_args(["--quick", "--dtype", "bf16"]).dtype == "bf16"
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
+    assert cli.parse_args(["--quick", "--dtype", "bf16"]).dtype == "bf16"
+
+
+def test_bf16_run_holds_waveglow_to_nvidias_fp32(monkeypatch):
+    """In a bf16 CPU run WaveGlow computes in bf16 and the NVIDIA row in fp32 on a float32 copy of the same
+    weights; both vocode the same noise to nearly the same audio, and the summary names both precisions."""
+    import wavflow.inference as inference
+
+    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512_bf16"})  # emulated here if the CPU has none
+    run = runner.Runner(cli.parse_args(["--quick", "--models", "waveglow,waveglow_nvidia", "--dtype", "bf16",
+                                        "--quiet"]), lambda msg: None)
+    ours, theirs = entries.ENTRY_BY_NAME["waveglow"], entries.ENTRY_BY_NAME["waveglow_nvidia"]
+    assert run.model(ours).upsample.weight.dtype == torch.bfloat16
+    assert run.model(theirs).upsample.weight.dtype == torch.float32
+    mel_ours, mel_theirs = run.mel_for(ours, 0.05), run.mel_for(theirs, 0.05)
+    assert mel_ours.dtype == torch.bfloat16 and mel_theirs.dtype == torch.float32
+    a, b = run.call(ours, mel_ours), run.call(theirs, mel_theirs)
+    assert a.dtype == b.dtype == torch.float32  # WaveGlow's flow state stays float32
+    assert (a - b).abs().max() < 0.02 * b.abs().max()
+    rows = [_row("waveglow", 1.0, 9000.0), _row("waveglow_nvidia", 1.0, 3000.0)]
+    rows[0].dtype = "bf16"
+    assert report.summary_lines(rows) == ["WaveGlow (bf16) / WaveGlow, NVIDIA algorithm (fp32) at 1.00 s: 3.00x"]
+
+
+def test_waveglow_backend_probe_is_not_counted_in_its_flops():
+    """The backend probe runs before the counted warm-up call: the row's FLOPs are the call's alone, the same
+    at every length (per sample) up to the conditioning's edge."""
+    run = runner.Runner(cli.parse_args(["--quick", "--models", "waveglow", "--quiet"]), lambda msg: None)
+    entry = entries.ENTRY_BY_NAME["waveglow"]
+    short, _ = run.warm_up(entry, run.mel_for(entry, 0.05))
+    again, _ = run.warm_up(entry, run.mel_for(entry, 0.05))
+    assert short == again

@@ -21,7 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from wavflow import benchmark, convert, evaluate
+from wavflow import benchmark, convert, evaluate, export
 from wavflow import mel as mel_cli
 from wavflow import train
 from wavflow.checkpoint import model_payload
@@ -240,6 +240,14 @@ SYNTHESIZE = [
     Case("checkpoint-and-model", options("--model", "wavenet"), "not allowed with argument"),
     Case("unknown-flag", options("--frobnicate"), "unrecognized arguments: --frobnicate"),
     Case("no-inputs", lambda t, c: ["--checkpoint", c], "give at least one mel .npy file or directory (or --example)"),
+    Case("chunk-seconds-zero", options("--chunk-seconds", "0"), "--chunk-seconds: invalid positive float value: '0'"),
+    Case("chunk-seconds-negative", options("--chunk-seconds", "-1"), "--chunk-seconds: invalid positive float"),
+    Case("chunk-seconds-nan", options("--chunk-seconds", "nan"), "--chunk-seconds: invalid positive float"),
+    Case("chunk-seconds-inf", options("--chunk-seconds", "inf"), "--chunk-seconds: invalid positive float"),
+    Case("chunk-seconds-bad-mel", lambda t, c: [*mel_file(np.full((80, 10), np.nan, np.float32))(t, c),
+                                                "--chunk-seconds", "0.1"], "NaN or infinite"),
+    Case("chunk-seconds-temperature-for-waveglow", options("--chunk-seconds", "0.1", "--temperature", "0.5"),
+         "'temperature' does not apply to a waveglow"),
 ]
 
 
@@ -524,6 +532,44 @@ BENCHMARK = [
     Case("json-in-missing-dir", bench_args("--json", "TMP/nowhere/b.json"), "nowhere"),
 ]
 
+def export_args(make: Callable[[Path], Path] | None = None, out: str = "m.onnx", *extra: str
+                ) -> Callable[[Path, Path], list]:
+    def build(tmp: Path, ckpt: Path) -> list:
+        (tmp / "file.txt").write_text("regular file\n")
+        return [make(tmp) if make else ckpt, "-o", tmp / out, *extra]
+    return build
+
+
+def teacher_checkpoint(tmp: Path) -> Path:
+    from wavflow.checkpoint import save_checkpoint
+    from wavflow.models import build_model
+    from wavflow.models.wavenet import WaveNetConfig
+
+    save_checkpoint(tmp / "teacher.pt", model_payload(build_model("wavenet", WaveNetConfig.tiny())))
+    return tmp / "teacher.pt"
+
+
+EXPORT = [
+    Case("missing-checkpoint", export_args(lambda t: t / "none.pt"), "none.pt: no such checkpoint file"),
+    Case("truncated-checkpoint", export_args(truncated_checkpoint), "not a torch checkpoint"),
+    Case("checkpoint-runs-code", export_args(evil_checkpoint), "refused to load", marker="MARKER"),
+    Case("checkpoint-plain-tensor", export_args(torch_file(torch.zeros(3))), "holds a Tensor"),
+    Case("checkpoint-foreign-state-dict", export_args(torch_file({"conv.weight": torch.zeros(4, 4)})), "other.pt"),
+    Case("checkpoint-other-model", export_args(mismatched_checkpoint), "weights do not fit"),
+    Case("autoregressive-teacher", export_args(teacher_checkpoint),
+         "the WaveNet teacher cannot be exported to ONNX: it is autoregressive"),
+    Case("shipped-teacher", lambda t, c: ["--model", "wavenet", "-o", t / "m.onnx"], "cannot be exported"),
+    Case("no-checkpoint", lambda t, c: ["-o", t / "m.onnx"], "give a checkpoint file or --model NAME"),
+    Case("checkpoint-and-model", lambda t, c: [c, "--model", "student", "-o", t / "m.onnx"],
+         "give a checkpoint file or --model NAME"),
+    Case("output-under-a-file", export_args(None, "file.txt/m.onnx"), "is not a directory"),
+    Case("output-is-a-dir", export_args(None, "."), "is a directory"),
+    Case("output-readonly-dir", lambda t, c: [c, "-o", (t / "ro").mkdir() or (t / "ro").chmod(0o555) or
+                                              t / "ro" / "m.onnx"], "cannot write there", marks=[needs_non_root]),
+    Case("opset-out-of-range", export_args(None, "m.onnx", "--opset", "99"), "--opset 99"),
+    Case("opset-not-int", export_args(None, "m.onnx", "--opset", "x"), "--opset: invalid int value"),
+]
+
 CLIS = {
     "synthesize": (synth_cli._main, synth_cli.PROG, SYNTHESIZE),
     "mel": (mel_cli.main, mel_cli.PROG, MEL),
@@ -531,6 +577,7 @@ CLIS = {
     "train": (train.main, train.PROG, TRAIN),
     "convert": (convert._main, convert.PROG, CONVERT),
     "benchmark": (benchmark.main, benchmark.PROG, BENCHMARK),
+    "export": (export._main, export.PROG, EXPORT),
 }
 
 
@@ -566,7 +613,8 @@ def test_hostile_input(cli, case, tmp_path, ckpt, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("cli,case", [("synthesize", "pickled-object-npy"), ("synthesize", "checkpoint-runs-code"),
-                                      ("synthesize", "bands-vs-checkpoint"), ("mel", "absurd-length")])
+                                      ("synthesize", "bands-vs-checkpoint"), ("mel", "absurd-length"),
+                                      ("export", "autoregressive-teacher")])
 def test_hostile_input_real_process(cli, case, tmp_path, ckpt):
     """The same contract through `python -m wavflow.<cli>` in a fresh interpreter."""
     _, prog, cases = CLIS[cli]

@@ -5,6 +5,8 @@
     audio = wavflow.synthesize(mel)                                              # [1, F * 256], shipped WaveGlow
     model = wavflow.load(wavflow.shipped_checkpoint("waveglow"))                # or any checkpoint path
     audio = wavflow.synthesize(wavflow.example_mel())                            # the example that ships with wavflow
+    for chunk in wavflow.stream(mel, chunk_seconds=0.5):                         # audio as it is made, bounded memory
+        ...
 
 Names are imported on first use, so `import wavflow` stays cheap and `python -m wavflow.X` runs cleanly.
 """
@@ -33,6 +35,8 @@ _EXPORTS = {
     "IAFStudent": "wavflow.models.student",
     "StudentConfig": "wavflow.models.student",
     "synthesize": "wavflow.inference",
+    "stream": "wavflow.streaming",
+    "export_onnx": "wavflow.export",
     "LJSpeech": "wavflow.data",
     "Denoiser": "wavflow.denoiser",
     "example_mel": "wavflow.resources",

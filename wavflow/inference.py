@@ -56,19 +56,21 @@ _loaded: dict[tuple, torch.nn.Module] = {}
 
 
 def load_vocoder(checkpoint: str | os.PathLike | None = None, model: str | None = None,
-                 device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A checkpoint (or shipped model by name) in eval mode, weight norm folded, on `device`.
+                 device: str | torch.device = "cpu", dtype: str = "fp32") -> torch.nn.Module:
+    """A checkpoint (or shipped model by name) in eval mode, weight norm folded, on `device`, its weights in
+    `dtype` ("fp32", or "bf16" where the device computes in it natively: `check_dtype`).
 
-    The last two models loaded stay cached (keyed by path, size, mtime and device), so calling
+    The last two models loaded stay cached (keyed by path, size, mtime, device and dtype), so calling
     `synthesize()` in a loop does not reread the file each time.
     """
     if checkpoint is not None and model is not None:
         raise WavflowError("give a checkpoint or a shipped model name, not both")
     path = Path(checkpoint) if checkpoint is not None else shipped_checkpoint(model or DEFAULT_MODEL)
     device = resolve_device(device)
+    check_dtype(dtype, device)
     try:
         st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(device))
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(device), dtype)
     except OSError:
         key = None  # let the loader name the problem
     if key is not None and key in _loaded:
@@ -76,11 +78,73 @@ def load_vocoder(checkpoint: str | os.PathLike | None = None, model: str | None 
     vocoder = load_checkpoint(path, device)
     vocoder.remove_weight_norm()
     vocoder.eval()
+    if dtype != "fp32":
+        check_dtype(dtype, device, vocoder.model_type)
+        vocoder.to(DTYPES[dtype])
     if key is not None:
         while len(_loaded) >= 2:
             _loaded.pop(next(iter(_loaded)))
         _loaded[key] = vocoder
     return vocoder
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Precision
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether `device` computes in bf16 natively: a CUDA device that torch says supports it, or a CPU with
+    AVX512-BF16 or AMX-BF16 instructions. Without them torch emulates bf16 by converting to float32, which is
+    slower than float32 itself."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    flags = cpu_flags()
+    if flags is not None:
+        return any(f in flags for f in _BF16_FLAGS)
+    try:  # no /proc: torch's own CPU feature probe
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
+def check_dtype(dtype: str, device: str | torch.device, model_type: str | None = None) -> None:
+    """Refuse, in one line, a precision the device or the model family cannot run natively (--dtype).
+
+    bf16: WaveGlow runs its coupling networks in bf16 with the flow state in float32; the student runs wholly in
+    bf16; the WaveNet teacher has no bf16 path (its CPU generator is a compiled float32 loop). README "Speed"
+    has the measured quality of each.
+    """
+    if dtype not in DTYPES:
+        raise WavflowError(f"dtype '{dtype}': expected one of {', '.join(DTYPES)}")
+    if dtype == "fp32":
+        return
+    device = torch.device(device)
+    if not native_bf16(device):
+        what = ("this CPU has neither the avx512_bf16 nor the amx_bf16 instructions" if device.type == "cpu"
+                else f"{device} does not support bf16")
+        raise WavflowError(f"--dtype {dtype}: {what}, so bf16 would be emulated and slower than fp32; use "
+                           f"--dtype fp32")
+    if model_type == "wavenet":
+        raise WavflowError(f"--dtype {dtype}: the WaveNet teacher has no bf16 path (its generator is a compiled "
+                           f"float32 loop); use --dtype fp32")
 
 
 def check_options(model: Vocoder, options: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +192,45 @@ def item_seed(seed: int, mel: np.ndarray) -> int:
     return int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1)
 
 
+NOISE_BLOCK_FRAMES = 64  # a mel's noise is drawn in blocks of this many frames' samples (16,384 at hop 256)
+
+
+class ItemNoise:
+    """One mel's noise, drawn block by block: the samples [i * N, (i + 1) * N) of block i (N = 64 frames' worth)
+    come from `model.draw_noise` on a generator seeded by a hash of (the item's seed, i).
+
+    So the noise at every absolute sample position is fixed by the item's seed alone, and any span of it can be
+    drawn without drawing what comes before: whole-utterance synthesis and streaming (wavflow.streaming) read
+    the same noise, and a stream holds only the blocks its current window touches. Drawn on the CPU, so a seed
+    gives the same noise on every device.
+    """
+
+    def __init__(self, model: Vocoder, seed: int):
+        self.model, self.seed = model, int(seed)
+        self.hop = model.mel_config.hop_length
+        self.block = NOISE_BLOCK_FRAMES * self.hop
+        self._blocks: dict[int, torch.Tensor] = {}  # the blocks of the last span: overlapping windows reuse them
+
+    def _draw(self, index: int) -> torch.Tensor:
+        if index not in self._blocks:
+            h = hashlib.sha256(f"{self.seed}:{index}".encode()).digest()
+            seed = int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+            self._blocks[index] = self.model.draw_noise(1, self.block, torch.Generator().manual_seed(seed))
+        return self._blocks[index]
+
+    def span(self, start: int, stop: int) -> torch.Tensor:
+        """The noise of samples [start, stop) (multiples of the hop), in draw_noise's layout for one item:
+        [1, ..., (stop - start) x the noise's steps per sample]."""
+        if start % self.hop or stop % self.hop or not 0 <= start < stop:
+            raise ValueError(f"noise span [{start}, {stop}) must be a non-empty range of whole frames")
+        first, last = start // self.block, -(-stop // self.block)
+        blocks = [self._draw(i) for i in range(first, last)]
+        self._blocks = {i: b for i, b in zip(range(first, last), blocks)}
+        z = blocks[0] if len(blocks) == 1 else torch.cat(blocks, -1)
+        steps = blocks[0].shape[-1]  # noise steps per block (WaveGlow: one per group of n_group samples)
+        return z[..., (start - first * self.block) * steps // self.block: (stop - first * self.block) * steps // self.block]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Vocoding
 
@@ -158,9 +261,10 @@ def vocode(model: Vocoder, mels: Sequence[np.ndarray | MelFile], *, seed: int | 
         raise WavflowError(f"denoise strength must be >= 0, got {denoise}")
     options = check_options(model, options)
     device = next(iter(model.parameters())).device
+    dtype = next(iter(model.parameters())).dtype  # a bf16 model (--dtype bf16) takes its mel in bf16
     hop = model.mel_config.hop_length
     sr = model.mel_config.sample_rate
-    silence = math.log(model.mel_config.clip_val)
+    silence = model.mel_config.silence
     if seed is None:
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
     denoiser = make_denoiser(model) if denoise > 0 else None
@@ -179,7 +283,7 @@ def vocode(model: Vocoder, mels: Sequence[np.ndarray | MelFile], *, seed: int | 
             for row, a in enumerate(arrays):
                 batch[row, :, : frames[row]] = torch.from_numpy(a)
             t0 = time.perf_counter()
-            out = _infer(model, batch.to(device), [item_seed(seed, a) for a in arrays], frames, options)
+            out = _infer(model, batch.to(device, dtype), [item_seed(seed, a) for a in arrays], frames, options)
             if out.shape[-1] != max(frames) * hop:
                 raise RuntimeError(f"{model.model_type}.infer returned {out.shape[-1]} samples for "
                                    f"{max(frames)} frames; expected {max(frames) * hop}")
@@ -207,14 +311,17 @@ def _infer(model: Vocoder, batch: torch.Tensor, seeds: list[int], frames: list[i
     length = batch.shape[-1] * hop
     noise = []
     for seed, f in zip(seeds, frames):
-        # Drawn on the CPU for the item's own length, so a seed gives the same noise on every device and batch.
-        z = model.draw_noise(1, f * hop, torch.Generator().manual_seed(seed))
+        # Drawn on the CPU for the item's own length, so a seed gives the same noise on every device and batch,
+        # block by block, so streaming draws the same noise (ItemNoise).
+        z = ItemNoise(model, seed).span(0, f * hop)
         noise.append(_pad_time(z, z.shape[-1] * length // (f * hop)))
     # no_grad rather than inference_mode: a model passed in by a trainer may cache tensors (WaveGlow's W^-1)
     # that must stay usable outside inference mode. frames lets an autoregressive model stop each item at its
     # own length.
     with torch.no_grad():
-        return model.infer(batch, noise=torch.cat(noise).to(batch.device, batch.dtype), frames=frames, **options)
+        # The noise stays float32: a model in bf16 casts it where it needs to (WaveGlow keeps its flow state, and
+        # so z, in float32).
+        return model.infer(batch, noise=torch.cat(noise).to(batch.device), frames=frames, **options)
 
 
 def _pad_time(z: torch.Tensor, length: int) -> torch.Tensor:
@@ -253,7 +360,7 @@ def _progress_bar(total_audio_seconds: float, enabled: bool):
 def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: str | torch.nn.Module | None = None,
                device: str | torch.device = "cpu", sigma: float | None = None, temperature: float | None = None,
                denoise: float = 0.0, batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = None,
-               progress: bool = False, **options: Any) -> torch.Tensor | list[torch.Tensor]:
+               progress: bool = False, dtype: str | None = None, **options: Any) -> torch.Tensor | list[torch.Tensor]:
     """Vocode mel spectrograms to audio in [-1, 1] (CPU float32).
 
     mel: a numpy array or tensor in a layout `load_mel` accepts, (n_mels, F) or (F, n_mels) -> audio [F * hop];
@@ -266,6 +373,9 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
     denoise: strength of NVIDIA's WaveGlow denoiser (0 = off; 0.01-0.1 typical).
     seed: with a seed, a mel gives the same audio whatever it is batched with (see the module docstring);
          None follows torch's global generator.
+    dtype: "fp32" (default for a checkpoint) or "bf16", refused with a WavflowError where the device has no
+         native bf16 (`check_dtype`) and for WaveNet; a loaded `model` is used in its own dtype, which `dtype`,
+         when given, must name.
     Other keyword arguments are the model's other `infer_options` (for example method="naive" for WaveNet);
     an option the model does not take is refused.
     """
@@ -273,8 +383,14 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
         if checkpoint is not None:
             raise WavflowError("give a checkpoint or a model, not both")
         vocoder = model
+        if dtype is not None:
+            first = next(iter(vocoder.parameters()))
+            check_dtype(dtype, first.device, vocoder.model_type)
+            if first.dtype != DTYPES[dtype]:
+                raise WavflowError(f"dtype '{dtype}': the model passed is in {str(first.dtype).replace('torch.', '')}"
+                                   f"; cast it first or pass a checkpoint to load in {dtype}")
     else:
-        vocoder = load_vocoder(checkpoint, model, device)
+        vocoder = load_vocoder(checkpoint, model, device, dtype or "fp32")
     mels, form = as_mel_list(mel, vocoder.mel_config.n_mels)
     out: list[torch.Tensor | None] = [None] * len(mels)
     for i, audio in vocode(vocoder, mels, seed=seed, batch_size=batch_size, denoise=denoise, progress=progress,

@@ -37,61 +37,92 @@ def cached_generate(flat: FlatStack, head: Sequence[torch.Tensor], dist: Distrib
 
     flat: the teacher's stack; head: (out1 weight [S, S], out1 bias, out2 weight [P, S], out2 bias); c [B, C, T]
     the upsampled mel; noise [B, N, T] (dist.draw_noise); lens [B] samples per utterance (none is generated
-    past its length: zeros there). Utterances are sorted by length so the ones still running are a prefix of
-    the batch; with threads > 1 the batch is split into groups of about equal work that run in parallel
-    threads (the loop releases the GIL). The mel's projections into every gate are computed `chunk` steps at a
-    time; bar.update(n) after each chunk.
+    past its length: zeros there). The mel's projections into every gate are computed `chunk` steps at a
+    time (CachedGenerator); bar.update(n) after each chunk.
     """
-    flat = flat.to(torch.float32, "cpu")
-    arrays = stack_arrays([flat])
-    weights = (_np32(flat.in_w), _np32(flat.in_b), arrays["conv_w"], arrays["rs_w"], arrays["rs_b"],
-               *(_np32(w) for w in head))
-    if isinstance(dist, Gaussian):
-        kind, table = GAUSSIAN, np.zeros(1, np.float32)
-    elif isinstance(dist, MixtureOfLogistics):
-        kind, table = MIXTURE, np.zeros(1, np.float32)
-    else:
-        kind, table = MULAW, dist.values.numpy().astype(np.float32)
     B, _, T = c.shape
-    cond_w = flat.cond_w.transpose(1, 2).contiguous()  # [L, C, G]
-    order = torch.argsort(lens, descending=True, stable=True)
-    lens_s = lens[order].numpy().astype(np.int64)
-    noise_s = noise[order].float().cpu().numpy()
-    noise_s = np.ascontiguousarray(noise_s.transpose(2, 0, 1))  # [T, B, N]: one step's noise is contiguous
-    out = np.zeros((B, T), np.float32)
-    # per-utterance running state, kept across chunks
-    queue = np.zeros((B, arrays["queue_rows"], flat.residual_channels), np.float32)
-    x_prev = np.zeros(B, np.float32)
-    T_run = int(lens_s[0]) if B else 0
-    groups = split_groups(lens_s, threads)
-    c_s = c[order].float().cpu()
-    pool = ThreadPoolExecutor(len(groups)) if len(groups) > 1 else None
+    out = torch.zeros(B, T)
+    T_run = int(lens.max()) if B else 0
+    gen = CachedGenerator(flat, head, dist, lens, temperature, log_scale_min, threads)
     try:
         for t0 in range(0, T_run, chunk):
             t1 = min(t0 + chunk, T_run)
-            # every layer's gate input from the mel, plus the conv bias: [Tc, B, L * G]
-            cond = (torch.einsum("bct,lcg->tblg", c_s[..., t0:t1], cond_w) + flat.conv_b).contiguous()
-            cond = cond.reshape(t1 - t0, B, -1).numpy()
-
-            def run(g: tuple[int, int]) -> None:
-                b0, b1 = g
-                if lens_s[b0] <= t0:
-                    return
-                # contiguous copies: one compiled specialisation serves any grouping
-                cached_loop(t0, t1, np.ascontiguousarray(cond[:, b0:b1]), np.ascontiguousarray(noise_s[t0:t1, b0:b1]),
-                            lens_s[b0:b1], x_prev[b0:b1], queue[b0:b1], out[b0:b1], *weights, arrays["dil"],
-                            arrays["qoff"], flat.kernel_size, kind, np.float32(temperature),
-                            np.float32(log_scale_min), table)
-
-            if pool is None:
-                run(groups[0])
-            else:
-                list(pool.map(run, groups))
+            out[:, t0:t1] = gen.run(c[..., t0:t1], noise[..., t0:t1])
             bar.update(t1 - t0)
     finally:
-        if pool is not None:
-            pool.shutdown()
-    return torch.from_numpy(out)[torch.argsort(order)]
+        gen.close()
+    return out
+
+
+class CachedGenerator:
+    """Cached WaveNet generation a chunk of steps at a time, its state (each utterance's layer queues and last
+    sample) kept between calls: `cached_generate` runs the chunks of one call, a stream (wavflow.streaming) the
+    chunks of an utterance as its conditioning arrives. Chunks are equal to one call over their concatenation.
+
+    lens [B]: samples per utterance (none is generated past its length). Utterances are sorted by length so the
+    ones still running are a prefix of the batch; with threads > 1 the batch is split into groups of about
+    equal work that run in parallel threads (the loop releases the GIL).
+    """
+
+    def __init__(self, flat: FlatStack, head: Sequence[torch.Tensor], dist: Distribution, lens: torch.Tensor,
+                 temperature: float, log_scale_min: float, threads: int = 1):
+        flat = flat.to(torch.float32, "cpu")
+        arrays = stack_arrays([flat])
+        self.weights = (_np32(flat.in_w), _np32(flat.in_b), arrays["conv_w"], arrays["rs_w"], arrays["rs_b"],
+                        *(_np32(w) for w in head))
+        if isinstance(dist, Gaussian):
+            self.kind, self.table = GAUSSIAN, np.zeros(1, np.float32)
+        elif isinstance(dist, MixtureOfLogistics):
+            self.kind, self.table = MIXTURE, np.zeros(1, np.float32)
+        else:
+            self.kind, self.table = MULAW, dist.values.numpy().astype(np.float32)
+        self.arrays, self.kernel_size = arrays, flat.kernel_size
+        self.temperature, self.log_scale_min = np.float32(temperature), np.float32(log_scale_min)
+        self.cond_w = flat.cond_w.transpose(1, 2).contiguous()  # [L, C, G]
+        self.conv_b = flat.conv_b
+        lens = torch.as_tensor(lens, dtype=torch.long).reshape(-1)
+        self.order = torch.argsort(lens, descending=True, stable=True)
+        self.unorder = torch.argsort(self.order)
+        self.lens_s = lens[self.order].numpy().astype(np.int64)
+        B = len(self.lens_s)
+        self.queue = np.zeros((B, arrays["queue_rows"], flat.residual_channels), np.float32)
+        self.x_prev = np.zeros(B, np.float32)
+        self.groups = split_groups(self.lens_s, threads)
+        self.pool = ThreadPoolExecutor(len(self.groups)) if len(self.groups) > 1 else None
+        self.t = 0  # the next step
+
+    def run(self, c: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The next n steps: c [B, C, n] their upsampled mel, noise [B, N, n] their noise -> audio [B, n]."""
+        B, n = len(self.lens_s), c.shape[-1]
+        t0, t1 = self.t, self.t + n
+        # every layer's gate input from the mel, plus the conv bias: [n, B, L * G]
+        cond = torch.einsum("bct,lcg->tblg", c[self.order].float().cpu(), self.cond_w) + self.conv_b
+        cond = cond.reshape(n, B, -1).numpy()
+        noise_s = np.ascontiguousarray(noise[self.order].float().cpu().numpy().transpose(2, 0, 1))  # [n, B, N]
+        out = np.zeros((B, n), np.float32)
+        arrays = self.arrays
+
+        def run(g: tuple[int, int]) -> None:
+            b0, b1 = g
+            if self.lens_s[b0] <= t0:
+                return
+            # contiguous copies: one compiled specialisation serves any grouping
+            cached_loop(t0, t1, np.ascontiguousarray(cond[:, b0:b1]), np.ascontiguousarray(noise_s[:, b0:b1]),
+                        self.lens_s[b0:b1], self.x_prev[b0:b1], self.queue[b0:b1], out[b0:b1], *self.weights,
+                        arrays["dil"], arrays["qoff"], self.kernel_size, self.kind, self.temperature,
+                        self.log_scale_min, self.table)
+
+        if self.pool is None:
+            run(self.groups[0])
+        else:
+            list(self.pool.map(run, self.groups))
+        self.t = t1
+        return torch.from_numpy(out)[self.unorder]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
 
 
 @torch.no_grad()
@@ -230,7 +261,7 @@ def cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out,
     """Steps t0..t1-1 of cached generation for a length-sorted group of utterances.
 
     cond [Tc, B, L*G] (mel projections + conv bias), noise [Tc, B, N], queue [B, sum_l (k-1) d_l, R] (state),
-    x_prev [B] (state), out [B, T]. Weights as `stack_arrays` gives them ([out, in]); out1_w [S, S], out2_w [P, S].
+    x_prev [B] (state), out [B, Tc] (step t0 + i in column i). Weights as `stack_arrays` gives them ([out, in]); out1_w [S, S], out2_w [P, S].
     kind: GAUSSIAN, MIXTURE or MULAW; table: the mu-law levels' amplitudes.
     """
     B = out.shape[0]
@@ -306,7 +337,7 @@ def cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out,
         matmul_acc(out2_w, a1, params, active)
         for b in range(active):
             x = _sample(params[b], noise[tc, b], kind, temperature, log_scale_min, table, probs)
-            out[b, t] = x
+            out[b, tc] = x
             x_prev[b] = x
 
 

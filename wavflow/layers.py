@@ -275,3 +275,21 @@ class MelUpsampler(nn.Module):
         for factor, conv in zip(self.factors, self.smooth):
             h = F.leaky_relu(conv(torch.repeat_interleave(h, factor, dim=-1)), 0.4)
         return h
+
+    @property
+    def reach(self) -> int:
+        """Output samples next to an edge of the mel that see the convolutions' zero padding there: the frame
+        conv's k // 2 frames, stretched by each stage and widened by its smoothing conv's k // 2 steps (682
+        samples for the default 5 / 4 x 4 x 4 x 4 / 5). A mel cut at a frame boundary gives the same output as
+        the whole mel farther than this from the cut."""
+        reach = self.context.kernel_size[0] // 2
+        for factor, conv in zip(self.factors, self.smooth):
+            reach = reach * factor + conv.kernel_size[0] // 2
+        return reach
+
+    def window(self, mel: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """self(mel)[..., start * hop: stop * hop], from the frames within `reach` of [start, stop) only: the
+        conditioning of one chunk of a stream, at a cost bounded by the chunk, not the mel."""
+        margin = -(-self.reach // self.hop)
+        a, b = max(0, start - margin), min(mel.shape[-1], stop + margin)
+        return self(mel[..., a:b])[..., (start - a) * self.hop: (stop - a) * self.hop]

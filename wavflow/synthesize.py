@@ -15,6 +15,7 @@ from .cli import ArgumentParser, check_writable_dir, expand_inputs, number, outp
 from .frontend import load_mel
 from .inference import (DEFAULT_BATCH_SIZE, SHIPPED, MelFile, check_options, load_vocoder, make_denoiser,
                         vocode)
+from .streaming import CLI_CHUNK_SECONDS, STREAM_ABOVE_SECONDS, stream_to_wavs
 
 PROG = "python -m wavflow.synthesize"
 
@@ -41,6 +42,15 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, the GPU if there is one)")
     p.add_argument("--batch-size", type=number(int, above=0), default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"mels vocoded together, padded to the longest (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--chunk-seconds", type=number(float, above=0), metavar="S",
+                   help=f"stream every mel in chunks of S seconds of audio, writing each WAV as it goes (memory "
+                        f"bounded by the chunk; the same audio as unstreamed). Default: mels longer than "
+                        f"{STREAM_ABOVE_SECONDS:g} s are streamed in {CLI_CHUNK_SECONDS:g} s chunks, shorter ones "
+                        f"batched")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="precision of the model's arithmetic (default fp32); bf16 only where the device has it "
+                        "natively (a CPU with avx512_bf16 or amx_bf16, a bf16-capable GPU), for WaveGlow and the "
+                        "student (README: Speed)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed (default 0); each mel's noise depends only on this and the mel's contents")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
@@ -62,7 +72,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     # Everything a user can get wrong is checked before the first WAV is written.
     device = resolve_device(args.device)
-    vocoder = load_vocoder(args.checkpoint, args.model, device)
+    vocoder = load_vocoder(args.checkpoint, args.model, device, args.dtype)
     options = check_options(vocoder, {"sigma": args.sigma, "temperature": args.temperature})
     n_mels = vocoder.mel_config.n_mels
     inputs = expand_inputs(args.inputs, (".npy",), "mel .npy")
@@ -79,13 +89,22 @@ def _main(argv: Sequence[str] | None) -> int:
         directory.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     audio_seconds = 0.0
+    # Long mels (all with --chunk-seconds) are streamed one by one, written as they are vocoded; the rest batched.
+    stream_above = 0.0 if args.chunk_seconds is not None else STREAM_ABOVE_SECONDS
+    streamed = {i for i, m in enumerate(mels) if m.frames * vocoder.mel_config.hop_length / sr > stream_above}
+    audio_seconds += stream_to_wavs(vocoder, [(mels[i], targets[i]) for i in sorted(streamed)],
+                                    chunk_seconds=args.chunk_seconds or CLI_CHUNK_SECONDS, seed=args.seed,
+                                    denoise=denoise, progress=not args.quiet, **options)
+    written = targets
+    mels = [m for i, m in enumerate(mels) if i not in streamed]
+    targets = [t for i, t in enumerate(targets) if i not in streamed]
     for i, audio in vocode(vocoder, mels, seed=args.seed, batch_size=args.batch_size, denoise=denoise,
-                              progress=not args.quiet, **options):
+                              progress=not args.quiet and bool(mels), **options):
         save_wav(targets[i], audio, sr)
         audio_seconds += audio.shape[-1] / sr
     wall = time.perf_counter() - t0
     if not args.quiet:
-        where = targets[0] if len(targets) == 1 else f"{len(targets)} files in {', '.join(sorted({str(t.parent) for t in targets}))}"
+        where = written[0] if len(written) == 1 else f"{len(written)} files in {', '.join(sorted({str(t.parent) for t in written}))}"
         print(f"wrote {where}: {audio_seconds:.2f} s of audio in {wall:.2f} s "
               f"(RTF {wall / audio_seconds:.3g} = wall/audio, {audio_seconds / wall:.3g}x real time)")
     return 0

@@ -52,12 +52,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lengths", default=None, help="comma-separated audio lengths in seconds "
                    f"(default {','.join(f'{v:g}' for v in DEFAULT_LENGTHS)}; --quick: "
                    f"{','.join(f'{v:g}' for v in QUICK_LENGTHS)})")
-    p.add_argument("--models", default=None, help="comma-separated rows to run (default: all but waveglow_nvidia): "
+    p.add_argument("--models", default=None, help="comma-separated rows to run (default: all): "
                    + ", ".join(e.name for e in ENTRIES))
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="precision: with bf16/fp16, WaveGlow "
-                   "and the student are cast to it (weights and mel) and the WaveNet rows run under "
-                   "torch.autocast; the cached WaveNet's compiled CPU loop always computes in fp32")
+                   "and the student are cast to it (weights and mel; WaveGlow keeps its flow state in fp32) and the "
+                   "WaveNet rows run under torch.autocast; the cached WaveNet's compiled CPU loop always computes "
+                   "in fp32, and so does NVIDIA's algorithm on a CPU. bf16 is refused on a device without native "
+                   "bf16 (a CPU needs avx512_bf16 or amx_bf16)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's); the cached "
                    "WaveNet splits a batch over as many worker threads")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row after the warm-up; the median is "
@@ -183,8 +185,13 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
 
     config_objects = {e.family: preset_config(e.family, configs[e.family]) for e in entries
                       if e.family not in checkpoints}  # a bad preset fails here, before any work
+    device = benchmark_device(args.device)
+    if args.dtype == "bf16":
+        from ..inference import check_dtype
+
+        check_dtype(args.dtype, device)  # emulated bf16 would time the emulation
     return Settings(lengths=lengths, entries=tuple(sorted(entries, key=ENTRIES.index)),
-                    device=benchmark_device(args.device), dtype=args.dtype, threads=args.threads,
+                    device=device, dtype=args.dtype, threads=args.threads,
                     repeats=args.repeats, cpu_time=args.cpu_time, checkpoints=checkpoints, configs=configs,
                     config_objects=config_objects, naive_length=naive_length, naive_all=args.naive_all, caps=caps,
                     batch=args.batch, quick=args.quick, seed=args.seed, mel=args.mel, json=args.json,

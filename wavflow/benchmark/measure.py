@@ -15,8 +15,10 @@ design.md section 6 is the protocol; this module is how each quantity is read.
   high-water mark reset (/proc/self/clear_refs) and freed heap returned to the OS (malloc_trim) before the call:
   it counts every allocation (torch, numpy, numba), not only tensors. Where /proc cannot be reset it falls back
   to ru_maxrss growth, which only shows new process-wide highs, and the JSON says so (`Memory.kind`).
-- Matmul peak: the best of several large square matmuls on the device in the precision a row computes in, the
-  roof "% peak" divides by (`matmul_peak`).
+- Peak: the machine's own roof in the precision a row computes in, "% peak" divides by it (`machine_peak`):
+  the best of its backends at large shapes, in the same run (design.md section 6): a square torch.mm (the BLAS:
+  MKL on x86, cuBLAS) and the same product as a 1x1 convolution (oneDNN on a CPU, cuDNN on a GPU). A roof that
+  one backend alone sets can sit far below what another reaches on the same machine.
 """
 from __future__ import annotations
 
@@ -191,18 +193,33 @@ class Memory:
 # ----------------------------------------------------------------------------------------------------------------
 # The roof
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
-    """GFLOP/s of the best of several large square matmuls on `device` in `dtype`: the roof the rows are held to."""
+PEAK_BACKENDS = ("torch.mm", "conv1d 1x1")
+
+
+@dataclass(frozen=True)
+class Peak:
+    gflops: float                    # the best of by_backend: the roof
+    by_backend: dict[str, float]     # GFLOP/s of each backend's best run
+
+
+def machine_peak(device: torch.device, dtype: torch.dtype, quick: bool) -> Peak:
+    """The roof the rows are held to: the best GFLOP/s of any backend (PEAK_BACKENDS) on a large square product
+    [n, n] x [n, n] on `device` in `dtype`, each backend timed several times, taking turns, its best run kept."""
     n = (8192 if not quick else 4096) if device.type == "cuda" else (1024 if quick else 2048)
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, generator=g).to(dtype)
     b = torch.randn(n, n, device=device, generator=g).to(dtype)
-    best = math.inf
-    for i in range(3 if quick else 6):
-        synchronize(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        synchronize(device)
-        if i:  # the first call pays for thread start-up and kernel selection
-            best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best / 1e9
+    weight, signal = a[:, :, None], b[None]  # conv1d: [n out, n in, 1] over [1, n in, n steps], the same product
+    calls = {"torch.mm": lambda: torch.mm(a, b), "conv1d 1x1": lambda: torch.nn.functional.conv1d(signal, weight)}
+    best = {name: math.inf for name in calls}
+    with torch.no_grad():
+        for i in range(3 if quick else 5):
+            for name, call in calls.items():
+                synchronize(device)
+                t0 = time.perf_counter()
+                call()
+                synchronize(device)
+                if i:  # the first call pays for thread start-up and kernel selection
+                    best[name] = min(best[name], time.perf_counter() - t0)
+    by_backend = {name: 2.0 * n ** 3 / t / 1e9 for name, t in best.items()}
+    return Peak(max(by_backend.values()), by_backend)

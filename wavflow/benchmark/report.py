@@ -6,8 +6,8 @@ The columns:
 - samples/CPU-s (--cpu-time; always in the JSON): samples per second of the process's CPU time, all threads.
 - speed-up: samples/s over the cached WaveNet's at the same length (or its longest, where it was capped).
 - MFLOP/sample: counted (measure.py), divided by the audio samples of the call.
-- GFLOP/s = FLOPs/sample x samples/s; % peak divides it by the matmul peak this run measured on this device in
-  the precision the row computes in.
+- GFLOP/s = FLOPs/sample x samples/s; % peak divides it by the peak this run measured on this device in the
+  precision the row computes in: the best of torch.mm and a 1x1 convolution at a large shape (measure.py).
 - peak mem: working memory of the call above what was resident before it (measure.py says how it is read).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 
 from .cli import PROG, Settings
 from .entries import ENTRIES, ENTRY_BY_NAME, REFERENCE
+from .measure import Peak
 from .runner import Row, Runner
 
 
@@ -102,11 +103,23 @@ def summary_lines(rows: Sequence[Row]) -> list[str]:
         if r.model == "waveglow_nvidia":
             w = by.get(("waveglow", round(r.length_s, 3)))
             if w is not None:
-                out.append(f"{w.label} / {r.label} at {r.length_s:.2f} s: {w.samples_per_s / r.samples_per_s:,.2f}x")
+                ours, theirs = w.label, r.label
+                if w.dtype != r.dtype:
+                    ours, theirs = f"{ours} ({w.dtype})", f"{theirs} ({r.dtype})"
+                out.append(f"{ours} / {theirs} at {r.length_s:.2f} s: {w.samples_per_s / r.samples_per_s:,.2f}x")
     return out
 
 
-def run_meta(settings: Settings, runner: Runner, peaks: dict[str, float], argv: Sequence[str] | None) -> dict:
+def waveglow_backends() -> dict[str, dict]:
+    """The sampling backend WaveGlow chose for each shape class this run met (wavflow.models.waveglow)."""
+    if "wavflow.models.waveglow" not in sys.modules:
+        return {}
+    from ..models.waveglow import sampling_backend_choices
+
+    return {k: dataclasses.asdict(v) for k, v in sampling_backend_choices().items()}
+
+
+def run_meta(settings: Settings, runner: Runner, peaks: dict[str, Peak], argv: Sequence[str] | None) -> dict:
     """The run's settings and machine, as the JSON's "meta" (read before the run hands back --threads)."""
     return {
         "machine": machine_description(settings.device),
@@ -115,8 +128,10 @@ def run_meta(settings: Settings, runner: Runner, peaks: dict[str, float], argv: 
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if settings.device.type == "cuda" else None,
-        "matmul_peak_gflops": peaks[settings.dtype],
-        "matmul_peak_gflops_by_dtype": peaks,
+        "peak_gflops": peaks[settings.dtype].gflops,
+        "peak_gflops_by_dtype": {k: p.gflops for k, p in peaks.items()},
+        "peak_gflops_by_backend": {k: p.by_backend for k, p in peaks.items()},
+        "waveglow_backends": waveglow_backends(),
         "repeats": settings.repeats,
         "lengths_s": list(settings.lengths),
         "mel": runner.mel_source,
@@ -130,9 +145,14 @@ def run_meta(settings: Settings, runner: Runner, peaks: dict[str, float], argv: 
 def print_report(settings: Settings, rows: Sequence[Row], meta: dict[str, Any]) -> None:
     print(f"wavflow benchmark: {meta['machine']}, device {meta['device']}, {settings.dtype}, "
           f"{meta['torch_threads']} torch threads, torch {meta['torch']}")
-    print("matmul peak measured: " + ", ".join(f"{v:,.0f} GFLOP/s ({k})"
-                                               for k, v in meta["matmul_peak_gflops_by_dtype"].items())
+    print("peak measured: " + "; ".join(
+        f"{meta['peak_gflops_by_dtype'][k]:,.0f} GFLOP/s {k} (" + ", ".join(f"{b} {v:,.0f}" for b, v in by.items()) + ")"
+        for k, by in meta["peak_gflops_by_backend"].items())
           + f"; mel: {meta['mel']}; median of {settings.repeats} runs after a warm-up")
+    for shape, choice in meta["waveglow_backends"].items():
+        timed = ", ".join(f"{b} {t * 1e3:,.1f} ms" for b, t in choice["seconds"].items())
+        print(f"WaveGlow sampling backend: {choice['backend']} ({choice['how']}{': ' + timed if timed else ''}; "
+              f"{shape})")
     if settings.dtype != "fp32":
         print("precision: " + ", ".join(f"{label} {dtype}" for label, dtype in sorted({(r.label, r.dtype)
                                                                                       for r in rows})))

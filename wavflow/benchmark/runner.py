@@ -15,6 +15,7 @@ over the same length: the same matmuls per sample and the same mel upsampling (`
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import sys
 from contextlib import nullcontext
@@ -29,7 +30,7 @@ from ..frontend import MelConfig
 from .cli import Settings, parse_args
 from .entries import CAST_FAMILIES, REFERENCE, Entry, row_precision
 from .inputs import ModelUnderTest, default_mel, frames_for, load_model, mel_batch
-from .measure import DTYPES, Memory, count_flops, matmul_peak, precision_context, synchronize, time_call
+from .measure import DTYPES, Memory, Peak, count_flops, machine_peak, precision_context, synchronize, time_call
 
 AR_WARMUP_SECONDS = 0.05  # the one warm-up of each autoregressive generator
 
@@ -57,7 +58,7 @@ class Row:
     flops_method: str
     gflops: float
     pct_peak: float               # of peak_gflops
-    peak_gflops: float            # the measured matmul peak in the precision this row computes in
+    peak_gflops: float            # the machine's measured peak (best backend) in the precision this row computes in
     peak_mem_bytes: int
     dtype: str
     note: str = ""
@@ -78,10 +79,26 @@ class Runner:
         for family, m in self.models.items():
             log(f"{family}: {m.source}, {m.parameters:,} parameters")
         self.warm: set[str] = set()
+        self._fp32_copies: dict[str, torch.nn.Module] = {}
+
+    def cast(self, entry: Entry) -> bool:
+        """Whether the row runs on weights and mel cast to --dtype (rather than fp32, or fp32 under autocast)."""
+        return (entry.family in CAST_FAMILIES and self.s.dtype != "fp32"
+                and row_precision(entry, self.device, self.s.dtype) == self.s.dtype)
+
+    def model(self, entry: Entry) -> torch.nn.Module:
+        """The row's model: the family's, or for a row that computes in fp32 in a half run (NVIDIA's algorithm
+        on a CPU) a float32 copy of the same weights, made once."""
+        model = self.models[entry.family].model
+        if entry.family in CAST_FAMILIES and self.s.dtype != "fp32" and not self.cast(entry):
+            if entry.family not in self._fp32_copies:
+                self._fp32_copies[entry.family] = copy.deepcopy(model).float()
+            model = self._fp32_copies[entry.family]
+        return model
 
     def precision(self, entry: Entry | None = None):
         if entry is not None and entry.family in CAST_FAMILIES:
-            return nullcontext()  # weights already in the dtype (load_model)
+            return nullcontext()  # weights already in the dtype they compute in (load_model, `model`)
         return precision_context(self.device, self.s.dtype)
 
     def generator(self, entry: Entry | None = None) -> torch.Generator:
@@ -95,10 +112,10 @@ class Runner:
 
     def mel_for(self, entry: Entry, seconds: float) -> torch.Tensor:
         mel = mel_batch(self.mel, frames_for(seconds), self.batch(entry)).to(self.device)
-        return mel.to(DTYPES[self.s.dtype]) if entry.family in CAST_FAMILIES else mel
+        return mel.to(DTYPES[self.s.dtype]) if self.cast(entry) else mel
 
     def call(self, entry: Entry, mel: torch.Tensor) -> torch.Tensor:
-        model = self.models[entry.family].model
+        model = self.model(entry)
         with torch.no_grad(), self.precision(entry):
             return entry.call(model, mel, self.generator(entry))
 
@@ -111,6 +128,9 @@ class Runner:
 
     def warm_up(self, entry: Entry, mel: torch.Tensor) -> tuple[float, str]:
         """Warm the row up and return its FLOPs per sample and how they were counted (module docstring)."""
+        model = self.model(entry)
+        if hasattr(model, "sampling_backend"):  # WaveGlow times its backends once per shape class: not counted
+            model.sampling_backend(mel.shape[-1] * model.mel_config.hop_length, mel.device)
         if entry.flops == "call":
             audio, flops = count_flops(lambda: self.call(entry, mel))
             synchronize(self.device)
@@ -191,7 +211,7 @@ class Runner:
         self.check_audio(entry, audio, mel)
         return timing.wall_s, timing.cpu_s, peak
 
-    def run_length(self, seconds: float, entries: Sequence[Entry], peaks: dict[str, float]) -> list[Row]:
+    def run_length(self, seconds: float, entries: Sequence[Entry], peaks: dict[str, Peak]) -> list[Row]:
         hop, sr = MelConfig().hop_length, MelConfig().sample_rate
         mels = {e.name: self.mel_for(e, seconds) for e in entries}
         flops = {}
@@ -219,7 +239,7 @@ class Runner:
             audio_s = samples / sr
             gflops = per_sample * sps / 1e9
             precision = row_precision(e, self.device, self.s.dtype)
-            peak_gflops = peaks["fp32" if precision.startswith("fp32") else self.s.dtype]
+            peak_gflops = peaks["fp32" if precision.startswith("fp32") else self.s.dtype].gflops
             rows.append(Row(model=e.name, label=e.label, family=e.family, source=loaded.source,
                             parameters=loaded.parameters, length_s=frames * hop / sr, batch=batch, samples=samples,
                             times_s=times[e.name], median_s=median, samples_per_s=sps,
@@ -265,12 +285,13 @@ def plan(settings: Settings) -> list[tuple[float, list[Entry]]]:
     return out
 
 
-def matmul_peaks(settings: Settings) -> dict[str, float]:
-    """The roof in each precision the rows compute in: --dtype, and fp32 for the numba rows of a half run."""
-    peaks = {settings.dtype: matmul_peak(settings.device, DTYPES[settings.dtype], settings.quick)}
+def machine_peaks(settings: Settings) -> dict[str, Peak]:
+    """The roof in each precision the rows compute in: --dtype, and fp32 for the rows of a half run that
+    compute in fp32 (the numba loop; NVIDIA's algorithm on a CPU)."""
+    peaks = {settings.dtype: machine_peak(settings.device, DTYPES[settings.dtype], settings.quick)}
     if settings.dtype != "fp32" and any(row_precision(e, settings.device, settings.dtype).startswith("fp32")
                                         for e in settings.entries):
-        peaks["fp32"] = matmul_peak(settings.device, torch.float32, settings.quick)
+        peaks["fp32"] = machine_peak(settings.device, torch.float32, settings.quick)
     return peaks
 
 
@@ -289,8 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(settings.threads)
     try:
         runner = Runner(settings, log)
-        log(f"measuring the {settings.dtype} matmul peak on {settings.device}")
-        peaks = matmul_peaks(settings)
+        log(f"measuring the {settings.dtype} peak on {settings.device} (torch.mm and 1x1 convolution)")
+        peaks = machine_peaks(settings)
         rows: list[Row] = []
         for seconds, entries in plan(settings):
             rows += runner.run_length(seconds, entries, peaks)

@@ -319,6 +319,110 @@ class WaveNet(nn.Module):
                                            self.config.log_scale_min, self._chunk_size(c.shape[0]),
                                            threads or torch.get_num_threads(), bar)
 
+    # -- streams --------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generation_stream(self, length: int, method: str = "cached", temperature: float = 1.0,
+                          device: torch.device | str = "cpu") -> "_Stream":
+        """Generation of one utterance of `length` samples a chunk at a time (wavflow.streaming): the returned
+        object's run(c [1, C, n], noise [1, N, n]) -> audio [1, n] takes the next n samples' upsampled mel and
+        noise and keeps the state between calls (the layer queues, or the naive method's last receptive field),
+        so nothing is recomputed and the chunks equal one `generate` over the utterance (same method)."""
+        if method not in METHODS:
+            raise WavflowError(f"unknown generation method '{method}'; known: {', '.join(METHODS)}")
+        if not temperature >= 0:
+            raise WavflowError(f"temperature must be >= 0, got {temperature}")
+        device = torch.device(device)
+        if method == "naive":
+            return _NaiveStream(self, temperature)
+        if method == "cached" and device.type == "cpu":
+            return _CompiledStream(self, length, temperature)
+        return _TorchStream(self, length, temperature, device, graph=method == "cached" and device.type == "cuda")
+
+
+class _Stream:
+    def run(self, c: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _CompiledStream(_Stream):
+    """The compiled loop (wavflow/kernels.py), its queues kept by a kernels.CachedGenerator."""
+
+    def __init__(self, model: WaveNet, length: int, temperature: float):
+        from .. import kernels
+
+        head = (model.out1.weight[:, :, 0], model.out1.bias, model.out2.weight[:, :, 0], model.out2.bias)
+        self.gen = kernels.CachedGenerator(flatten_stack(model.stack), head, model.dist, torch.tensor([length]),
+                                           temperature, model.config.log_scale_min, threads=1)
+        self.chunk = model._chunk_size(1)
+
+    def run(self, c: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        n = c.shape[-1]
+        return torch.cat([self.gen.run(c[..., s: s + self.chunk], noise[..., s: s + self.chunk])
+                          for s in range(0, n, self.chunk)], -1)
+
+    def close(self) -> None:
+        self.gen.close()
+
+
+class _TorchStream(_Stream):
+    """`_CachedSteps` (torch, any device) kept between calls. On a GPU the steps of a chunk are captured once as a
+    CUDA graph; a replay runs a whole chunk, so a piece shorter than a chunk that is not the utterance's last
+    runs eagerly on the same buffers instead."""
+
+    def __init__(self, model: WaveNet, length: int, temperature: float, device: torch.device, graph: bool):
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
+        self.chunk = min(128, max(length, 1)) if graph else model._chunk_size(1)
+        with torch.autocast(device.type, enabled=False):
+            self.steps = _CachedSteps(model, 1, self.chunk, temperature, device, dtype)
+            self.replay = self.steps.capture() if graph and length else None
+        self.length, self.t, self.device = length, 0, device
+
+    def run(self, c: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        n = c.shape[-1]
+        c, noise = c.to(self.device), noise.to(self.device)
+        out = torch.empty(1, n, device=self.device)
+        with torch.autocast(self.device.type, enabled=False):
+            for s0 in range(0, n, self.chunk):
+                s1 = min(s0 + self.chunk, n)
+                self.steps.load(c, noise, s0, s1)
+                if self.replay is not None and (s1 - s0 == self.chunk or self.t + s1 >= self.length):
+                    self.replay.replay()
+                else:
+                    for s in range(s1 - s0):
+                        self.steps.step(s)
+                out[:, s0:s1] = self.steps.out[: s1 - s0].t()
+        self.t += n
+        return out
+
+
+class _NaiveStream(_Stream):
+    """The naive reference a chunk at a time: it keeps the last receptive field of inputs and conditioning, and
+    recomputes the stack over it for every sample, as `_generate_naive` does."""
+
+    def __init__(self, model: WaveNet, temperature: float):
+        self.model, self.temperature, self.rf = model, temperature, model.receptive_field
+        self.x_hist: torch.Tensor | None = None  # shifted inputs x_in[t0 - h .. t0] (x_in[t] = x[t - 1])
+        self.c_hist: torch.Tensor | None = None  # conditioning of steps t0 - h .. t0 - 1
+
+    def run(self, c: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        B, C, n = c.shape
+        if self.c_hist is None:
+            self.x_hist, self.c_hist = c.new_zeros(B, 1, 1), c.new_zeros(B, C, 0)
+        h = self.c_hist.shape[-1]
+        c_ext = torch.cat([self.c_hist, c], -1)
+        x_ext = torch.cat([self.x_hist, c.new_zeros(B, 1, n)], -1)
+        for i in range(n):
+            t = h + i
+            s = max(0, t - self.rf + 1)
+            params = self.model._step_params(x_ext[..., s: t + 1], c_ext[..., s: t + 1])
+            x_ext[:, 0, t + 1] = self.model.dist.sample(params, self.temperature, noise=noise[..., i: i + 1])[:, 0]
+        self.c_hist, self.x_hist = c_ext[..., -(self.rf - 1):] if self.rf > 1 else c_ext[..., :0], x_ext[..., -self.rf:]
+        return x_ext[:, 0, h + 1:]
+
 
 class _CachedSteps:
     """Cached WaveNet generation as fixed-shape torch steps on fixed buffers, so a CUDA graph can replay them.
