@@ -4,7 +4,7 @@
     python -m wavflow.benchmark --quick --json out.json --plot out.png      # tiny configs: what CI runs
     python -m wavflow.benchmark --device cuda --dtype fp16 --ar-max 0.5     # GPU; AR rows at short lengths only
     python -m wavflow.benchmark --checkpoint waveglow=wg.pt wavenet=wn.pt student=st.pt
-    python -m wavflow.benchmark --models waveglow,waveglow_nvidia --cpu-time   # wavflow's WaveGlow vs NVIDIA's algorithm
+    python -m wavflow.benchmark --models waveglow,waveglow_nvidia --cpu-time   # only WaveGlow and NVIDIA's algorithm
 
 Every model vocodes the same mel (examples/LJ002-0020.npy, tiled or cropped to each length) in one process, so
 the ratios between rows hold on a noisy, shared machine. The package, one concern per module:
@@ -12,7 +12,7 @@ the ratios between rows hold on a noisy, shared machine. The package, one concer
     entries.py    the rows: each way of sampling, how it is called, the precision it runs in
     cli.py        the command line, checked into one Settings before any model is built
     inputs.py     the mel every row vocodes; the models, loaded and prepared for inference
-    measure.py    clocks (wall and CPU), FLOP counting, peak memory, the matmul peak
+    measure.py    clocks (wall and CPU), FLOP counting, peak memory, the machine's peak (best backend)
     runner.py     the protocol: warm-up, round-robin timing, medians; `main`
     report.py     the table, the ratios, the JSON and the plot
     reference.py  NVIDIA's WaveGlow sampling algorithm on wavflow's weights (the waveglow_nvidia row)

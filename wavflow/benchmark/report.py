@@ -145,10 +145,10 @@ def run_meta(settings: Settings, runner: Runner, peaks: dict[str, Peak], argv: S
 def print_report(settings: Settings, rows: Sequence[Row], meta: dict[str, Any]) -> None:
     print(f"wavflow benchmark: {meta['machine']}, device {meta['device']}, {settings.dtype}, "
           f"{meta['torch_threads']} torch threads, torch {meta['torch']}")
-    print("peak measured: " + "; ".join(
-        f"{meta['peak_gflops_by_dtype'][k]:,.0f} GFLOP/s {k} (" + ", ".join(f"{b} {v:,.0f}" for b, v in by.items()) + ")"
-        for k, by in meta["peak_gflops_by_backend"].items())
-          + f"; mel: {meta['mel']}; median of {settings.repeats} runs after a warm-up")
+    peaks = [f"{meta['peak_gflops_by_dtype'][k]:,.0f} GFLOP/s {k} ("
+             + ", ".join(f"{backend} {v:,.0f}" for backend, v in by.items()) + ")"
+             for k, by in meta["peak_gflops_by_backend"].items()]
+    print(f"peak measured: {'; '.join(peaks)}; mel: {meta['mel']}; median of {settings.repeats} runs after a warm-up")
     for shape, choice in meta["waveglow_backends"].items():
         timed = ", ".join(f"{b} {t * 1e3:,.1f} ms" for b, t in choice["seconds"].items())
         print(f"WaveGlow sampling backend: {choice['backend']} ({choice['how']}{': ' + timed if timed else ''}; "

@@ -136,12 +136,32 @@ def int_tuple(value: object) -> tuple[int, ...] | None:
     return tuple(int(v) for v in value)
 
 
-def check_upsample_factors(config: Any, mel_config: MelConfig) -> None:
-    """The mel-dependent check of a WaveNet-style upsampler: its factors must multiply to the mel hop."""
-    product = math.prod(config.upsample_factors)
+def upsample_stages(hop: int) -> tuple[int, ...]:
+    """Upsampling factors for a mel hop: its prime factors, the two smallest merged until at most four stages
+    are left, ascending: 256 -> (4, 4, 4, 4), 200 -> (2, 4, 5, 5), 300 -> (3, 4, 5, 5), 512 -> (4, 4, 4, 8).
+    Each stage is a nearest-neighbour stretch and a smoothing conv, so any factor works; small ones keep the
+    smoothing convs short."""
+    factors, n, p = [], hop, 2
+    while n > 1:
+        while n % p == 0:
+            factors.append(p)
+            n //= p
+        p += 1
+    while len(factors) > 4:
+        factors.sort()
+        factors[:2] = [factors[0] * factors[1]]
+    return tuple(sorted(factors)) or (1,)
+
+
+def upsample_factors(config: Any, mel_config: MelConfig) -> tuple[int, ...]:
+    """A WaveNet-style upsampler's factors: the config's, or derived from the mel hop (None), which they must
+    multiply to."""
+    factors = config.upsample_factors if config.upsample_factors is not None else upsample_stages(mel_config.hop_length)
+    product = math.prod(factors)
     if product != mel_config.hop_length:
-        raise WavflowError(f"invalid {type(config).__name__}: upsample_factors {config.upsample_factors} multiply "
+        raise WavflowError(f"invalid {type(config).__name__}: upsample_factors {factors} multiply "
                            f"to {product}, but the mel hop is {mel_config.hop_length}")
+    return factors
 
 
 def model_classes(model_type: str) -> tuple[type, type]:

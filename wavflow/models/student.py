@@ -35,7 +35,7 @@ from ..frontend import MelConfig
 from ..layers import RES_SCALE, MelUpsampler, WaveNetStack, flatten_stack
 from ..losses import (STFT_RESOLUTIONS, base_entropy, base_log_prob, gaussian_cross_entropy, gaussian_reverse_kl,
                       log_scale_regularizer, log_spectral_distance, mixture_reverse_kl, sample_base, stft_loss)
-from . import (check_mel, check_upsample_factors, int_tuple, is_int, is_real, noise_device, one_thread, progress_bar,
+from . import (check_mel, upsample_factors, int_tuple, is_int, is_real, noise_device, one_thread, progress_bar,
                refuse_options, weights_sha256)
 
 
@@ -52,7 +52,7 @@ class StudentConfig:
     log_scale_min: float = -7.0  # floor on each flow's log s_k: keeps the inverse (x - mu) / s finite
     # --- mel conditioning: one design.md section 4 upsampler shared by all flows (computed once per utterance) ---
     upsample_channels: int = 80
-    upsample_factors: tuple[int, ...] = (4, 4, 4, 4)  # product must equal the mel hop (256)
+    upsample_factors: tuple[int, ...] | None = None  # product = the mel hop; None: derived from it (256: 4 x 4 x 4 x 4)
     # --- distillation loss ---
     kl_weight: float = 1.0  # per-step KL(student || teacher), nats per sample
     scale_regularizer: float = 4.0  # ClariNet's lambda on (log sigma_teacher - log sigma_student)^2
@@ -100,8 +100,11 @@ class StudentConfig:
                                         f"number of dilation cycles of dilation_cycle={cycle}")
                         break
         factors = int_tuple(self.upsample_factors)
-        if factors is None or not factors or min(factors) < 1:
-            problems.append(f"upsample_factors={self.upsample_factors!r} must be a non-empty list of integers >= 1")
+        if self.upsample_factors is None:
+            pass
+        elif factors is None or not factors or min(factors) < 1:
+            problems.append(f"upsample_factors={self.upsample_factors!r} must be a non-empty list of integers >= 1 "
+                            f"(or null: derived from the mel hop)")
         else:
             object.__setattr__(self, "upsample_factors", factors)
         resolutions = self.stft_resolutions
@@ -275,10 +278,10 @@ class IAFStudent(nn.Module):
         super().__init__()
         # The config's own values were checked when it was made (StudentConfig.__post_init__); only the fit to
         # the mel is left.
-        check_upsample_factors(config, mel_config)
+        factors = upsample_factors(config, mel_config)  # derived from the hop when the config leaves them out
         self.config = config
         self.mel_config = mel_config
-        self.upsampler = MelUpsampler(mel_config.n_mels, config.upsample_channels, config.upsample_factors)
+        self.upsampler = MelUpsampler(mel_config.n_mels, config.upsample_channels, factors)
         self.flows = nn.ModuleList(IAFFlow(config, n) for n in config.flow_layers)
         self.teacher_sha256: str | None = None  # the teacher file's hash, saved in the student's checkpoints
         self.teacher_weights_sha256: str | None = None  # weights_sha256 of the teacher when it was attached

@@ -365,8 +365,9 @@ class WaveGlow(nn.Module):
 # -------------------------------------------------------------------- fast sampling
 # `infer` runs the arithmetic of WN.stack + AffineCoupling.inverse, regrouped so nearly all the work is a few
 # large matmuls (tests pin every backend to the plain `inverse`):
-# - each coupling's conditioning conv is one [2 * channels * layers, n_cond] x [n_cond, G] matmul, and every
-#   in_layer then accumulates into its slice of that product (its bias folded into the conditioning bias);
+# - each layer's gate starts as its slice of the conditioning conv, one [2 * channels, n_cond] x [n_cond, G]
+#   matmul into a buffer reused by every layer, and the in_layer accumulates into it (its bias folded into the
+#   conditioning bias);
 # - a dilated conv is k matmuls of its tap weights with shifted views of a zero-margined buffer (no im2col copy,
 #   no padding per layer), or one convolution;
 # - the skip 1x1 convs feed only the (linear) end conv, so end o skip_i is one [2 * n_b, channels] matrix per
@@ -376,10 +377,12 @@ class WaveGlow(nn.Module):
 #   it joins the conditioning bias, minus the few edge columns where zero padding is read instead;
 # - without its bias the first layer's input is start_w x_a, of rank n_a, so its taps are folded to
 #   W_0j start_w: a [2 * channels, n_a] matmul replaces a [2 * channels, channels] one;
-# - the gate tanh(a) sigmoid(b) is computed as 2 (sigmoid(2a) - 1/2) sigmoid(b): one sigmoid over the whole
-#   gate (one pass, where tanh then sigmoid then a product take three, and torch's tanh costs more than its
-#   sigmoid), with the 2 inside folded into the tanh half's weights and biases and the 2 outside into the
-#   residual/skip weights (multiplying by 2 is exact in floating point).
+# - the gate tanh(a) sigmoid(b) is computed as 2 (sigmoid(2a) - 1/2) sigmoid(b): one sigmoid call over the
+#   whole gate instead of a tanh and a sigmoid (torch's CPU tanh costs more than its sigmoid: the gate takes
+#   about half the time), with the 2 inside folded into the tanh half's weights and biases and the 2 outside
+#   into the residual/skip weights (multiplying by 2 is exact in floating point);
+# - buffers are reused across the couplings of a call (`_Workspace`): a fresh tensor of tens of megabytes per
+#   coupling paid its page faults every time.
 #
 # The same arithmetic runs on one of three backends (SAMPLING_BACKENDS), whose speed depends on the machine:
 #   mm      channels-first [C, G]: BLAS matmuls (torch.mm / addmm_, MKL on x86) with the weights on the left

@@ -36,7 +36,7 @@ from ..distributions import Distribution, build_distribution
 from ..errors import WavflowError
 from ..frontend import MelConfig
 from ..layers import RES_SCALE, MelUpsampler, WaveNetStack, dilations_for, flatten_stack, receptive_field
-from . import check_mel, check_upsample_factors, is_int, is_real, noise_device, progress_bar, refuse_options
+from . import check_mel, upsample_factors, is_int, is_real, noise_device, progress_bar, refuse_options
 
 METHODS = ("cached", "naive", "cached_torch")
 OUTPUTS = ("gaussian", "mixture", "mulaw")
@@ -51,7 +51,7 @@ class WaveNetConfig:
     gate_channels: int = 256  # split into tanh and sigmoid halves: 128 gated units
     skip_channels: int = 128
     upsample_channels: int = 80  # channels of the upsampled mel that every layer projects into its gate
-    upsample_factors: tuple[int, ...] = (4, 4, 4, 4)  # product must equal the mel hop (256)
+    upsample_factors: tuple[int, ...] | None = None  # product = the mel hop; None: derived from it (256: 4 x 4 x 4 x 4)
     context_kernel: int = 5  # frame-context conv of the upsampler, across mel frames
     output: str = "gaussian"  # "gaussian" | "mixture" (16-bit discretised logistics) | "mulaw" (256-way)
     log_scale_min: float = -9.0  # floor of log sigma (Gaussian) or of each logistic's log scale (mixture)
@@ -83,9 +83,12 @@ class WaveNetConfig:
             problems.append(f"context_kernel={self.context_kernel!r} must be an odd integer >= 1 (a conv centred "
                             f"on each mel frame)")
         factors = self.upsample_factors
-        if not isinstance(factors, (tuple, list)) or not factors \
+        if factors is None:
+            pass
+        elif not isinstance(factors, (tuple, list)) or not factors \
                 or not all(is_int(f) and f >= 1 for f in factors):
-            problems.append(f"upsample_factors={factors!r} must be a non-empty list of integers >= 1")
+            problems.append(f"upsample_factors={factors!r} must be a non-empty list of integers >= 1 (or null: "
+                            f"derived from the mel hop)")
         else:
             self.upsample_factors = tuple(int(f) for f in factors)  # YAML and JSON give lists
         if self.output not in OUTPUTS:
@@ -119,13 +122,13 @@ class WaveNet(nn.Module):
         self.config, self.mel_config = config, mel_config
         # The config's own values were checked when it was made (WaveNetConfig.__post_init__); only the fit to
         # the mel is left.
-        check_upsample_factors(config, mel_config)
+        factors = upsample_factors(config, mel_config)  # derived from the hop when the config leaves them out
         options = {"gaussian": {"log_sigma_min": config.log_scale_min},
                    "mixture": {"components": config.mixture_components, "bits": config.mixture_bits,
                                "log_scale_min": config.log_scale_min},
                    "mulaw": {"channels": config.mulaw_channels}}
         self.dist: Distribution = build_distribution(config.output, **options.get(config.output, {}))
-        self.upsampler = MelUpsampler(mel_config.n_mels, config.upsample_channels, config.upsample_factors,
+        self.upsampler = MelUpsampler(mel_config.n_mels, config.upsample_channels, factors,
                                       config.context_kernel)
         self.stack = WaveNetStack(1, config.residual_channels, config.gate_channels, config.skip_channels,
                                   config.upsample_channels, config.kernel_size, config.layers, config.cycles)
