@@ -242,7 +242,7 @@ def test_upsampler_matmul_equals_conv_transpose():
 # ---------------------------------------------------------------------------------------------------------------
 # Sampling backends and reduced precision
 
-from wavflow.models import waveglow as waveglow_module  # noqa: E402
+from wavflow.models import waveglow_sampling as sampling_module  # noqa: E402
 
 
 def _perturbed(cfg: WaveGlowConfig, seed: int = 5) -> WaveGlow:
@@ -254,12 +254,12 @@ def _perturbed(cfg: WaveGlowConfig, seed: int = 5) -> WaveGlow:
     return model
 
 
-@pytest.mark.parametrize("backend", waveglow_module.SAMPLING_BACKENDS)
+@pytest.mark.parametrize("backend", sampling_module.SAMPLING_BACKENDS)
 @pytest.mark.parametrize("kernel_size", [3, 5])
 def test_every_sampling_backend_equals_plain_inverse(backend, kernel_size, monkeypatch):
     """Each backend (BLAS channels-first, BLAS time-major, oneDNN convolutions) computes the flow's inverse,
     with dilations reaching past the utterance (frames=1) and a batch of 2."""
-    monkeypatch.setenv(waveglow_module.BACKEND_ENV, backend)
+    monkeypatch.setenv(sampling_module.BACKEND_ENV, backend)
     model = _perturbed(WaveGlowConfig(n_flows=5, n_group=8, n_early_every=2, n_early_size=2, wn_layers=4,
                                       wn_channels=24, wn_kernel_size=kernel_size))
     for frames in (1, 6):
@@ -281,9 +281,9 @@ def test_coupling_plan_equals_wn_on_every_backend():
     x_a, cond = torch.randn(3, 40), torch.randn(80 * 8, 40)
     with torch.no_grad():
         expected = net(x_a[None], cond[None])[0]
-        plan = waveglow_module._CouplingPlan.fold(net)
-        work = waveglow_module._Workspace()
-        for backend in waveglow_module.SAMPLING_BACKENDS:
+        plan = sampling_module._CouplingPlan.fold(net)
+        work = sampling_module._Workspace()
+        for backend in sampling_module.SAMPLING_BACKENDS:
             for _ in range(2):  # the second call reuses the workspace's buffers
                 shift, log_s = plan.run(x_a, cond, backend, work)
                 torch.testing.assert_close(torch.cat([shift, log_s]), expected, atol=1e-5, rtol=1e-5)
@@ -291,28 +291,28 @@ def test_coupling_plan_equals_wn_on_every_backend():
 
 def test_backend_is_measured_once_per_shape_class_and_can_be_forced(monkeypatch):
     calls = []
-    real = waveglow_module._measure_backends
+    real = sampling_module._measure_backends
 
     def counting(coupling, groups, dtype, device, rounds=2):
         calls.append(groups)
         return real(coupling, groups, dtype, device, rounds)
 
-    monkeypatch.setattr(waveglow_module, "_measure_backends", counting)
-    monkeypatch.setattr(waveglow_module, "_backend_choices", {})
-    monkeypatch.delenv(waveglow_module.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(sampling_module, "_measure_backends", counting)
+    monkeypatch.setattr(sampling_module, "_backend_choices", {})
+    monkeypatch.delenv(sampling_module.BACKEND_ENV, raising=False)
     model = tiny_model(dtype=torch.float32).eval()
     for frames in (3, 3, 4, 40, 50):
         model.infer(torch.randn(1, 80, frames))
     # 3 and 4 frames fall in one power-of-two bucket (128 groups); 40 and 50 frames both reach the cap
-    assert calls == [128, waveglow_module.TUNE_GROUPS]
-    choices = waveglow_module.sampling_backend_choices()
+    assert calls == [128, sampling_module.TUNE_GROUPS]
+    choices = sampling_module.sampling_backend_choices()
     assert len(choices) == 2 and all(c.how == "measured" for c in choices.values())
     for c in choices.values():
-        assert set(c.seconds) == set(waveglow_module.SAMPLING_BACKENDS)
+        assert set(c.seconds) == set(sampling_module.SAMPLING_BACKENDS)
         assert c.backend == min(c.seconds, key=c.seconds.get)
-    monkeypatch.setenv(waveglow_module.BACKEND_ENV, "conv")
+    monkeypatch.setenv(sampling_module.BACKEND_ENV, "conv")
     assert model.sampling_backend(3 * HOP).backend == "conv" and len(calls) == 2
-    monkeypatch.setenv(waveglow_module.BACKEND_ENV, "blas")
+    monkeypatch.setenv(sampling_module.BACKEND_ENV, "blas")
     with pytest.raises(WavflowError, match="WAVFLOW_WAVEGLOW_BACKEND='blas'"):
         model.infer(torch.randn(1, 80, 3))
 
@@ -338,8 +338,8 @@ def test_bf16_infer_is_close_to_fp32_and_keeps_a_float32_state():
 def test_time_major_blocks_equal_the_plain_inverse(block, monkeypatch):
     """mm_t runs each layer in blocks of time rows: any block size, edges and dilations across block
     boundaries included, gives the flow's inverse."""
-    monkeypatch.setenv(waveglow_module.BACKEND_ENV, "mm_t")
-    monkeypatch.setattr(waveglow_module._CouplingPlan, "BLOCK", block)
+    monkeypatch.setenv(sampling_module.BACKEND_ENV, "mm_t")
+    monkeypatch.setattr(sampling_module._CouplingPlan, "BLOCK", block)
     model = _perturbed(WaveGlowConfig(n_flows=4, n_group=8, n_early_every=2, n_early_size=2, wn_layers=4,
                                       wn_channels=16))
     mel = torch.randn(1, 80, 3)

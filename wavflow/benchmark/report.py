@@ -114,7 +114,7 @@ def waveglow_backends() -> dict[str, dict]:
     """The sampling backend WaveGlow chose for each shape class this run met (wavflow.models.waveglow)."""
     if "wavflow.models.waveglow" not in sys.modules:
         return {}
-    from ..models.waveglow import sampling_backend_choices
+    from ..models.waveglow_sampling import sampling_backend_choices
 
     return {k: dataclasses.asdict(v) for k, v in sampling_backend_choices().items()}
 
