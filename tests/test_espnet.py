@@ -61,3 +61,27 @@ def test_a_mel_of_another_convention_is_named(short_clip):
     assert refuse and "below this checkpoint's silence floor -10.00" in message
     message, refuse = convention_problem(log10, MelConfig())
     assert not refuse and "log10 or normalised" in message
+
+
+def test_synthesize_and_stream_take_the_tts_models_stats_and_warn_about_another_convention(ckpt, short_clip,
+                                                                                           tmp_path):
+    from wavflow.streaming import stream
+
+    y, _ = sf.read(short_clip, dtype="float32")
+    logmel = mel_spectrogram(torch.from_numpy(y[:8000]))[0].numpy()
+    mean, scale = logmel.mean(axis=1), logmel.std(axis=1) + 0.5
+    np.save(tmp_path / "stats.npy", np.stack([mean, scale]))
+    normed = (logmel - mean[:, None]) / scale[:, None]
+    plain = synthesize(logmel, ckpt, sigma=0.0)
+    for stats in (tmp_path / "stats.npy", (mean, scale)):  # a file or the arrays
+        assert (synthesize(normed, ckpt, sigma=0.0, stats=stats) - plain).abs().max() < 1e-3
+    with_stats = synthesize(normed, ckpt, seed=4, stats=(mean, scale))
+    torch.testing.assert_close(torch.cat(list(stream(normed, 0.1, ckpt, seed=4, stats=(mean, scale)))), with_stats,
+                               rtol=0, atol=1e-5)  # streaming renormalises the same way
+    # normalised features without their stats look like nothing a natural-log model was trained on: a warning
+    with pytest.warns(UserWarning, match="log10 or normalised"):
+        synthesize(normed, ckpt, sigma=0.0)
+    with pytest.raises(WavflowError, match="stats: mean and std must each hold 80 finite values"):
+        synthesize(normed, ckpt, stats=(mean[:40], scale[:40]))
+    with pytest.raises(WavflowError, match=r"mel\[1\]: values go down to -30.00, below"):
+        synthesize([logmel, np.full_like(logmel, -30)], ckpt)

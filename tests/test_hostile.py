@@ -26,6 +26,7 @@ from wavflow import mel as mel_cli
 from wavflow import train
 from wavflow.checkpoint import model_payload
 from wavflow.frontend import MAX_FRAMES, MelConfig
+from wavflow.inference import native_bf16
 
 from synth_helpers import LJSPEECH, REPO, run_in_process, run_module, save_tiny_waveglow, snapshot, tiny_waveglow
 
@@ -161,6 +162,17 @@ def options(*extra: str) -> Callable[[Path, Path], list]:
     return build
 
 
+def stats_file(arr: np.ndarray | Callable[[Path], np.ndarray] | None) -> Callable[[Path, Path], list]:
+    """--stats with a statistics .npy holding `arr` (made from tmp_path when callable; None: no such file)."""
+    def build(tmp: Path, ckpt: Path) -> list:
+        path = tmp / "none.npy" if arr is None else tmp / "stats.npy"
+        if arr is not None:
+            data = arr(tmp) if callable(arr) else arr
+            np.save(path, data, allow_pickle=data.dtype.hasobject)
+        return [*options()(tmp, ckpt), "--stats", path]
+    return build
+
+
 def unreadable(tmp: Path, ckpt: Path) -> list:
     path = good_mel(tmp)
     path.chmod(0)
@@ -246,6 +258,21 @@ SYNTHESIZE = [
     Case("chunk-seconds-inf", options("--chunk-seconds", "inf"), "--chunk-seconds: invalid positive float"),
     Case("chunk-seconds-bad-mel", lambda t, c: [*mel_file(np.full((80, 10), np.nan, np.float32))(t, c),
                                                 "--chunk-seconds", "0.1"], "NaN or infinite"),
+    Case("mel-below-the-silence-floor", mel_file(np.full((80, 10), -30, np.float32)),
+         "bad.npy: values go down to -30.00, below this checkpoint's silence floor -11.51"),
+    Case("stats-missing", stats_file(None), "none.npy: no such"),
+    Case("stats-40-bands", stats_file(np.ones((2, 40))), "statistics for 40 bands; the mel has 80"),
+    Case("stats-one-row", stats_file(np.ones((1, 80))), "statistics of shape (1, 80); expected (2, 80)"),
+    Case("stats-zero-scale", stats_file(np.stack([np.zeros(80), np.zeros(80)])), "positive scale in every band"),
+    Case("stats-pickled", stats_file(lambda t: np.array([Payload(t / "MARKER")], dtype=object)),
+         "not a plain .npy array", marker="MARKER"),
+    Case("stats-not-npy-or-h5", lambda t, c: [*options()(t, c), "--stats",
+                                              (t / "s.txt").write_text("0 1\n") and t / "s.txt"],
+         "statistics must be a .npy"),
+    Case("dtype-bf16-without-native-bf16", options("--dtype", "bf16"),
+         "--dtype bf16: this CPU has neither the avx512_bf16 nor the amx_bf16 instructions",
+         marks=[pytest.mark.skipif(native_bf16("cpu"), reason="this CPU computes bf16 natively")]),
+    Case("dtype-unknown", options("--dtype", "fp8"), "argument --dtype: invalid choice: 'fp8'"),
     Case("chunk-seconds-temperature-for-waveglow", options("--chunk-seconds", "0.1", "--temperature", "0.5"),
          "'temperature' does not apply to a waveglow"),
 ]

@@ -104,3 +104,38 @@ def test_mel_cli_presets_and_statistics(short_clip, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", np.zeros((2, 40)))
     code, _, err = _main([short_clip, "-o", tmp_path / "y.npy", "--stats", tmp_path / "bad.npy"], capsys)
     assert code == 2 and "statistics for 40 bands; the mel has 80" in err and not (tmp_path / "y.npy").exists()
+
+
+def test_mel_cli_other_rates_and_a_checkpoints_own_convention(short_clip, tmp_path, capsys):
+    from wavflow.checkpoint import load
+    from wavflow.frontend import MelConfig
+    from synth_helpers import save_tiny_waveglow
+
+    audio, _ = sf.read(str(short_clip), dtype="float32")
+    at24k = resample(torch.from_numpy(audio), 22050, 24000)
+    code, _, err = _main([short_clip, "-o", tmp_path / "24k.npy", "--preset", "espnet", "--sample-rate", "24000",
+                          "--hop-length", "300", "--n-fft", "2048", "--win-length", "1200", "-q"], capsys)
+    assert code == 0, err
+    config = MelConfig.preset("espnet", sample_rate=24000, hop_length=300, n_fft=2048, win_length=1200)
+    got = np.load(tmp_path / "24k.npy")
+    assert got.shape == (80, at24k.shape[0] // 300 + 1)
+    np.testing.assert_allclose(got, mel_spectrogram(at24k[None], config)[0].numpy(), rtol=0, atol=1e-5)
+    # --n-fft alone brings the window with it; --sample-rate alone keeps fmax within Nyquist
+    code, _, err = _main([short_clip, "-o", tmp_path / "8k.npy", "--sample-rate", "8000", "--n-fft", "512", "-q"],
+                         capsys)
+    assert code == 0, err
+    at8k = resample(torch.from_numpy(audio), 22050, 8000)
+    np.testing.assert_allclose(np.load(tmp_path / "8k.npy"), mel_spectrogram(at8k[None], MelConfig(
+        sample_rate=8000, n_fft=512, win_length=512, fmax=4000.0))[0].numpy(), rtol=0, atol=1e-5)
+    # a checkpoint's convention, its statistics included
+    ckpt = save_tiny_waveglow(tmp_path / "tiny.pt")
+    code, _, err = _main([short_clip, "-o", tmp_path / "c.npy", "--checkpoint", ckpt, "-q"], capsys)
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npy"),
+                                  mel_spectrogram(torch.from_numpy(audio)[None], load(ckpt).mel_config)[0].numpy())
+    for bad, message in [(["--checkpoint", ckpt, "--preset", "espnet"], "leave out --preset and --stats"),
+                         (["--sample-rate", "16000", "--fmax", "9000"], "fmax=9000.0 must satisfy"),
+                         (["--hop-length", "0"], "--hop-length: invalid positive integer value: '0'")]:
+        code, _, err = _main([short_clip, "-o", tmp_path / "bad.npy", *bad], capsys)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+        assert not (tmp_path / "bad.npy").exists()

@@ -7,13 +7,18 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from .errors import WavflowError
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (the full usage stays behind --help)."""
+    """argparse, but a usage error is one line on stderr (the full usage stays behind --help), and an option is
+    spelled out in full: a prefix (`--hop` for `--hop-length`) is an unknown option, not a silent guess."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")

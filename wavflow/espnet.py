@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .errors import WavflowError
-from .frontend import load_stats, renormalise
+from .frontend import load_stats
 from .inference import load_vocoder, synthesize
 
 
@@ -51,7 +51,5 @@ class Vocoder(torch.nn.Module):
             raise WavflowError(f"features of shape {tuple(feats.shape)}: expected [frames, {n_mels}] "
                                f"(ESPnet's time-first layout)")
         mel = feats.detach().float().cpu().numpy().T
-        if self.stats is not None:
-            mel = renormalise(mel, self.mel_config, self.stats)
-        wav = synthesize(mel, model=self.model, seed=self.seed, **self.options)
+        wav = synthesize(mel, model=self.model, seed=self.seed, stats=self.stats, **self.options)
         return wav.to(feats.device)

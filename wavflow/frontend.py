@@ -22,6 +22,7 @@ from .fileio import atomic_write, check_input_file
 
 LOG_BASES = {"e": math.e, "10": 10.0}
 MAX_SECONDS = 600
+QUIET_LOG10 = -6.0  # a log10 speech mel's quietest 1% stays above this (near -4); a natural-log one's lies near -9
 
 
 @dataclass(frozen=True)
@@ -210,25 +211,47 @@ def renormalise(mel: np.ndarray, config: MelConfig, input_stats: tuple[np.ndarra
 def convention_problem(mel: np.ndarray, config: MelConfig) -> tuple[str, bool] | None:
     """Whether a mel's values can belong to `config`'s convention: None, or (message, refuse).
 
-    Only the shape is certain; values give two strong hints. Values far below the convention's silence floor
-    cannot come from it (a natural-log mel, floor -11.5, given to a log10 model, floor -10): refused. A
-    natural-log speech mel has quiet bands near its floor, so one whose quietest percentile sits above half the
-    floor is most likely log10 or normalised: warned about.
+    Only the shape is certain; values give strong hints. Values far below the convention's silence floor
+    cannot come from it (a natural-log mel, floor -11.5, given to a log10 model, floor -10): refused. Speech's
+    quietest 1% of mel bins lies near a magnitude of 1e-4 (design.md section 8): about -9 in natural log,
+    about -4 in log10. So a natural-log model's mel whose quietest percentile sits above half the floor is most
+    likely log10 or normalised, and a log10 model's mel whose quietest percentile lies below log10(1e-6) is most
+    likely natural-log: both warned about.
     """
     if config.mean is not None:  # normalised values have no fixed floor
         return None
     floor = config.silence
     lowest = float(mel.min())
     if lowest < floor - 0.1 * abs(floor):
-        return (f"mel values go down to {lowest:.2f}, below this checkpoint's silence floor {floor:.2f} "
+        return (f"values go down to {lowest:.2f}, below this checkpoint's silence floor {floor:.2f} "
                 f"(log{'' if config.log_base == 'e' else '10'} of {config.clip_val:g}): the mel was made in "
                 f"another convention; convert it or use a checkpoint trained on it (docs/design.md section 8)", True)
     quiet = float(np.percentile(mel, 1))
     if config.log_base == "e" and quiet > floor / 2:
-        return (f"mel's quietest 1% lies above {quiet:.2f}, where a natural-log mel (silence {floor:.2f}) has "
+        return (f"the quietest 1% of values lies above {quiet:.2f}, where a natural-log mel (silence {floor:.2f}) has "
                 f"its quiet bands: is it log10 or normalised? vocode it with a checkpoint of that convention, or "
                 f"give --stats for normalised features", False)
+    if config.log_base == "10" and quiet < QUIET_LOG10:
+        return (f"the quietest 1% of values lies below {quiet:.2f}, lower than log10 speech mels go (about -4; "
+                f"{QUIET_LOG10:g} is a magnitude of 1e-6): is it natural-log? vocode it with a checkpoint of that "
+                f"convention", False)
     return None
+
+
+def conform_mel(mel: np.ndarray, config: MelConfig, stats: tuple[np.ndarray, np.ndarray] | None = None,
+                name: str = "mel") -> tuple[np.ndarray, str | None]:
+    """A checked mel [n_mels, F] as a checkpoint of `config` expects it: renormalised from `stats` (the TTS
+    model's per-band mean and std) when given, then judged by `convention_problem`. Returns (mel, warning line
+    or None); a mel that cannot belong to the convention raises a WavflowError naming `name`."""
+    if stats is not None:
+        mel = renormalise(mel, config, stats)
+    problem = convention_problem(mel, config)
+    if problem is None:
+        return mel, None
+    message, refuse = problem
+    if refuse:
+        raise WavflowError(f"{name}: {message}")
+    return mel, f"{name}: {message}"
 
 
 def _hz_to_mel(f: np.ndarray, scale: str = "slaney") -> np.ndarray:

@@ -19,10 +19,10 @@ each mel's noise and its `infer` takes the batch's.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import sys
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,7 @@ from . import resources
 from .checkpoint import load as load_checkpoint
 from .cli import resolve_device
 from .errors import WavflowError
-from .frontend import MAX_FRAMES, check_mel, load_mel
+from .frontend import MAX_FRAMES, MelConfig, check_mel, conform_mel, load_mel, load_stats, renormalise
 from .models import Vocoder, refuse_options
 
 SHIPPED = resources.SHIPPED
@@ -182,6 +182,36 @@ def as_mel_list(mel: Any, n_mels: int, max_frames: int = MAX_FRAMES) -> tuple[li
     return [check_mel(mel, n_mels, max_frames, "mel")], "batch" if mel.ndim == 3 else "single"
 
 
+def input_stats(stats: Any, n_mels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The statistics a TTS model's mels are normalised with: None, a statistics file (frontend.load_stats:
+    ParallelWaveGAN's stats.npy / stats.h5) or a (mean, std) pair of [n_mels] arrays."""
+    if stats is None:
+        return None
+    if isinstance(stats, (str, os.PathLike)):
+        return load_stats(stats, n_mels)
+    try:
+        mean, std = (np.asarray(a, np.float64).reshape(-1) for a in stats)
+    except (TypeError, ValueError):
+        raise WavflowError("stats: expected a statistics file or a (mean, std) pair of per-band arrays") from None
+    if mean.shape != (n_mels,) or std.shape != (n_mels,) or not (np.isfinite(mean).all() and (std > 0).all()):
+        raise WavflowError(f"stats: mean and std must each hold {n_mels} finite values, std > 0")
+    return mean, std
+
+
+def conform_mels(mels: list[np.ndarray], config: MelConfig, stats: tuple[np.ndarray, np.ndarray] | None,
+                 names: Sequence[str]) -> list[np.ndarray]:
+    """Each checked mel as the checkpoint's convention expects it (frontend.conform_mel): renormalised from the
+    TTS model's `stats`, refused with a WavflowError when its values cannot belong to the convention, a
+    `warnings.warn` line when they are unlikely to."""
+    out = []
+    for mel, name in zip(mels, names):
+        mel, warning = conform_mel(mel, config, stats, name)
+        if warning is not None:
+            warnings.warn(warning, stacklevel=3)
+        out.append(mel)
+    return out
+
+
 def item_seed(seed: int, mel: np.ndarray) -> int:
     """The seed of one mel's noise: a hash of the run's seed and the mel's bytes.
 
@@ -237,9 +267,15 @@ class ItemNoise:
 @dataclass(frozen=True)
 class MelFile:
     """A mel .npy already checked by load_mel, read again only when its batch comes (a directory of thousands
-    of mels is never held in memory at once)."""
+    of mels is never held in memory at once); `stats`: the per-band (mean, std) it is normalised with."""
     path: Path
     frames: int
+    stats: tuple[np.ndarray, np.ndarray] | None = None
+
+    def read(self, config: MelConfig) -> np.ndarray:
+        """The mel, float32 [n_mels, F], renormalised to `config` when the file has its own statistics."""
+        mel = load_mel(self.path, config.n_mels)
+        return mel if self.stats is None else renormalise(mel, config, self.stats)
 
 
 def _frames(mel: np.ndarray | MelFile) -> int:
@@ -277,7 +313,7 @@ def vocode(model: Vocoder, mels: Sequence[np.ndarray | MelFile], *, seed: int | 
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start: start + batch_size]
-            arrays = [load_mel(m.path, n_mels) if isinstance(m, MelFile) else m for m in (mels[i] for i in idx)]
+            arrays = [m.read(model.mel_config) if isinstance(m, MelFile) else m for m in (mels[i] for i in idx)]
             frames = [a.shape[1] for a in arrays]
             batch = torch.full((len(idx), n_mels, max(frames)), silence)
             for row, a in enumerate(arrays):
@@ -360,7 +396,8 @@ def _progress_bar(total_audio_seconds: float, enabled: bool):
 def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: str | torch.nn.Module | None = None,
                device: str | torch.device = "cpu", sigma: float | None = None, temperature: float | None = None,
                denoise: float = 0.0, batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = None,
-               progress: bool = False, dtype: str | None = None, **options: Any) -> torch.Tensor | list[torch.Tensor]:
+               progress: bool = False, dtype: str | None = None, stats: Any = None,
+               **options: Any) -> torch.Tensor | list[torch.Tensor]:
     """Vocode mel spectrograms to audio in [-1, 1] (CPU float32).
 
     mel: a numpy array or tensor in a layout `load_mel` accepts, (n_mels, F) or (F, n_mels) -> audio [F * hop];
@@ -376,6 +413,11 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
     dtype: "fp32" (default for a checkpoint) or "bf16", refused with a WavflowError where the device has no
          native bf16 (`check_dtype`) and for WaveNet; a loaded `model` is used in its own dtype, which `dtype`,
          when given, must name.
+    stats: the per-band statistics the mels are normalised with, when the TTS model normalises and the
+         checkpoint does not (or differently): a statistics file (ParallelWaveGAN's stats.npy / stats.h5) or a
+         (mean, std) pair; the mels are renormalised to the checkpoint's convention. Every mel is then judged
+         against that convention: values below its silence floor are refused (a WavflowError), values
+         unlikely to belong to it draw a warning (README: Mels from other toolkits).
     Other keyword arguments are the model's other `infer_options` (for example method="naive" for WaveNet);
     an option the model does not take is refused.
     """
@@ -392,6 +434,8 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
     else:
         vocoder = load_vocoder(checkpoint, model, device, dtype or "fp32")
     mels, form = as_mel_list(mel, vocoder.mel_config.n_mels)
+    names = ["mel"] if len(mels) == 1 else [f"mel[{i}]" for i in range(len(mels))]
+    mels = conform_mels(mels, vocoder.mel_config, input_stats(stats, vocoder.mel_config.n_mels), names)
     out: list[torch.Tensor | None] = [None] * len(mels)
     for i, audio in vocode(vocoder, mels, seed=seed, batch_size=batch_size, denoise=denoise, progress=progress,
                               sigma=sigma, temperature=temperature, **options):

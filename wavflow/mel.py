@@ -5,10 +5,12 @@ reads or in another toolkit's (`--preset`, `--stats`).
     python -m wavflow.mel speech.flac -o mel.npy          # any format soundfile reads, any sample rate
     python -m wavflow.mel a.wav b.wav wavs/ -o mels/      # several files (a directory stands for its audio)
     python -m wavflow.mel speech.wav --preset parallel_wavegan --stats stats.npy   # ESPnet / PWG features
+    python -m wavflow.mel speech.wav --preset espnet --sample-rate 24000 --hop-length 300 --n-fft 2048 --win-length 1200
+    python -m wavflow.mel speech.wav --checkpoint exp/waveglow/best.pt   # the mel that checkpoint vocodes
 
-Each output is float32 .npy shaped (80, F) with F = T // 256 + 1 for T samples at 22050 Hz (design.md section 1):
-exactly the mel `wavflow.mel_spectrogram` gives, so Tacotron 2 output and these files are interchangeable.
-Audio at another rate is resampled to 22050 Hz first. Every input is checked (readable, long enough, within
+Each output is float32 .npy shaped (n_mels, F); by default (80, F) with F = T // 256 + 1 for T samples at
+22050 Hz (design.md section 1): exactly the mel `wavflow.mel_spectrogram` gives, so Tacotron 2 output and these
+files are interchangeable. Audio at another rate is resampled to the convention's rate first. Every input is checked (readable, long enough, within
 the length limit) before any work; the mels are written under temporary names and renamed into place only
 when all of them are done, so a failure leaves neither a partial .npy nor part of a list behind.
 
@@ -16,6 +18,7 @@ This module is an entry point only: inside the package use wavflow.frontend.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -26,13 +29,17 @@ import soundfile as sf
 import torch
 
 from .audio import load_audio
-from .cli import ArgumentParser, check_writable_dir, expand_inputs, output_paths, run_cli
+from .cli import ArgumentParser, check_writable_dir, expand_inputs, number, output_paths, run_cli
 from .errors import WavflowError
 from .fileio import check_input_file
 from .frontend import PRESETS, MelConfig, load_stats, mel_spectrogram, save_mel
 
 PROG = "python -m wavflow.mel"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+OVERRIDES = [("sample_rate", int, "sample rate in Hz"), ("n_fft", int, "FFT size (the window too, unless given)"),
+             ("hop_length", int, "hop in samples: one frame per hop"), ("win_length", int, "window length"),
+             ("n_mels", int, "mel bands"), ("fmin", float, "lowest band edge in Hz"),
+             ("fmax", float, "highest band edge in Hz (default: the preset's, at most half the sample rate)")]
 
 
 def check_audio_file(path: Path, config: MelConfig = MelConfig(), max_frames: int | None = None) -> int:
@@ -96,10 +103,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stats", metavar="FILE",
                         help="normalise each band with dataset statistics: ParallelWaveGAN's stats.npy ([2, n_mels]: "
                              "mean, scale) or stats.h5")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="the convention a wavflow checkpoint was trained on, its statistics included (instead "
+                             "of --preset): the mel that checkpoint vocodes")
+    for name, kind, what in OVERRIDES:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=number(kind, above=0) if kind is int
+                            else number(kind, minimum=0), metavar="N" if kind is int else "HZ",
+                            help=f"{what} (overrides the preset's)")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not list the files written")
     args = parser.parse_args(argv)
 
-    config = MelConfig.preset(args.preset)
+    if args.checkpoint is not None:
+        if args.preset != "tacotron2" or args.stats is not None:
+            parser.error("--checkpoint gives the convention: leave out --preset and --stats")
+        from .checkpoint import load
+        config = load(args.checkpoint).mel_config
+    else:
+        config = MelConfig.preset(args.preset)
+    changes = {name: getattr(args, name) for name, _, _ in OVERRIDES if getattr(args, name) is not None}
+    if changes:
+        if "n_fft" in changes and "win_length" not in changes:  # a window as long as the FFT, as every preset
+            changes["win_length"] = changes["n_fft"]
+        if "sample_rate" in changes and "fmax" not in changes:
+            changes["fmax"] = min(config.fmax, changes["sample_rate"] / 2)
+        try:
+            config = dataclasses.replace(config, **changes)
+        except WavflowError as e:
+            parser.error(str(e))
     if args.stats is not None:
         config = config.with_stats(*load_stats(args.stats, config.n_mels))
     inputs = expand_inputs(args.inputs, AUDIO_SUFFIXES, "audio")

@@ -36,8 +36,8 @@ import torch
 
 from .errors import WavflowError
 from .fileio import atomic_write
-from .inference import (DTYPES, ItemNoise, as_mel_list, check_dtype, check_options, item_seed, load_vocoder,
-                        make_denoiser)
+from .inference import (DTYPES, ItemNoise, as_mel_list, check_dtype, check_options, conform_mels, input_stats,
+                        item_seed, load_vocoder, make_denoiser)
 from .models import Vocoder
 
 DEFAULT_CHUNK_SECONDS = 1.0  # `stream`'s chunk: about the latency a listener waits for with a real-time model
@@ -51,13 +51,14 @@ STREAM_ABOVE_SECONDS = 30.0  # the command line streams mels longer than this (b
 def stream(mel: Any, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, checkpoint: str | os.PathLike | None = None, *,
            model: str | torch.nn.Module | None = None, device: str | torch.device = "cpu",
            sigma: float | None = None, temperature: float | None = None, denoise: float = 0.0,
-           seed: int | None = None, dtype: str | None = None, **options: Any) -> Iterator[torch.Tensor]:
+           seed: int | None = None, dtype: str | None = None, stats: Any = None,
+           **options: Any) -> Iterator[torch.Tensor]:
     """Vocode one mel a chunk at a time: yields 1-D float32 CPU tensors of about chunk_seconds of audio each (whole
     mel frames; the last one shorter), in order. Their concatenation equals `wavflow.synthesize` with the same
     arguments, to float rounding; memory is bounded by the chunk (and WaveGlow's window), not by the mel.
 
     mel: one mel as `wavflow.synthesize` takes it ((n_mels, F) or (F, n_mels) array or tensor, (1, n_mels, F),
-    or a .npy path). checkpoint, model, device, sigma, temperature, denoise, seed, dtype and other options: as
+    or a .npy path). checkpoint, model, device, sigma, temperature, denoise, seed, dtype, stats and other options: as
     for `wavflow.synthesize`. Every argument is checked here, before the first chunk is asked for.
     """
     if isinstance(model, torch.nn.Module):
@@ -75,6 +76,7 @@ def stream(mel: Any, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, checkpoint: s
     mels, _ = as_mel_list(mel, vocoder.mel_config.n_mels)
     if len(mels) != 1:
         raise WavflowError(f"stream takes one mel, got {len(mels)}: stream them one by one")
+    mels = conform_mels(mels, vocoder.mel_config, input_stats(stats, vocoder.mel_config.n_mels), ["mel"])
     return stream_mel(vocoder, mels[0], chunk_seconds=chunk_seconds, seed=seed, denoise=denoise, sigma=sigma,
                       temperature=temperature, **options)
 
@@ -266,12 +268,11 @@ def stream_to_wavs(model: Vocoder, jobs: Sequence[tuple[Any, str | os.PathLike]]
     """Stream each (inference.MelFile, WAV path) of `jobs` to its file with `write_wav`, one after another, each
     mel read only when its turn comes; one progress bar (seconds of audio and RTF) over them all. Returns the
     seconds of audio written. `python -m wavflow.synthesize` runs long mels through this."""
-    from .frontend import load_mel
     from .inference import _progress_bar
 
     if not jobs:
         return 0.0
-    sr, hop, n_mels = model.mel_config.sample_rate, model.mel_config.hop_length, model.mel_config.n_mels
+    sr, hop = model.mel_config.sample_rate, model.mel_config.hop_length
     bar = _progress_bar(sum(m.frames for m, _ in jobs) * hop / sr, enabled=progress)
     t0, done = time.perf_counter(), 0.0
 
@@ -287,7 +288,7 @@ def stream_to_wavs(model: Vocoder, jobs: Sequence[tuple[Any, str | os.PathLike]]
 
     try:
         for mel_file, target in jobs:
-            mel = load_mel(mel_file.path, n_mels)
+            mel = mel_file.read(model.mel_config)
             write_wav(target, counted(stream_mel(model, mel, chunk_seconds=chunk_seconds, seed=seed,
                                                  denoise=denoise, **options)), sr)
     finally:

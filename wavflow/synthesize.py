@@ -6,15 +6,16 @@ Never import this module inside the package: `import wavflow.synthesize` would m
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import NoReturn, Sequence
 
 from . import resources
 from .audio import save_wav
 from .cli import ArgumentParser, check_writable_dir, expand_inputs, number, output_paths, resolve_device, run_cli
-from .frontend import load_mel
-from .inference import (DEFAULT_BATCH_SIZE, SHIPPED, MelFile, check_options, load_vocoder, make_denoiser,
-                        vocode)
+from .frontend import conform_mel, load_mel
+from .inference import (DEFAULT_BATCH_SIZE, SHIPPED, MelFile, check_options, input_stats, load_vocoder,
+                        make_denoiser, vocode)
 from .streaming import CLI_CHUNK_SECONDS, STREAM_ABOVE_SECONDS, stream_to_wavs
 
 PROG = "python -m wavflow.synthesize"
@@ -22,9 +23,11 @@ PROG = "python -m wavflow.synthesize"
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description="Vocode mel spectrograms (.npy) to 16-bit WAV files with a wavflow "
-                       "checkpoint. Each mel of F frames gives exactly F * 256 samples.")
+                       "checkpoint. Each mel of F frames gives exactly F * hop samples (256 for the shipped models) at the "
+                       "checkpoint's sample rate.")
     p.add_argument("inputs", nargs="*", metavar="MEL",
-                   help="mel .npy files shaped (80, F), (F, 80) or (1, 80, F), or directories of them")
+                   help="mel .npy files shaped (n_mels, F), (F, n_mels) or (1, n_mels, F) (80 bands for the shipped "
+                        "models), or directories of them")
     p.add_argument("--example", action="store_true",
                    help="vocode the example mel that ships with wavflow (LJSpeech clip LJ002-0020)")
     p.add_argument("-o", "--output", metavar="OUT",
@@ -51,6 +54,10 @@ def build_parser() -> ArgumentParser:
                    help="precision of the model's arithmetic (default fp32); bf16 only where the device has it "
                         "natively (a CPU with avx512_bf16 or amx_bf16, a bf16-capable GPU), for WaveGlow and the "
                         "student (README: Speed)")
+    p.add_argument("--stats", metavar="FILE",
+                   help="statistics the mels are normalised with (ParallelWaveGAN's stats.npy or stats.h5: per-band "
+                        "mean and scale), when the TTS model normalises and the checkpoint does not or differently; "
+                        "the mels are renormalised to the checkpoint's convention (README: Mels from other toolkits)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed (default 0); each mel's noise depends only on this and the mel's contents")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
@@ -76,7 +83,13 @@ def _main(argv: Sequence[str] | None) -> int:
     options = check_options(vocoder, {"sigma": args.sigma, "temperature": args.temperature})
     n_mels = vocoder.mel_config.n_mels
     inputs = expand_inputs(args.inputs, (".npy",), "mel .npy")
-    mels = [MelFile(path, load_mel(path, n_mels).shape[1]) for path in inputs]  # each checked, none kept
+    stats = input_stats(args.stats, n_mels)
+    mels = []
+    for path in inputs:  # each read and judged against the checkpoint's convention; none kept
+        mel, warning = conform_mel(load_mel(path, n_mels), vocoder.mel_config, stats, str(path))
+        if warning is not None:  # shown under -q too: the audio is likely noise
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        mels.append(MelFile(path, mel.shape[1], stats))
     targets = output_paths(inputs, args.output, ".wav", default_dir="out")
     for directory in sorted({t.parent for t in targets}):
         check_writable_dir(directory)

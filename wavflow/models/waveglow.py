@@ -18,6 +18,7 @@ one-to-one onto NVIDIA's (wavflow.nvidia imports their checkpoints):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -38,26 +39,26 @@ from .waveglow_sampling import BackendChoice, _CouplingPlan, _SamplingPlan, _Wor
 @dataclass(frozen=True)
 class WaveGlowConfig:
     n_flows: int = 12  # flow steps, each an invertible 1x1 conv then an affine coupling
-    n_group: int = 8  # audio samples squeezed into the channels of one time step
+    n_group: int | None = None  # samples squeezed into one time step; None: 8 where it divides the hop (see group_size)
     n_early_every: int = 4  # every this many flows, n_early_size channels go straight to z ...
     n_early_size: int = 2  # ... so the flows see 8, 6, 4 channels (the later ones are cheaper)
     wn_layers: int = 8  # dilated conv layers in each coupling network (dilations 1, 2, 4, ..., 2^(layers-1))
     wn_channels: int = 256  # residual channels of the coupling network (the paper's best model has 512)
     wn_kernel_size: int = 3  # non-causal: the coupling sees past and future groups
-    upsample_kernel: int = 1024  # ConvTranspose1d mel upsampler, stride = hop length; 1024 = 4 frames of context
+    upsample_kernel: int | None = None  # ConvTranspose1d mel upsampler, stride = hop; None: 4 * hop (4 frames of context)
     sigma: float = 1.0  # std of the Gaussian prior on z while training and scoring
     infer_sigma: float = 0.6  # default std of z when sampling (lower = cleaner but flatter speech)
 
     def __post_init__(self) -> None:
         # Every value that cannot build a model is refused here, by name and value, before any layer exists
         # (the trainer's CLI turns the WavflowError into one line). Checks that need the mel (n_group and
-        # upsample_kernel against the hop length) are WaveGlow's.
+        # upsample_kernel against the hop length) are `resolved`'s.
         problems = []
         for name in ("n_flows", "n_early_every", "wn_layers", "wn_channels", "upsample_kernel"):
             value = getattr(self, name)
-            if not is_int(value) or value < 1:
+            if (value is not None or name != "upsample_kernel") and (not is_int(value) or value < 1):
                 problems.append(f"{name}={value!r} must be an integer >= 1")
-        if not is_int(self.n_group) or self.n_group < 2 or self.n_group % 2:
+        if self.n_group is not None and (not is_int(self.n_group) or self.n_group < 2 or self.n_group % 2):
             problems.append(f"n_group={self.n_group!r} must be an even integer >= 2 (each coupling splits the "
                             f"channels in halves)")
         if not is_int(self.n_early_size) or self.n_early_size < 0 or self.n_early_size % 2:
@@ -66,7 +67,7 @@ class WaveGlowConfig:
         if not is_int(self.wn_kernel_size) or self.wn_kernel_size < 1 or self.wn_kernel_size % 2 == 0:
             problems.append(f"wn_kernel_size={self.wn_kernel_size!r} must be an odd integer >= 1 (a centred, "
                             f"non-causal conv)")
-        if not problems:
+        if not problems and self.n_group is not None:
             last = self.remaining_channels(self.n_flows - 1)
             if last < 2:
                 problems.append(f"n_early_every={self.n_early_every} and n_early_size={self.n_early_size} leave "
@@ -83,10 +84,34 @@ class WaveGlowConfig:
         """Channels flow k works on (n_group minus the early outputs taken before it)."""
         return self.n_group - (k // self.n_early_every) * self.n_early_size
 
+    def resolved(self, hop: int) -> "WaveGlowConfig":
+        """This config for a mel hop: n_group and upsample_kernel filled in where left out, both checked
+        against the hop (a WavflowError naming the problem where the hop cannot take them)."""
+        n_group = self.n_group if self.n_group is not None else group_size(hop)
+        kernel = self.upsample_kernel if self.upsample_kernel is not None else 4 * hop
+        if hop % n_group:
+            raise WavflowError(f"invalid WaveGlowConfig: n_group {n_group} must divide the hop length {hop} "
+                               f"(leave n_group out to derive it from the hop)")
+        if kernel < hop or kernel % hop:
+            raise WavflowError(f"invalid WaveGlowConfig: upsample_kernel {kernel} must be a multiple of the hop "
+                               f"length {hop} (leave it out for 4 * hop)")
+        return dataclasses.replace(self, n_group=n_group, upsample_kernel=kernel)  # __post_init__ checks the channels
+
     @classmethod
     def tiny(cls) -> "WaveGlowConfig":
         """A few-thousand-parameter coupling stack for tests: 4 flows (8, 8, 6, 6 channels), WN 2 x 16."""
         return cls(n_flows=4, n_group=8, n_early_every=2, n_early_size=2, wn_layers=2, wn_channels=16)
+
+
+def group_size(hop: int) -> int:
+    """WaveGlow's default n_group for a mel hop: 8 (NVIDIA's) where it divides the hop, else the even divisor of
+    the hop nearest 8, the larger on a tie (fewer, wider time steps): 256 -> 8, 200 -> 8, 300 -> 10, 512 -> 8.
+    Each coupling splits the group in halves, so an odd hop (no even divisor) cannot be squeezed."""
+    even = [d for d in range(2, hop + 1, 2) if hop % d == 0]
+    if not even:
+        raise WavflowError(f"invalid WaveGlowConfig: the hop length {hop} is odd, so no even n_group divides it "
+                           f"(each coupling splits a group of samples in halves); use an even hop")
+    return min(even, key=lambda d: (abs(d - 8), -d))
 
 
 def upsample_squeezed(mel: Tensor, weight: Tensor, bias: Tensor, hop: int, n_group: int, num_groups: int,
@@ -177,14 +202,10 @@ class WaveGlow(nn.Module):
 
     def __init__(self, config: WaveGlowConfig = WaveGlowConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()
+        hop = mel_config.hop_length
+        config = config.resolved(hop)  # n_group and upsample_kernel are numbers from here on (and in checkpoints)
         self.config = config
         self.mel_config = mel_config
-        hop = mel_config.hop_length
-        if hop % config.n_group:
-            raise WavflowError(f"invalid WaveGlowConfig: n_group {config.n_group} must divide the hop length {hop}")
-        if config.upsample_kernel < hop or config.upsample_kernel % hop:
-            raise WavflowError(f"invalid WaveGlowConfig: upsample_kernel {config.upsample_kernel} must be a "
-                               f"multiple of the hop length {hop}")
         n_mels = mel_config.n_mels
         self.upsample = nn.ConvTranspose1d(n_mels, n_mels, config.upsample_kernel, stride=hop)
         self.convinv = nn.ModuleList()
