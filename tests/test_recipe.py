@@ -159,6 +159,8 @@ def test_force_reruns_a_stage_and_a_failure_names_its_log(run, ljspeech_root):
     (["--conf-suffix", "nope"], "nope.yaml"),
     (["--frobnicate"], "unknown option '--frobnicate'"),
     (["--max-seconds", "abc"], "--max-seconds"),
+    (["--mel-preset", "kaldi"], "--mel-preset 'kaldi': one of tacotron2, hifigan, espnet, parallel_wavegan"),
+    (["--mel-stats", "nope.npy"], "--mel-stats nope.npy: no such file"),
 ])
 def test_bad_options_one_line_exit_2(args, needle, tmp_path, ljspeech_root):
     proc = recipe("--data-root", str(ljspeech_root), "--exp-dir", str(tmp_path / "exp"), *args, timeout=30)
@@ -166,6 +168,21 @@ def test_bad_options_one_line_exit_2(args, needle, tmp_path, ljspeech_root):
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and err.startswith("run.sh: error:") and needle in err, err
     assert not list((tmp_path).rglob("*.log"))
+
+
+def test_mel_preset_trains_on_that_convention_at_another_rate(ljspeech_root, tmp_path):
+    exp = tmp_path / "exp"
+    rate = "mel.sample_rate=16000 mel.hop_length=200 mel.n_fft=1024 mel.win_length=800"
+    proc = recipe("--data-root", str(ljspeech_root), "--conf-suffix", "tiny", "--exp-dir", str(exp), "--steps", "1",
+                  "--device", "cpu", "--stage", "2", "--stop-stage", "2", "--mel-preset", "espnet",
+                  "--train-args", f"{TRAIN_ARGS} {rate}", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import torch
+
+    mel = torch.load(exp / "wavenet" / "last.pt", map_location="cpu", weights_only=True)["mel_config"]
+    assert (mel["log_base"], mel["fmin"], mel["fmax"]) == ("10", 80.0, 7600.0)  # the preset's
+    assert (mel["sample_rate"], mel["hop_length"], mel["win_length"]) == (16000, 200, 800)
+    assert "resampled to mel.sample_rate=16000 Hz" in (exp / "logs" / "stage2.wavenet.log").read_text()
 
 
 def test_data_root_without_metadata(tmp_path):

@@ -5,6 +5,8 @@
 #   bash recipes/ljspeech/run.sh                                          # everything, paper-size configs
 #   bash recipes/ljspeech/run.sh --data-root /data/LJSpeech-1.1 --conf-suffix tiny   # CPU-sized
 #   bash recipes/ljspeech/run.sh --stage 3 --stop-stage 3 --n-gpus 8      # WaveGlow only, on 8 GPUs
+#   bash recipes/ljspeech/run.sh --mel-preset espnet --train-args "mel.sample_rate=24000 mel.hop_length=300 \
+#       mel.n_fft=2048 mel.win_length=1200"                              # ESPnet's features at 24 kHz
 #
 # Stages (each logs to EXP/logs/stageN.NAME.log; each is skipped when its output is complete and was made from
 # the same inputs and options, unless --force):
@@ -16,7 +18,8 @@
 #   2 teacher    python -m wavflow.train conf/wavenet.yaml  -> EXP/wavenet/
 #   3 waveglow   python -m wavflow.train conf/waveglow.yaml -> EXP/waveglow/
 #   4 student    python -m wavflow.train conf/student.yaml teacher=<stage 2 checkpoint> -> EXP/student/
-#   5 vocode     python -m wavflow.synthesize on the validation mels, per model -> EXP/vocoded/MODEL/ID.wav
+#   5 vocode     python -m wavflow.synthesize on the validation clips' mels, each model's in its own checkpoint's
+#                convention (EXP/vocoded/mels/MODEL/) -> EXP/vocoded/MODEL/ID.wav
 #   6 evaluate   python -m wavflow.evaluate on the three checkpoints -> EXP/eval/{results.md,results.json,spectrograms.png}
 #   7 benchmark  python -m wavflow.benchmark with the three checkpoints -> EXP/bench/{bench.md,bench.json,bench.png}
 # A model's checkpoint for stages 4-7 is best.pt (lowest validation NLL) when training wrote one, else last.pt.
@@ -45,6 +48,10 @@ usage: bash recipes/ljspeech/run.sh [options]
   --bench-args "..."   arguments for python -m wavflow.benchmark (default: none; with --conf-suffix tiny:
                        --quick without the naive WaveNet row, which takes minutes per 0.1 s on a CPU)
   --train-args "K=V .." extra overrides for every training stage (e.g. "train.valid_every=50 data.num_workers=0")
+  --mel-preset NAME    train every model on a named mel convention: tacotron2 (default), hifigan, espnet,
+                       parallel_wavegan; rate and hop through --train-args ("mel.sample_rate=24000
+                       mel.hop_length=300 mel.n_fft=2048 mel.win_length=1200"); clips are resampled as they load
+  --mel-stats FILE     train on features normalised with these statistics (ParallelWaveGAN's stats.npy / .h5)
   --force              re-run the selected stages even when their outputs exist
   -h, --help           this text
 Environment: PYTHON (default python), TORCHRUN (default: $PYTHON -m torch.distributed.run).
@@ -68,6 +75,8 @@ max_seconds=""
 nll_max_seconds=""
 metrics=""
 train_args=""
+mel_preset=""
+mel_stats=""
 bench_args=""
 bench_args_set=0
 force=0
@@ -98,6 +107,8 @@ while [[ $# -gt 0 ]]; do
     --metrics) need_value "$@"; metrics="$2"; shift 2 ;;
     --bench-args) [[ $# -ge 2 ]] || die "--bench-args needs a value"; bench_args="$2"; bench_args_set=1; shift 2 ;;
     --train-args) [[ $# -ge 2 ]] || die "--train-args needs a value"; train_args="$2"; shift 2 ;;
+    --mel-preset) need_value "$@"; mel_preset="$2"; shift 2 ;;
+    --mel-stats) need_value "$@"; mel_stats="$2"; shift 2 ;;
     --force) force=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
@@ -113,6 +124,11 @@ is_uint "$n_valid" && (( n_valid >= 1 )) || die "--n-valid must be a positive in
 [[ -z "$max_seconds" ]] || is_number "$max_seconds" || die "--max-seconds must be a positive number, got '$max_seconds'"
 [[ -z "$nll_max_seconds" ]] || is_number "$nll_max_seconds" || die "--nll-max-seconds must be a positive number"
 [[ "$conf_suffix" =~ ^[A-Za-z0-9_-]*$ ]] || die "--conf-suffix '$conf_suffix': letters, digits, - and _ only"
+[[ -z "$mel_preset" || "$mel_preset" =~ ^(tacotron2|hifigan|espnet|parallel_wavegan)$ ]] \
+  || die "--mel-preset '$mel_preset': one of tacotron2, hifigan, espnet, parallel_wavegan"
+[[ -z "$mel_stats" || -f "$mel_stats" ]] || die "--mel-stats $mel_stats: no such file"
+[[ -n "$mel_preset" ]] && train_args="mel.preset=$mel_preset $train_args"
+[[ -n "$mel_stats" ]] && train_args="mel.stats=$(cd "$(dirname "$mel_stats")" && pwd)/$(basename "$mel_stats") $train_args"
 command -v "$PYTHON" >/dev/null || die "no Python interpreter '$PYTHON' (set PYTHON=/path/to/python)"
 
 suffix="${conf_suffix:+.$conf_suffix}"
@@ -314,27 +330,31 @@ fi
 # Stage 5: vocode the validation mels with each model
 
 vocode() {
-  local out="$1" mels="$1/mels"
-  mkdir -p "$mels"
-  # The inputs: the validation mels, the first --max-clips of them, each cut to --max-seconds.
-  "$PYTHON" - "$data_dir/valid_mel" "$mels" "${max_clips:-0}" "${max_seconds:-0}" <<'PY'
-import sys
-from pathlib import Path
-import numpy as np
-from wavflow.frontend import MelConfig, load_mel, save_mel
-
-src, dst, max_clips, max_seconds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-files = sorted(src.glob("*.npy"))[: max_clips or None]
-c = MelConfig()
-frames = int(max_seconds * c.sample_rate) // c.hop_length + 1 if max_seconds else None
-for f in files:
-    save_mel(dst / f.name, load_mel(f)[:, :frames])
-print(f"{len(files)} mels -> {dst}" + (f" (first {frames} frames each)" if frames else ""))
-PY
-  local model ckpt
+  local out="$1" model ckpt mels
   for model in wavenet waveglow student; do
     ckpt="$(checkpoint_of "$model")"
+    mels="$out/mels/$model"
+    mkdir -p "$mels"
     echo "== $model: $ckpt"
+    # The inputs: the validation clips' mels in this checkpoint's own convention (stage 1's are Tacotron 2's),
+    # the first --max-clips of them, each cut to --max-seconds.
+    "$PYTHON" - "$data_dir/valid.list" "$ckpt" "$mels" "${max_clips:-0}" "${max_seconds:-0}" <<'PY'
+import sys
+from pathlib import Path
+from wavflow.checkpoint import load
+from wavflow.frontend import save_mel
+from wavflow.mel import audio_to_mel
+
+listing, ckpt, dst = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+max_clips, max_seconds = int(sys.argv[4]), float(sys.argv[5])
+c = load(ckpt).mel_config
+files = [Path(line) for line in listing.read_text().split()][: max_clips or None]
+frames = int(max_seconds * c.sample_rate) // c.hop_length + 1 if max_seconds else None
+for f in files:
+    save_mel(dst / f"{f.stem}.npy", audio_to_mel(f, c)[:, :frames])
+print(f"{len(files)} mels ({c.sample_rate} Hz, hop {c.hop_length}) -> {dst}"
+      + (f" (first {frames} frames each)" if frames else ""))
+PY
     "$PYTHON" -m wavflow.synthesize "$mels" --checkpoint "$ckpt" -o "$out/$model" --device "$device" --quiet
     echo "$(ls "$out/$model" | wc -l) files -> $out/$model"
   done
