@@ -39,7 +39,8 @@ RATES = {
     "24k": {"preset": "parallel_wavegan", "sample_rate": 24000, "n_fft": 2048, "hop_length": 300,
             "win_length": 1200},
 }
-TINY_WAVEGLOW = dataclasses.replace(WaveGlowConfig.tiny(), n_group=None)  # groups derived from the hop
+# groups derived from the hop; a one-frame upsampler kernel (the tiny recipe's), whatever the hop
+TINY_WAVEGLOW = dataclasses.replace(WaveGlowConfig.tiny(), n_group=None, upsample_frames=1)
 
 
 # ------------------------------------------------------------------------------------------------ WaveGlow shapes
@@ -55,11 +56,17 @@ def test_waveglow_groups_come_from_the_hop(hop, n_group):
 
 
 def test_waveglow_resolves_groups_and_kernel_and_refuses_what_the_hop_cannot_take():
-    model = WaveGlow(TINY_WAVEGLOW, MelConfig.preset("parallel_wavegan", sample_rate=24000, n_fft=2048,
-                                                      hop_length=300, win_length=1200))
-    assert model.config.n_group == 10 and model.config.upsample_kernel == 1200
+    at24k = MelConfig.preset("parallel_wavegan", sample_rate=24000, n_fft=2048, hop_length=300, win_length=1200)
+    model = WaveGlow(WaveGlowConfig.tiny().__class__(n_flows=4, n_early_every=2, n_early_size=2, wn_layers=2,
+                                                     wn_channels=16), at24k)
+    assert (model.config.n_group, model.config.upsample_kernel, model.config.upsample_frames) == (10, 1200, 4)
     assert model.upsample.weight.shape == (80, 80, 1200) and model.upsample.stride == (300,)
-    assert WaveGlow().config == WaveGlowConfig(n_group=8, upsample_kernel=1024)  # NVIDIA's model at hop 256
+    assert WaveGlow(TINY_WAVEGLOW, at24k).config.upsample_kernel == 300  # one frame
+    # NVIDIA's model at hop 256, and a resolved config resolves to itself
+    assert WaveGlow().config == WaveGlowConfig(n_group=8, upsample_kernel=1024, upsample_frames=4)
+    assert WaveGlow().config.resolved(256) == WaveGlow().config
+    with pytest.raises(WavflowError, match="upsample_kernel 256 and upsample_frames 4 disagree at hop 256"):
+        WaveGlow(dataclasses.replace(TINY_WAVEGLOW, upsample_kernel=256, upsample_frames=4))
     with pytest.raises(WavflowError, match=r"^invalid WaveGlowConfig: n_group 8 must divide the hop length 300 "):
         WaveGlow(WaveGlowConfig.tiny(), MelConfig(sample_rate=24000, n_fft=2048, hop_length=300, win_length=1200))
     with pytest.raises(WavflowError, match="upsample_kernel 1000 must be a multiple of the hop length 300"):
@@ -115,7 +122,7 @@ def test_training_at_the_rate_stores_its_convention_in_every_checkpoint(trained)
         assert ck["mel_config"]["fmax"] == 7600.0
     glow = read_checkpoint(out / "waveglow" / "last.pt")["model_config"]
     assert glow["n_group"] == group_size(settings["hop_length"])  # numbers in the file, not None
-    assert glow["upsample_kernel"] == 4 * settings["hop_length"]
+    assert (glow["upsample_kernel"], glow["upsample_frames"]) == (settings["hop_length"], 1)
     for family in ("wavenet", "student"):  # upsampling stages derived from the hop
         model = load_model(out / family / "last.pt")
         assert np.prod(upsample_factors(model.config, model.mel_config)) == settings["hop_length"]

@@ -45,7 +45,8 @@ class WaveGlowConfig:
     wn_layers: int = 8  # dilated conv layers in each coupling network (dilations 1, 2, 4, ..., 2^(layers-1))
     wn_channels: int = 256  # residual channels of the coupling network (the paper's best model has 512)
     wn_kernel_size: int = 3  # non-causal: the coupling sees past and future groups
-    upsample_kernel: int | None = None  # ConvTranspose1d mel upsampler, stride = hop; None: 4 * hop (4 frames of context)
+    upsample_kernel: int | None = None  # ConvTranspose1d mel upsampler, stride = hop; None: upsample_frames * hop
+    upsample_frames: int | None = None  # ... the same kernel in frames (None: 4, NVIDIA's 1024 at hop 256)
     sigma: float = 1.0  # std of the Gaussian prior on z while training and scoring
     infer_sigma: float = 0.6  # default std of z when sampling (lower = cleaner but flatter speech)
 
@@ -54,9 +55,9 @@ class WaveGlowConfig:
         # (the trainer's CLI turns the WavflowError into one line). Checks that need the mel (n_group and
         # upsample_kernel against the hop length) are `resolved`'s.
         problems = []
-        for name in ("n_flows", "n_early_every", "wn_layers", "wn_channels", "upsample_kernel"):
+        for name in ("n_flows", "n_early_every", "wn_layers", "wn_channels", "upsample_kernel", "upsample_frames"):
             value = getattr(self, name)
-            if (value is not None or name != "upsample_kernel") and (not is_int(value) or value < 1):
+            if (value is not None or not name.startswith("upsample")) and (not is_int(value) or value < 1):
                 problems.append(f"{name}={value!r} must be an integer >= 1")
         if self.n_group is not None and (not is_int(self.n_group) or self.n_group < 2 or self.n_group % 2):
             problems.append(f"n_group={self.n_group!r} must be an even integer >= 2 (each coupling splits the "
@@ -85,17 +86,23 @@ class WaveGlowConfig:
         return self.n_group - (k // self.n_early_every) * self.n_early_size
 
     def resolved(self, hop: int) -> "WaveGlowConfig":
-        """This config for a mel hop: n_group and upsample_kernel filled in where left out, both checked
-        against the hop (a WavflowError naming the problem where the hop cannot take them)."""
+        """This config for a mel hop: n_group, upsample_kernel and upsample_frames filled in where left out and
+        checked against the hop (a WavflowError naming the problem where the hop cannot take them)."""
         n_group = self.n_group if self.n_group is not None else group_size(hop)
-        kernel = self.upsample_kernel if self.upsample_kernel is not None else 4 * hop
         if hop % n_group:
             raise WavflowError(f"invalid WaveGlowConfig: n_group {n_group} must divide the hop length {hop} "
                                f"(leave n_group out to derive it from the hop)")
+        kernel, frames = self.upsample_kernel, self.upsample_frames
+        if kernel is None:
+            kernel = (4 if frames is None else frames) * hop
         if kernel < hop or kernel % hop:
             raise WavflowError(f"invalid WaveGlowConfig: upsample_kernel {kernel} must be a multiple of the hop "
-                               f"length {hop} (leave it out for 4 * hop)")
-        return dataclasses.replace(self, n_group=n_group, upsample_kernel=kernel)  # __post_init__ checks the channels
+                               f"length {hop} (or give upsample_frames, the kernel in frames)")
+        if frames is not None and kernel != frames * hop:
+            raise WavflowError(f"invalid WaveGlowConfig: upsample_kernel {kernel} and upsample_frames {frames} "
+                               f"disagree at hop {hop} ({frames} x {hop} = {frames * hop}); give one of them")
+        # __post_init__ checks the channels
+        return dataclasses.replace(self, n_group=n_group, upsample_kernel=kernel, upsample_frames=kernel // hop)
 
     @classmethod
     def tiny(cls) -> "WaveGlowConfig":
