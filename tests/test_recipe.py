@@ -146,7 +146,7 @@ def test_force_reruns_a_stage_and_a_failure_names_its_log(run, ljspeech_root):
                   "--stage", "3", "--stop-stage", "3", "--force", "--train-args", "train.lr=fast", timeout=300)
     log = exp / "logs" / "stage3.waveglow.log"
     assert proc.returncode == 2
-    assert f"stage 3 (waveglow): FAILED (exit 2)" in proc.stderr and str(log) in proc.stderr
+    assert "stage 3 (waveglow): FAILED (exit 2)" in proc.stderr and str(log) in proc.stderr
     assert "train.lr" in proc.stderr and "train.lr" in log.read_text()
     assert not (exp / "waveglow" / ".done").exists()
 

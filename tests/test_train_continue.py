@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from wavflow.models import config_to_dict
 from wavflow.train import PROG, Trainer, load_config, main, train
 
 from synth_helpers import clip
-from test_train import ENV, TINY, cli, log_records, write_config
+from test_train import ENV, cli, log_records, write_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

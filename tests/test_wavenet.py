@@ -45,7 +45,7 @@ def test_receptive_field_of_configs(layers, cycles, kernel, rf):
 
 def test_default_config_is_the_spec_teacher():
     cfg = WaveNetConfig()
-    assert (cfg.layers, cycles := cfg.cycles, cfg.kernel_size) == (24, 4, 3)
+    assert (cfg.layers, cfg.cycles, cfg.kernel_size) == (24, 4, 3)
     assert (cfg.residual_channels, cfg.gate_channels, cfg.skip_channels, cfg.output) == (128, 256, 128, "gaussian")
     assert cfg.log_scale_min == -9.0 and cfg.upsample_factors is None  # derived from the hop: 4 x 4 x 4 x 4
     n = sum(p.numel() for p in WaveNet(cfg).parameters())
