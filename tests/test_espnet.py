@@ -85,3 +85,22 @@ def test_synthesize_and_stream_take_the_tts_models_stats_and_warn_about_another_
         synthesize(normed, ckpt, stats=(mean[:40], scale[:40]))
     with pytest.raises(WavflowError, match=r"mel\[1\]: values go down to -30.00, below"):
         synthesize([logmel, np.full_like(logmel, -30)], ckpt)
+
+
+def test_espnet_feats_stats_npz_gives_the_same_normalisation(ckpt, short_clip, tmp_path):
+    """ESPnet2's GlobalMVN statistics (count, sum, sum_square over frames) read as per-band mean and std."""
+    from wavflow.frontend import load_stats
+
+    y, _ = sf.read(short_clip, dtype="float32")
+    frames = mel_spectrogram(torch.from_numpy(y))[0].numpy().T.astype(np.float64)  # [T, 80], ESPnet's layout
+    np.savez(tmp_path / "feats_stats.npz", count=np.array(len(frames)), sum=frames.sum(0),
+             sum_square=(frames ** 2).sum(0))
+    mean, std = load_stats(tmp_path / "feats_stats.npz", 80)
+    np.testing.assert_allclose(mean, frames.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(std, frames.std(0), rtol=1e-6)
+    np.savez(tmp_path / "other.npz", mean=frames.mean(0))
+    with pytest.raises(WavflowError, match="expected ESPnet's arrays 'count', 'sum' and 'sum_square', found mean"):
+        load_stats(tmp_path / "other.npz", 80)
+    np.savez(tmp_path / "zero.npz", count=np.array(0), sum=frames.sum(0), sum_square=(frames ** 2).sum(0))
+    with pytest.raises(WavflowError, match="'count' must be one positive number"):
+        load_stats(tmp_path / "zero.npz", 80)

@@ -166,9 +166,10 @@ PRESETS: dict[str, MelConfig] = {
 
 def load_stats(path: str | os.PathLike, n_mels: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-band (mean, std) from a statistics file: ParallelWaveGAN's stats.npy (rows mean and scale, [2, n_mels])
-    or stats.h5 (datasets "mean" and "scale"; needs h5py)."""
+    or stats.h5 (datasets "mean" and "scale"; needs h5py), or ESPnet2's feats_stats.npz (arrays "count", "sum"
+    and "sum_square": mean = sum / count, std = sqrt(sum_square / count - mean^2), as its GlobalMVN)."""
     path = Path(path)
-    check_input_file(path, "a statistics file (.npy or .h5)")
+    check_input_file(path, "a statistics file (.npy, .h5 or .npz)")
     if path.suffix == ".npy":
         try:
             stats = np.load(path, allow_pickle=False)
@@ -177,6 +178,19 @@ def load_stats(path: str | os.PathLike, n_mels: int) -> tuple[np.ndarray, np.nda
         if stats.ndim != 2 or stats.shape[0] != 2:
             raise WavflowError(f"{path}: statistics of shape {stats.shape}; expected (2, {n_mels}): mean, scale")
         mean, std = stats[0], stats[1]
+    elif path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if not {"count", "sum", "sum_square"} <= set(f.files):
+                    raise WavflowError(f"{path}: expected ESPnet's arrays 'count', 'sum' and 'sum_square', found "
+                                       f"{', '.join(f.files) or 'none'}")
+                count, total, squares = (np.asarray(f[k], np.float64) for k in ("count", "sum", "sum_square"))
+        except (ValueError, OSError) as e:
+            raise WavflowError(f"{path}: not a plain .npz archive ({str(e).splitlines()[0][:120]})") from None
+        if count.size != 1 or not count.item() > 0:
+            raise WavflowError(f"{path}: 'count' must be one positive number")
+        mean = total / count.item()
+        std = np.sqrt(np.maximum(squares / count.item() - mean * mean, 1e-20))  # GlobalMVN's floor on the variance
     elif path.suffix in (".h5", ".hdf5"):
         try:
             import h5py
@@ -188,7 +202,7 @@ def load_stats(path: str | os.PathLike, n_mels: int) -> tuple[np.ndarray, np.nda
                 raise WavflowError(f"{path}: expected datasets 'mean' and 'scale'")
             mean, std = np.asarray(f["mean"]), np.asarray(f["scale"])
     else:
-        raise WavflowError(f"{path}: statistics must be a .npy ([2, n_mels]: mean, scale) or .h5 file")
+        raise WavflowError(f"{path}: statistics must be a .npy ([2, n_mels]: mean, scale), .h5 or ESPnet .npz file")
     mean, std = np.asarray(mean, np.float64).reshape(-1), np.asarray(std, np.float64).reshape(-1)
     if mean.shape != (n_mels,) or std.shape != (n_mels,):
         raise WavflowError(f"{path}: statistics for {mean.shape[0]} bands; the mel has {n_mels}")

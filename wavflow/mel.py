@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "espnet (docs/design.md section 8)")
     parser.add_argument("--stats", metavar="FILE",
                         help="normalise each band with dataset statistics: ParallelWaveGAN's stats.npy ([2, n_mels]: "
-                             "mean, scale) or stats.h5")
+                             "mean, scale) or stats.h5, or ESPnet2's feats_stats.npz")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="the convention a wavflow checkpoint was trained on, its statistics included (instead "
                              "of --preset): the mel that checkpoint vocodes")

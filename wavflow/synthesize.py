@@ -55,8 +55,8 @@ def build_parser() -> ArgumentParser:
                         "natively (a CPU with avx512_bf16 or amx_bf16, a bf16-capable GPU), for WaveGlow and the "
                         "student (README: Speed)")
     p.add_argument("--stats", metavar="FILE",
-                   help="statistics the mels are normalised with (ParallelWaveGAN's stats.npy or stats.h5: per-band "
-                        "mean and scale), when the TTS model normalises and the checkpoint does not or differently; "
+                   help="statistics the mels are normalised with (ParallelWaveGAN's stats.npy or stats.h5, ESPnet2's "
+                        "feats_stats.npz), when the TTS model normalises and the checkpoint does not or differently; "
                         "the mels are renormalised to the checkpoint's convention (README: Mels from other toolkits)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed (default 0); each mel's noise depends only on this and the mel's contents")
