@@ -345,12 +345,12 @@ def test_bf16_models_stream_like_their_whole_utterance(models, example_mel):
     as vocode keeps it. Chunks change the GEMM shapes, so the agreement is bf16's, not float32's."""
     import copy
 
-    mel = example_mel[:, 10:40]
+    mel = example_mel[:, 10:30]
     for family in ("waveglow", "student"):
         model = copy.deepcopy(models[family]).to(torch.bfloat16)
         whole = synthesize(mel, model=model, seed=3)
         assert whole.dtype == torch.float32
-        for chunk in (0.0116, 0.0813):
+        for chunk in (0.0232, 0.0813):  # chunks of 2 and 7 frames
             torch.testing.assert_close(_streamed(mel, chunk, model=model, seed=3), whole, rtol=0, atol=2e-2)
         with pytest.raises(WavflowError, match="dtype 'fp32': the model passed is in bfloat16"):
             stream(mel, model=model, dtype="fp32")
