@@ -48,12 +48,33 @@ def _tiny_waveglow_1024() -> torch.nn.Module:
     return model.eval()
 
 
+def _at_rate(family: str, sample_rate: int, hop: int) -> torch.nn.Module:
+    """A tiny model at another rate and hop: WaveGlow's groups (10 at hop 300) and 4-frame upsampler, the
+    student's upsampling stages, all derived from the hop."""
+    from wavflow.frontend import MelConfig
+
+    mel = MelConfig.preset("espnet", sample_rate=sample_rate, hop_length=hop, n_fft=4 * hop, win_length=4 * hop)
+    torch.manual_seed(0)
+    if family == "waveglow":
+        config = WaveGlowConfig(n_flows=4, n_early_every=2, n_early_size=2, wn_layers=2, wn_channels=16)
+    else:
+        config = StudentConfig.tiny()
+    model = build_model(family, config, mel)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
 MODELS = {
     "shipped-waveglow": lambda: load(SHIPPED / "waveglow-ljspeech-mini.pt"),
     "shipped-student": lambda: load(SHIPPED / "student-ljspeech-mini.pt"),
     "tiny-waveglow": tiny_waveglow,
     "tiny-waveglow-weight-norm": _tiny_waveglow_1024,
     "tiny-student": _tiny_student,
+    "tiny-waveglow-24k-hop300": lambda: _at_rate("waveglow", 24000, 300),
+    "tiny-student-16k-hop200": lambda: _at_rate("student", 16000, 200),
 }
 
 
@@ -104,7 +125,8 @@ def test_graph_is_folded_noise_free_and_labelled(exported):
     assert dims["mel"] == ["batch", model.mel_config.n_mels, "frames"]
     assert dims["z"][0] == "batch" and dims["z"][-1] == "noise_steps"
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta["wavflow_model_type"] == model.model_type and meta["hop_length"] == "256"
+    assert meta["wavflow_model_type"] == model.model_type
+    assert meta["hop_length"] == str(model.mel_config.hop_length) and meta["sample_rate"] == str(model.mel_config.sample_rate)
     if model.model_type == "waveglow":
         assert float(meta["default_sigma"]) == model.config.infer_sigma
         # every W^-1 of the flows is in the file, as computed in float64 from the folded W
