@@ -140,7 +140,7 @@ def test_batched_utterances_of_different_lengths_match_one_by_one(output):
 def test_whole_chunk_replay_as_a_cuda_graph_runs_it_equals_naive(output):
     """A CUDA graph replays every step of a chunk, also past the end of the audio, and keeps its step counter
     on the device; emulate that on the CPU (ring of a dilation larger than the chunk, a partial last chunk)."""
-    from wavflow.models.wavenet import _CachedSteps
+    from wavflow.models.wavenet_generation import CachedSteps
 
     model = _tiny(output, seed=13, layers=6, cycles=1)  # dilations up to 32, kernel 3: a ring of 64 rows
     mel = _mel(2, 1, seed=14)
@@ -149,7 +149,7 @@ def test_whole_chunk_replay_as_a_cuda_graph_runs_it_equals_naive(output):
     naive = model.generate(mel, method="naive", temperature=0.9, noise=noise)
     with torch.no_grad():
         c = model.upsampler(mel)
-        steps = _CachedSteps(model, 2, chunk, 0.9, c.device, torch.float32)
+        steps = CachedSteps(model, 2, chunk, 0.9, c.device, torch.float32)
         out = torch.zeros(2, T)
         for t0 in range(0, T, chunk):
             t1 = min(t0 + chunk, T)

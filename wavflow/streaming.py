@@ -13,7 +13,7 @@ The chunks are exact: their concatenation is the whole-utterance output for the 
   model's receptive field, computed from its config (`waveglow_margins`), and cropped: past that reach the
   window's edges cannot be seen;
 - the IAF student's flows are causal: each layer keeps its last (k - 1) x dilation inputs between chunks
-  (models.student.FlowStream) and nothing is recomputed;
+  (models.student_sampling.FlowStream) and nothing is recomputed;
 - the WaveNet teacher keeps its generation state between chunks (the compiled loop's queues,
   kernels.CachedGenerator; the torch steps on other devices; the naive method's last receptive field);
 - the teacher's and the student's conditioning upsampler is non-causal across a few frames: each chunk's
