@@ -199,3 +199,15 @@ def test_a_natural_log_mel_is_refused_or_warned_about_by_a_log10_checkpoint(trai
     np.save(tmp_path / "own.npy", mel_spectrogram(y, mc)[0].numpy())
     code, _, err = run_in_process(synth_cli._main, [tmp_path / "own.npy", *cli, "-q"], capsys, prog=synth_cli.PROG)
     assert code == 0 and err == ""
+
+
+def test_the_length_limit_is_ten_minutes_at_the_checkpoints_rate(trained, tmp_path, capsys):
+    name, out, _ = trained
+    ckpt = out / "waveglow" / "last.pt"
+    mc = load_model(ckpt).mel_config
+    limit = 600 * mc.sample_rate // mc.hop_length  # 48,000 frames at both rates, not the default's 51,679
+    np.save(tmp_path / "long.npy", np.full((80, limit + 1), -5, np.float32))
+    code, _, err = run_in_process(synth_cli._main, [tmp_path / "long.npy", "--checkpoint", ckpt, "-o",
+                                                    tmp_path / "out"], capsys, prog=synth_cli.PROG)
+    assert code == 2 and f"mel has {limit + 1} frames, more than the limit of {limit}" in err, err
+    assert not (tmp_path / "out").exists()

@@ -274,7 +274,7 @@ class MelFile:
 
     def read(self, config: MelConfig) -> np.ndarray:
         """The mel, float32 [n_mels, F], renormalised to `config` when the file has its own statistics."""
-        mel = load_mel(self.path, config.n_mels)
+        mel = load_mel(self.path, config.n_mels, config.max_frames)
         return mel if self.stats is None else renormalise(mel, config, self.stats)
 
 
@@ -433,7 +433,7 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
                                    f"; cast it first or pass a checkpoint to load in {dtype}")
     else:
         vocoder = load_vocoder(checkpoint, model, device, dtype or "fp32")
-    mels, form = as_mel_list(mel, vocoder.mel_config.n_mels)
+    mels, form = as_mel_list(mel, vocoder.mel_config.n_mels, vocoder.mel_config.max_frames)
     names = ["mel"] if len(mels) == 1 else [f"mel[{i}]" for i in range(len(mels))]
     mels = conform_mels(mels, vocoder.mel_config, input_stats(stats, vocoder.mel_config.n_mels), names)
     out: list[torch.Tensor | None] = [None] * len(mels)

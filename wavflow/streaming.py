@@ -73,7 +73,7 @@ def stream(mel: Any, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, checkpoint: s
                                    f"; cast it first or pass a checkpoint to load in {dtype}")
     else:
         vocoder = load_vocoder(checkpoint, model, device, dtype or "fp32")
-    mels, _ = as_mel_list(mel, vocoder.mel_config.n_mels)
+    mels, _ = as_mel_list(mel, vocoder.mel_config.n_mels, vocoder.mel_config.max_frames)
     if len(mels) != 1:
         raise WavflowError(f"stream takes one mel, got {len(mels)}: stream them one by one")
     mels = conform_mels(mels, vocoder.mel_config, input_stats(stats, vocoder.mel_config.n_mels), ["mel"])
@@ -311,7 +311,7 @@ def measure_latency(model: Vocoder, mel: Any, chunk_seconds: float, *, seed: int
     weights, allocator growth) are not counted. On a GPU the chunks are copied to the CPU as they are yielded,
     which synchronises before each clock reading.
     """
-    mels, _ = as_mel_list(mel, model.mel_config.n_mels)
+    mels, _ = as_mel_list(mel, model.mel_config.n_mels, model.mel_config.max_frames)
     if len(mels) != 1:
         raise WavflowError(f"measure_latency takes one mel, got {len(mels)}")
     mel = mels[0]

@@ -86,7 +86,7 @@ def _main(argv: Sequence[str] | None) -> int:
     stats = input_stats(args.stats, n_mels)
     mels = []
     for path in inputs:  # each read and judged against the checkpoint's convention; none kept
-        mel, warning = conform_mel(load_mel(path, n_mels), vocoder.mel_config, stats, str(path))
+        mel, warning = conform_mel(load_mel(path, n_mels, vocoder.mel_config.max_frames), vocoder.mel_config, stats, str(path))
         if warning is not None:  # shown under -q too: the audio is likely noise
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
         mels.append(MelFile(path, mel.shape[1], stats))
