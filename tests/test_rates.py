@@ -33,11 +33,14 @@ from synth_helpers import clip, run_in_process
 
 synth_cli = importlib.import_module("wavflow.synthesize")  # the CLI module (wavflow.synthesize is the function)
 
-# (name, mel settings): ESPnet / ParallelWaveGAN's log10 80-7600 Hz bands at two common rates.
+# (name, mel settings): ESPnet / ParallelWaveGAN's log10 80-7600 Hz bands at two common rates, and HiFi-GAN's
+# natural-log convention at 44.1 kHz / hop 512.
 RATES = {
     "16k": {"preset": "espnet", "sample_rate": 16000, "n_fft": 1024, "hop_length": 200, "win_length": 800},
     "24k": {"preset": "parallel_wavegan", "sample_rate": 24000, "n_fft": 2048, "hop_length": 300,
             "win_length": 1200},
+    "44k": {"preset": "hifigan", "sample_rate": 44100, "n_fft": 2048, "hop_length": 512, "win_length": 2048,
+            "fmax": 22050.0},  # HiFi-GAN's uncentred frames (T // hop of them), natural log
 }
 # groups derived from the hop; a one-frame upsampler kernel (the tiny recipe's), whatever the hop
 TINY_WAVEGLOW = dataclasses.replace(WaveGlowConfig.tiny(), n_group=None, upsample_frames=1)
@@ -117,9 +120,8 @@ def test_training_at_the_rate_stores_its_convention_in_every_checkpoint(trained)
     for family, trainer in trainers.items():
         assert all(np.isfinite(trainer.losses)) and len(trainer.losses) == 2
         ck = read_checkpoint(out / family / "last.pt")
-        assert {k: ck["mel_config"][k] for k in settings} == settings
-        assert ck["mel_config"]["log_base"] == "10" and ck["mel_config"]["fmin"] == 80.0
-        assert ck["mel_config"]["fmax"] == 7600.0
+        # every field: the preset's, with the rate's overrides
+        assert ck["mel_config"] == MelConfig.preset(RATES[name]["preset"], **settings).to_dict()
     glow = read_checkpoint(out / "waveglow" / "last.pt")["model_config"]
     assert glow["n_group"] == group_size(settings["hop_length"])  # numbers in the file, not None
     assert (glow["upsample_kernel"], glow["upsample_frames"]) == (settings["hop_length"], 1)
@@ -176,12 +178,23 @@ def test_each_family_vocodes_exactly_frames_times_hop_at_its_rate(trained, famil
     assert vocoder(torch.from_numpy(mel.T.copy())).shape == (frames * mc.hop_length,)
 
 
-def test_a_natural_log_mel_is_refused_or_warned_about_by_a_log10_checkpoint(trained, tmp_path, capsys):
+def test_a_mel_of_the_other_log_base_is_refused_or_warned_about(trained, tmp_path, capsys):
     name, out, _ = trained
     ckpt = out / "waveglow" / "last.pt"
     mc = load_model(ckpt).mel_config
     y, sr = sf.read(clip("LJ001-0008"), dtype="float32")
     y = torchaudio_resample(torch.from_numpy(y), sr, mc.sample_rate)
+    cli = ["--checkpoint", ckpt, "-o", tmp_path / "out"]
+    if mc.log_base == "e":  # a natural-log checkpoint given log10 features, then values far below its floor
+        np.save(tmp_path / "log10.npy", mel_spectrogram(y, dataclasses.replace(mc, log_base="10"))[0].numpy())
+        code, _, err = run_in_process(synth_cli._main, [tmp_path / "log10.npy", *cli, "-q"], capsys,
+                                      prog=synth_cli.PROG)
+        assert code == 0 and err.count("\n") == 1 and "is it log10 or normalised?" in err
+        np.save(tmp_path / "low.npy", np.full((80, 20), -30, np.float32))
+        code, _, err = run_in_process(synth_cli._main, [tmp_path / "low.npy", *cli], capsys, prog=synth_cli.PROG)
+        assert code == 2 and "below this checkpoint's silence floor -11.51" in err
+        assert not (tmp_path / "out" / "low.wav").exists()
+        return
     ln_config = dataclasses.replace(mc, log_base="e", clip_val=1e-5)
     # a TTS model's natural-log mel seldom reaches the floor: quietest 1% near -9, nothing below -10.5
     speech = np.maximum(mel_spectrogram(y, ln_config)[0].numpy(), -10.5)
@@ -189,7 +202,6 @@ def test_a_natural_log_mel_is_refused_or_warned_about_by_a_log10_checkpoint(trai
     assert np.percentile(speech, 1) < -8 and silent.min() < -11.5
     np.save(tmp_path / "speech.npy", speech)
     np.save(tmp_path / "silent.npy", silent)
-    cli = ["--checkpoint", ckpt, "-o", tmp_path / "out"]
     code, _, err = run_in_process(synth_cli._main, [tmp_path / "silent.npy", *cli], capsys, prog=synth_cli.PROG)
     assert code == 2 and err.count("\n") == 1 and "below this checkpoint's silence floor -10.00" in err
     assert not (tmp_path / "out").exists()
@@ -205,7 +217,7 @@ def test_the_length_limit_is_ten_minutes_at_the_checkpoints_rate(trained, tmp_pa
     name, out, _ = trained
     ckpt = out / "waveglow" / "last.pt"
     mc = load_model(ckpt).mel_config
-    limit = 600 * mc.sample_rate // mc.hop_length  # 48,000 frames at both rates, not the default's 51,679
+    limit = 600 * mc.sample_rate // mc.hop_length  # 48,000 frames at 16 and 24 kHz, not the default's 51,679
     np.save(tmp_path / "long.npy", np.full((80, limit + 1), -5, np.float32))
     code, _, err = run_in_process(synth_cli._main, [tmp_path / "long.npy", "--checkpoint", ckpt, "-o",
                                                     tmp_path / "out"], capsys, prog=synth_cli.PROG)
