@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from wavflow.benchmark import PROG, cli, entries, inputs, main, measure, report, runner
 from wavflow.benchmark.reference import nvidia_infer
 from wavflow.cli import run_cli
+from wavflow.errors import WavflowError
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -410,3 +411,23 @@ def test_waveglow_backend_probe_is_not_counted_in_its_flops():
     short, _ = run.warm_up(entry, run.mel_for(entry, 0.05))
     again, _ = run.warm_up(entry, run.mel_for(entry, 0.05))
     assert short == again
+
+
+def test_onnxruntime_rows_vocode_the_pytorch_rows_audio_and_count_the_exported_graph():
+    """The onnxruntime rows run the exported graph on the same weights, mel and noise as the PyTorch rows: the
+    same audio (export's tolerance); their FLOPs are the exported graph's, counted in torch. They run only when
+    asked for, on the CPU in fp32."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    settings = cli.parse_args(["--quick", "--models", "waveglow,waveglow_onnx,student,student_onnx", "--quiet"])
+    assert not any(e.name.endswith("_onnx") for e in cli.parse_args(["--quick", "--quiet"]).entries)
+    run = runner.Runner(settings, lambda msg: None)
+    for family in ("waveglow", "student"):
+        torch_row, onnx_row = entries.ENTRY_BY_NAME[family], entries.ENTRY_BY_NAME[f"{family}_onnx"]
+        mel = run.mel_for(onnx_row, 0.1)
+        a, b = run.call(torch_row, mel), run.call(onnx_row, mel)
+        assert a.shape == b.shape == (1, mel.shape[-1] * 256) and a.abs().max() > 1e-3
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
+        per_sample, how = run.warm_up(onnx_row, mel)
+        assert how == "counted over the exported graph in torch" and per_sample > 0
+    with pytest.raises(WavflowError, match="onnxruntime's rows run on the CPU in fp32"):
+        cli.parse_args(["--quick", "--models", "waveglow_onnx", "--dtype", "fp16"])

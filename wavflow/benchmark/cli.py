@@ -10,7 +10,7 @@ import torch
 
 from ..cli import ArgumentParser, resolve_device
 from ..errors import WavflowError
-from .entries import BATCH, ENTRIES, ENTRY_BY_NAME, FAMILIES, Entry
+from .entries import BATCH, ENTRIES, ENTRY_BY_NAME, FAMILIES, ONNX_ROWS, Entry
 from .measure import DTYPES
 
 PROG = "python -m wavflow.benchmark"
@@ -183,6 +183,15 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
                                f"{', '.join(ENTRY_BY_NAME)}")
         entries = [ENTRY_BY_NAME[name] for name in dict.fromkeys(wanted)]
 
+    onnx_rows = [e.name for e in entries if e.name in ONNX_ROWS]
+    if onnx_rows:
+        from .onnx_rows import available
+
+        if not available():
+            raise WavflowError(f"--models {onnx_rows[0]}: needs onnx and onnxruntime (pip install 'wavflow[onnx]')")
+        if benchmark_device(args.device).type != "cpu" or args.dtype != "fp32":
+            raise WavflowError(f"--models {onnx_rows[0]}: onnxruntime's rows run on the CPU in fp32 (drop "
+                               f"--device/--dtype, or run them separately)")
     config_objects = {e.family: preset_config(e.family, configs[e.family]) for e in entries
                       if e.family not in checkpoints}  # a bad preset fails here, before any work
     device = benchmark_device(args.device)

@@ -13,6 +13,9 @@
                      the yardstick of design.md section 6; the summary prints WaveGlow's ratio to it per length.
                      On a CPU it computes in fp32 whatever --dtype (NVIDIA's CPU path is fp32), so a bf16 run
                      prints wavflow's bf16 against NVIDIA's fp32; on a GPU in --dtype, as NVIDIA runs fp16
+    waveglow_onnx    WaveGlow / the student exported to ONNX (python -m wavflow.export) and run by onnxruntime's
+    student_onnx     CPU provider on the same weights, mel and noise (onnx_rows.py); only with --models, on the
+                     CPU in fp32, with the onnx extra installed
 """
 from __future__ import annotations
 
@@ -62,6 +65,12 @@ def _student(model, mel: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return model.infer(mel, generator=generator)
 
 
+def _onnx(model, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    from .onnx_rows import onnx_call
+
+    return onnx_call(model, mel, generator)
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str                  # row key (table, JSON, --models)
@@ -73,7 +82,8 @@ class Entry:
     naive: bool = False        # runs at --naive-length only, unless --naive-all
     flops: str = "call"        # how FLOPs/sample are counted: "call" (over the warm-up call), "naive" (naive
                                # generation's own calls, see Runner.naive_flops), "teacher_forced" (the torch
-                               # forward with the same matmuls: the numba loop is invisible to a counter)
+                               # forward with the same matmuls: the numba loop is invisible to a counter),
+                               # "graph" (the exported PyTorch graph, for onnxruntime rows)
     default: bool = True       # run without --models
 
 
@@ -87,7 +97,10 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("waveglow", "waveglow", "WaveGlow", _waveglow),
     Entry("student", "student", "IAF student", _student),
     Entry("waveglow_nvidia", "waveglow", "WaveGlow, NVIDIA algorithm", _waveglow_nvidia),
+    Entry("waveglow_onnx", "waveglow", "WaveGlow, onnxruntime", _onnx, flops="graph", default=False),
+    Entry("student_onnx", "student", "IAF student, onnxruntime", _onnx, flops="graph", default=False),
 )
+ONNX_ROWS = ("waveglow_onnx", "student_onnx")  # CPU, fp32, need the onnx extra (onnx_rows.py)
 ENTRY_BY_NAME = {e.name: e for e in ENTRIES}
 FAMILIES = ("wavenet", "waveglow", "student")
 REFERENCE = "wavenet_cached"  # the speed-up column divides by this row's samples/s
