@@ -126,7 +126,8 @@ def test_graph_is_folded_noise_free_and_labelled(exported):
     assert dims["z"][0] == "batch" and dims["z"][-1] == "noise_steps"
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["wavflow_model_type"] == model.model_type
-    assert meta["hop_length"] == str(model.mel_config.hop_length) and meta["sample_rate"] == str(model.mel_config.sample_rate)
+    mc = model.mel_config
+    assert (meta["hop_length"], meta["sample_rate"]) == (str(mc.hop_length), str(mc.sample_rate))
     if model.model_type == "waveglow":
         assert float(meta["default_sigma"]) == model.config.infer_sigma
         # every W^-1 of the flows is in the file, as computed in float64 from the folded W

@@ -184,7 +184,7 @@ def as_mel_list(mel: Any, n_mels: int, max_frames: int = MAX_FRAMES) -> tuple[li
 
 def input_stats(stats: Any, n_mels: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The statistics a TTS model's mels are normalised with: None, a statistics file (frontend.load_stats:
-    ParallelWaveGAN's stats.npy / stats.h5) or a (mean, std) pair of [n_mels] arrays."""
+    ParallelWaveGAN's stats.npy / stats.h5, ESPnet2's feats_stats.npz) or a (mean, std) pair of [n_mels] arrays."""
     if stats is None:
         return None
     if isinstance(stats, (str, os.PathLike)):
@@ -414,8 +414,8 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
          native bf16 (`check_dtype`) and for WaveNet; a loaded `model` is used in its own dtype, which `dtype`,
          when given, must name.
     stats: the per-band statistics the mels are normalised with, when the TTS model normalises and the
-         checkpoint does not (or differently): a statistics file (ParallelWaveGAN's stats.npy / stats.h5) or a
-         (mean, std) pair; the mels are renormalised to the checkpoint's convention. Every mel is then judged
+         checkpoint does not (or differently): a statistics file (ParallelWaveGAN's stats.npy / stats.h5,
+         ESPnet2's feats_stats.npz) or a (mean, std) pair; the mels are renormalised to the checkpoint's convention. Every mel is then judged
          against that convention: values below its silence floor are refused (a WavflowError), values
          unlikely to belong to it draw a warning (README: Mels from other toolkits).
     Other keyword arguments are the model's other `infer_options` (for example method="naive" for WaveNet);

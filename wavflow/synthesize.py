@@ -23,8 +23,8 @@ PROG = "python -m wavflow.synthesize"
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description="Vocode mel spectrograms (.npy) to 16-bit WAV files with a wavflow "
-                       "checkpoint. Each mel of F frames gives exactly F * hop samples (256 for the shipped models) at the "
-                       "checkpoint's sample rate.")
+                       "checkpoint. Each mel of F frames gives exactly F * hop samples (hop 256 for the shipped "
+                       "models) at the checkpoint's sample rate.")
     p.add_argument("inputs", nargs="*", metavar="MEL",
                    help="mel .npy files shaped (n_mels, F), (F, n_mels) or (1, n_mels, F) (80 bands for the shipped "
                         "models), or directories of them")
