@@ -240,9 +240,14 @@ def test_max_minutes_ends_the_run_with_a_validation_and_saves_inside_the_budget(
     assert f"the {budget:g}-minute budget ended the run at step {last['step']}" in run.stderr
     valid = [r for r in records if "valid/nll" in r]
     assert [r["step"] for r in valid] == [0, last["step"]]  # step 0 (measured), then the final one
-    best = read_checkpoint(out / "best.pt")  # a few steps of a fresh model beat its starting NLL
-    assert best["valid_nll"] == valid[-1]["valid/nll"] < valid[0]["valid/nll"]
-    assert last["best_valid_nll"] == best["valid_nll"]
+    # best.pt is written at the end exactly when the final validation beats the starting one. A few steps of a
+    # fresh model usually do; how many steps fit 18 s depends on the machine's load, so both outcomes are held
+    # to the rule rather than one assumed.
+    if valid[-1]["valid/nll"] < valid[0]["valid/nll"]:
+        best = read_checkpoint(out / "best.pt")
+        assert best["valid_nll"] == valid[-1]["valid/nll"] and last["best_valid_nll"] == best["valid_nll"]
+    else:
+        assert not (out / "best.pt").exists() and last["best_valid_nll"] == valid[0]["valid/nll"]
     assert "samples/s" in run.stderr and summary["run/samples_per_s"] > 0
 
 
