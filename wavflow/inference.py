@@ -147,6 +147,23 @@ def check_dtype(dtype: str, device: str | torch.device, model_type: str | None =
                            f"float32 loop); use --dtype fp32")
 
 
+def vocoder_for(checkpoint: str | os.PathLike | None, model: str | torch.nn.Module | None,
+                device: str | torch.device, dtype: str | None) -> torch.nn.Module:
+    """The vocoder `synthesize` and `stream` run: an already loaded `model` as it is, on its own device and in
+    its own dtype (which `dtype`, when given, must name), else `load_vocoder(checkpoint, model, device, dtype)`."""
+    if not isinstance(model, torch.nn.Module):
+        return load_vocoder(checkpoint, model, device, dtype or "fp32")
+    if checkpoint is not None:
+        raise WavflowError("give a checkpoint or a model, not both")
+    if dtype is not None:
+        first = next(iter(model.parameters()))
+        check_dtype(dtype, first.device, model.model_type)
+        if first.dtype != DTYPES[dtype]:
+            raise WavflowError(f"dtype '{dtype}': the model passed is in {str(first.dtype).replace('torch.', '')}"
+                               f"; cast it first or pass a checkpoint to load in {dtype}")
+    return model
+
+
 def check_options(model: Vocoder, options: dict[str, Any]) -> dict[str, Any]:
     """Drop unset options and refuse any not in model.infer_options, naming the model type."""
     options = {k: v for k, v in options.items() if v is not None}
@@ -421,18 +438,7 @@ def synthesize(mel: Any, checkpoint: str | os.PathLike | None = None, *, model: 
     Other keyword arguments are the model's other `infer_options` (for example method="naive" for WaveNet);
     an option the model does not take is refused.
     """
-    if isinstance(model, torch.nn.Module):
-        if checkpoint is not None:
-            raise WavflowError("give a checkpoint or a model, not both")
-        vocoder = model
-        if dtype is not None:
-            first = next(iter(vocoder.parameters()))
-            check_dtype(dtype, first.device, vocoder.model_type)
-            if first.dtype != DTYPES[dtype]:
-                raise WavflowError(f"dtype '{dtype}': the model passed is in {str(first.dtype).replace('torch.', '')}"
-                                   f"; cast it first or pass a checkpoint to load in {dtype}")
-    else:
-        vocoder = load_vocoder(checkpoint, model, device, dtype or "fp32")
+    vocoder = vocoder_for(checkpoint, model, device, dtype)
     mels, form = as_mel_list(mel, vocoder.mel_config.n_mels, vocoder.mel_config.max_frames)
     names = ["mel"] if len(mels) == 1 else [f"mel[{i}]" for i in range(len(mels))]
     mels = conform_mels(mels, vocoder.mel_config, input_stats(stats, vocoder.mel_config.n_mels), names)

@@ -36,8 +36,8 @@ import torch
 
 from .errors import WavflowError
 from .fileio import atomic_write
-from .inference import (DTYPES, ItemNoise, as_mel_list, check_dtype, check_options, conform_mels, input_stats,
-                        item_seed, load_vocoder, make_denoiser)
+from .inference import (ItemNoise, as_mel_list, check_options, conform_mels, input_stats, item_seed, make_denoiser,
+                        vocoder_for)
 from .models import Vocoder
 
 DEFAULT_CHUNK_SECONDS = 1.0  # `stream`'s chunk: about the latency a listener waits for with a real-time model
@@ -61,18 +61,7 @@ def stream(mel: Any, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, checkpoint: s
     or a .npy path). checkpoint, model, device, sigma, temperature, denoise, seed, dtype, stats and other options: as
     for `wavflow.synthesize`. Every argument is checked here, before the first chunk is asked for.
     """
-    if isinstance(model, torch.nn.Module):
-        if checkpoint is not None:
-            raise WavflowError("give a checkpoint or a model, not both")
-        vocoder = model
-        if dtype is not None:  # a loaded model runs in its own dtype, which dtype must name (as in synthesize)
-            first = next(iter(vocoder.parameters()))
-            check_dtype(dtype, first.device, vocoder.model_type)
-            if first.dtype != DTYPES[dtype]:
-                raise WavflowError(f"dtype '{dtype}': the model passed is in {str(first.dtype).replace('torch.', '')}"
-                                   f"; cast it first or pass a checkpoint to load in {dtype}")
-    else:
-        vocoder = load_vocoder(checkpoint, model, device, dtype or "fp32")
+    vocoder = vocoder_for(checkpoint, model, device, dtype)
     mels, _ = as_mel_list(mel, vocoder.mel_config.n_mels, vocoder.mel_config.max_frames)
     if len(mels) != 1:
         raise WavflowError(f"stream takes one mel, got {len(mels)}: stream them one by one")
