@@ -148,6 +148,12 @@ def graph_of(model: nn.Module) -> tuple[nn.Module, str]:
     return StudentGraph(model).eval(), "temperature"
 
 
+def default_scalar(model: nn.Module) -> float:
+    """The value of the graph's scalar input that `infer` uses by default: WaveGlow's sigma, the student's
+    temperature 1."""
+    return float(model.config.infer_sigma) if model.model_type == "waveglow" else 1.0
+
+
 def example_inputs(model: nn.Module, frames: int, batch: int = 1, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """(mel, z, scalar) for `frames` frames: a mel of plausible log-mel values, z from model.draw_noise, and the
     model's default sigma (WaveGlow) or temperature 1 (student)."""
@@ -155,8 +161,7 @@ def example_inputs(model: nn.Module, frames: int, batch: int = 1, seed: int = 0)
     mc = model.mel_config
     mel = torch.rand(batch, mc.n_mels, frames, generator=gen) * 8 - 10
     z = model.draw_noise(batch, frames * mc.hop_length, gen)
-    scalar = model.config.infer_sigma if model.model_type == "waveglow" else 1.0
-    return mel, z, torch.tensor(float(scalar))
+    return mel, z, torch.tensor(default_scalar(model))
 
 
 def to_onnx(model: nn.Module, opset: int = OPSET) -> bytes:

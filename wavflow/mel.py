@@ -10,9 +10,10 @@ reads or in another toolkit's (`--preset`, `--stats`).
 
 Each output is float32 .npy shaped (n_mels, F); by default (80, F) with F = T // 256 + 1 for T samples at
 22050 Hz (design.md section 1): exactly the mel `wavflow.mel_spectrogram` gives, so Tacotron 2 output and these
-files are interchangeable. Audio at another rate is resampled to the convention's rate first. Every input is checked (readable, long enough, within
-the length limit) before any work; the mels are written under temporary names and renamed into place only
-when all of them are done, so a failure leaves neither a partial .npy nor part of a list behind.
+files are interchangeable. Audio at another rate is resampled to the convention's rate first. Every input is
+checked (readable, long enough, within the length limit) before any work; the mels are written under temporary
+names and renamed into place only when all of them are done, so a failure leaves neither a partial .npy nor
+part of a list behind.
 
 This module is an entry point only: inside the package use wavflow.frontend.
 """

@@ -183,18 +183,18 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
                                f"{', '.join(ENTRY_BY_NAME)}")
         entries = [ENTRY_BY_NAME[name] for name in dict.fromkeys(wanted)]
 
+    config_objects = {e.family: preset_config(e.family, configs[e.family]) for e in entries
+                      if e.family not in checkpoints}  # a bad preset fails here, before any work
+    device = benchmark_device(args.device)
     onnx_rows = [e.name for e in entries if e.name in ONNX_ROWS]
     if onnx_rows:
         from .onnx_rows import available
 
         if not available():
             raise WavflowError(f"--models {onnx_rows[0]}: needs onnx and onnxruntime (pip install 'wavflow[onnx]')")
-        if benchmark_device(args.device).type != "cpu" or args.dtype != "fp32":
+        if device.type != "cpu" or args.dtype != "fp32":
             raise WavflowError(f"--models {onnx_rows[0]}: onnxruntime's rows run on the CPU in fp32 (drop "
                                f"--device/--dtype, or run them separately)")
-    config_objects = {e.family: preset_config(e.family, configs[e.family]) for e in entries
-                      if e.family not in checkpoints}  # a bad preset fails here, before any work
-    device = benchmark_device(args.device)
     if args.dtype == "bf16":
         from ..inference import check_dtype
 

@@ -14,7 +14,7 @@ import torch
 
 from ..errors import WavflowError
 
-_SESSIONS: dict[int, tuple[Any, Any, str, float]] = {}  # id(model) -> (model, session, scalar name, value)
+_SESSIONS: dict[int, tuple[Any, Any, str]] = {}  # id(model) -> (model, session, name of the scalar input)
 
 
 def available() -> bool:
@@ -22,9 +22,9 @@ def available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
-def session_for(model: torch.nn.Module) -> tuple[Any, str, float]:
-    """The onnxruntime session of `model`'s exported graph (made on first use, with torch's thread count), the
-    name of its scalar input and the model's default value for it (WaveGlow's sigma, the student's temperature 1)."""
+def session_for(model: torch.nn.Module) -> tuple[Any, str]:
+    """The onnxruntime session of `model`'s exported graph (made on first use, with torch's thread count) and the
+    name of its scalar input (sigma or temperature)."""
     cached = _SESSIONS.get(id(model))
     if cached is None or cached[0] is not model:
         import onnxruntime as ort
@@ -35,10 +35,8 @@ def session_for(model: torch.nn.Module) -> tuple[Any, str, float]:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(to_onnx(model), options, providers=["CPUExecutionProvider"])
-        _, scalar = graph_of(model)
-        value = float(model.config.infer_sigma) if model.model_type == "waveglow" else 1.0
-        cached = _SESSIONS[id(model)] = (model, session, scalar, value)
-    return cached[1], cached[2], cached[3]
+        cached = _SESSIONS[id(model)] = (model, session, graph_of(model)[1])
+    return cached[1], cached[2]
 
 
 def noise_for(model: torch.nn.Module, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -47,19 +45,22 @@ def noise_for(model: torch.nn.Module, mel: torch.Tensor, generator: torch.Genera
 
 
 def onnx_call(model: torch.nn.Module, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """audio [B, F * hop] from onnxruntime for mel [B, n_mels, F] (float32, CPU)."""
+    """audio [B, F * hop] from onnxruntime for mel [B, n_mels, F] (float32, CPU), at the model's default sigma or
+    temperature, as the PyTorch row."""
+    from ..export import default_scalar
+
     if mel.device.type != "cpu" or mel.dtype != torch.float32:
         raise WavflowError("the onnxruntime rows run on the CPU in fp32")
-    session, scalar, value = session_for(model)
+    session, scalar = session_for(model)
     z = noise_for(model, mel, generator)
-    (audio,) = session.run(None, {"mel": mel.numpy(), "z": z.numpy(), scalar: np.array(value, np.float32)})
+    (audio,) = session.run(None, {"mel": mel.numpy(), "z": z.numpy(),
+                                  scalar: np.array(default_scalar(model), np.float32)})
     return torch.from_numpy(audio)
 
 
 def graph_flops_call(model: torch.nn.Module, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The exported PyTorch graph on the same inputs as `onnx_call`: what the FLOP counter sees of the row."""
-    from ..export import graph_of
+    from ..export import default_scalar, graph_of
 
     graph, _ = graph_of(model)
-    _, _, value = session_for(model)
-    return graph(mel, noise_for(model, mel, generator), torch.tensor(value))
+    return graph(mel, noise_for(model, mel, generator), torch.tensor(default_scalar(model)))
