@@ -22,6 +22,7 @@ from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.models import build_model
 from wavflow.metrics import clip_metrics, griffin_lim, logmel_l1, pooled_nll
 from wavflow.models.waveglow import WaveGlowConfig
+from wavflow.pitch import PitchSettings
 
 from synth_helpers import clip as fixture_clip
 
@@ -29,8 +30,9 @@ PROG = "python -m wavflow.evaluate"
 SECONDS = 0.5
 CROP = int(SECONDS * 22050) // 256 * 256  # what --max-seconds 0.5 keeps of each clip: whole hops
 ROW_KEYS = {"name", "kind", "nll_nats", "nll_bits", "nll_samples", "logmel_l1", "mrstft", "mrstft_sc",
-            "mrstft_logmag", "pesq_wb", "stoi", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808", "rtf",
-            "per_clip"}
+            "mrstft_logmag", "pesq_wb", "stoi", "dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808", "gpe", "vde",
+            "f0_rmse_cents", "rtf", "per_clip"}
+PITCH_KEYS = ("gpe", "vde", "f0_rmse_cents")
 VOCODER_KEYS = ROW_KEYS | {"checkpoint", "sha256", "model_type", "parameters", "step", "infer_options",
                            "nll_seconds_per_clip", "nll_wall_seconds"}
 
@@ -79,7 +81,7 @@ def test_report_has_every_field(report, waveglow_ckpt, ljspeech_root):
     assert vocoder["nll_samples"] == 2 * CROP
     assert vocoder["nll_bits"] == pytest.approx(vocoder["nll_nats"] / math.log(2), rel=1e-12)
     for row in r["systems"]:  # optional metrics were not asked for: present, null
-        assert all(row[k] is None for k in ("pesq_wb", "stoi", "dnsmos_ovrl", "dnsmos_p808"))
+        assert all(row[k] is None for k in ("pesq_wb", "stoi", "dnsmos_ovrl", "dnsmos_p808", *PITCH_KEYS))
         assert [c["id"] for c in row["per_clip"]] == [c["id"] for c in r["clips"]]
         # the row's figure is the mean of its clips'
         assert row["logmel_l1"] == pytest.approx(np.mean([c["logmel_l1"] for c in row["per_clip"]]), rel=1e-12)
@@ -211,6 +213,40 @@ def test_optional_metrics_when_installed(short_clip):
     assert worse["pesq_wb"] < same["pesq_wb"] - 1 and worse["stoi"] < same["stoi"]
     assert 1.0 <= worse["dnsmos_ovrl"] < same["dnsmos_ovrl"] <= 5.0
     assert 1.0 <= same["dnsmos_p808"] <= 5.0
+
+
+def test_pitch_metrics(waveglow_ckpt, ljspeech_root, tmp_path, monkeypatch, capsys):
+    """--metrics pitch: every row holds its audio's pitch against the recording's, tracked once per clip; the
+    recordings against themselves make no error."""
+    import wavflow.metrics
+
+    calls = []
+    real_track = wavflow.metrics.track_pitch
+    monkeypatch.setattr(wavflow.metrics, "track_pitch", lambda audio, settings: calls.append(settings) or
+                        real_track(audio, settings))
+    out = tmp_path / "e.json"
+    argv = [str(waveglow_ckpt), "--data-root", str(ljspeech_root), "--max-clips", "2", "--max-seconds", str(SECONDS),
+            "--griffin-lim-iters", "8", "--no-nll", "--metrics", "pitch", "--json", str(out), "--device", "cpu"]
+    assert _run(argv) == 0
+    table = capsys.readouterr().out
+    assert "| GPE | VDE | F0 RMSE (cents) |" in table
+    r = json.loads(out.read_text())
+    assert "pitch" in r["metrics"]
+    real, gl, vocoder = r["systems"]
+    # the recordings once per clip (the real row reuses them), then Griffin-Lim's and the vocoder's audio
+    assert len(calls) == 3 * len(r["clips"])
+    assert all(s == PitchSettings.for_mel(MelConfig()) for s in calls)
+    for row in r["systems"]:
+        assert all(k in row for k in PITCH_KEYS), row["name"]
+        for c in row["per_clip"]:
+            assert all(k in c for k in PITCH_KEYS), (row["name"], c["id"])
+            assert c["vde"] is not None and 0.0 <= c["vde"] <= 1.0
+        for k in PITCH_KEYS:  # the row's figure is the mean over the clips where it is defined
+            values = [c[k] for c in row["per_clip"] if c[k] is not None]
+            assert row[k] == (pytest.approx(np.mean(values), rel=1e-12) if values else None), (row["name"], k)
+    assert real["gpe"] == 0.0 and real["vde"] == 0.0 and real["f0_rmse_cents"] == 0.0
+    assert all(c["gpe"] == 0.0 and c["vde"] == 0.0 for c in real["per_clip"])  # speech: frames voiced in both
+    assert gl["vde"] < 0.2 and gl["gpe"] < 0.2  # Griffin-Lim keeps the voicing and pitch of the mel it inverts
 
 
 def test_missing_metric_package_is_one_line(waveglow_ckpt, ljspeech_root, monkeypatch, capsys):

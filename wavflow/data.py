@@ -19,9 +19,10 @@ wavflow.train). `DeviceCrops` cuts the same crops from audio held on the trainin
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from .audio import load_audio
 from .errors import WavflowError
 from .frontend import MelConfig, mel_spectrogram
+from .pitch import PitchCache, PitchSettings, PitchTrack, tracks_at
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 
@@ -119,6 +121,24 @@ class LJSpeech(Dataset):
         # Resolve every file now: a missing clip should stop a run before it starts, not 3 hours in.
         self.paths = [find_audio(self.root, clip_id) for clip_id, _ in self.items]
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self.pitch: list[PitchTrack] | None = None  # per clip, once attach_pitch has run: crops come with their pitch
+
+    def attach_pitch(self, progress: bool = False) -> None:
+        """Load (or compute once and cache, wavflow.pitch.PitchCache) the pitch track of every clip; from then on
+        a training item is (audio [T], f0 [T // hop + 1] Hz, voiced [T // hop + 1] 0/1) at the crop's frames."""
+        cache = PitchCache(self.root, PitchSettings.for_mel(self.mel_config))
+        tracks = []
+        for i, path in enumerate(self.paths):
+            if progress and i % 50 == 0:
+                print(f"pitch tracks: {i}/{len(self.paths)} clips ({cache.dir})", file=sys.stderr, flush=True)
+            tracks.append(cache.get(path, self.load(index=i) if self._cache is not None else
+                                    load_audio(path, self.mel_config.sample_rate)))
+        self.pitch = tracks
+
+    def crop_pitch(self, indices: list[int], offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f0, voiced) [B, segment_length // hop + 1] of the crops of clips `indices` from `offsets`."""
+        frames = self.segment_length // self.mel_config.hop_length + 1
+        return tracks_at([self.pitch[i] for i in indices], offsets, frames, self.mel_config.hop_length)
 
     @property
     def ids(self) -> list[str]:
@@ -138,12 +158,15 @@ class LJSpeech(Dataset):
 
     def crop(self, audio: torch.Tensor, offset_rng: np.random.Generator | None) -> torch.Tensor:
         """A [segment_length] window of `audio`: uniform offset, or the zero-padded clip when it is shorter."""
+        return self._crop(audio, offset_rng)[0]
+
+    def _crop(self, audio: torch.Tensor, offset_rng: np.random.Generator | None) -> tuple[torch.Tensor, int]:
         n = self.segment_length
         if audio.shape[0] <= n:
-            return torch.nn.functional.pad(audio, (0, n - audio.shape[0]))
+            return torch.nn.functional.pad(audio, (0, n - audio.shape[0])), 0
         span = audio.shape[0] - n + 1
         offset = int(offset_rng.integers(span)) if offset_rng is not None else int(torch.randint(span, ()).item())
-        return audio[offset:offset + n]
+        return audio[offset:offset + n], offset
 
     def __getitem__(self, item: int | tuple[int, int, int]):
         if isinstance(item, (tuple, list)):
@@ -153,7 +176,10 @@ class LJSpeech(Dataset):
             index, rng = int(item), None
         audio = self.load(index)
         if self.split == "train":
-            audio = self.crop(audio, rng)
+            audio, offset = self._crop(audio, rng)
+            if self.pitch is not None:
+                f0, voiced = self.crop_pitch([index], [offset])
+                return audio, f0[0], voiced[0]
         if self.return_mel:
             return audio, mel_spectrogram(audio.unsqueeze(0), self.mel_config)[0]
         return audio
@@ -212,6 +238,7 @@ class DeviceCrops:
     def __init__(self, dataset: LJSpeech, device: torch.device | str, threads: int = 8):
         from concurrent.futures import ThreadPoolExecutor
 
+        self.dataset = dataset
         self.segment_length = dataset.segment_length
         self.device = torch.device(device)
         parts: list[torch.Tensor] = []
@@ -259,9 +286,10 @@ class DeviceCrops:
             audio = audio.float() / 32768.0
         return audio.masked_fill(~valid, 0.0)
 
-    def batches(self, sampler: CropSampler, batch_size: int) -> Iterator[torch.Tensor]:
+    def batches(self, sampler: CropSampler, batch_size: int) -> Iterator[Any]:
         """The full batches of the sampler's current epoch (from its start), as a DataLoader with drop_last
-        would give them, already on the device. The epoch's offsets are worked out and sent over once."""
+        would give them, already on the device. The epoch's offsets are worked out and sent over once. With the
+        dataset's pitch attached, each batch is (audio, f0, voiced), as the DataLoader's."""
         items = list(iter(sampler))
         count = len(items) // batch_size
         if count == 0:
@@ -269,7 +297,12 @@ class DeviceCrops:
         index, offset = self.plan(items[: count * batch_size])
         for b in range(count):
             rows = slice(b * batch_size, (b + 1) * batch_size)
-            yield self.crops(index[rows], offset[rows])
+            audio = self.crops(index[rows], offset[rows])
+            if self.dataset.pitch is None:
+                yield audio
+            else:
+                f0, voiced = self.dataset.crop_pitch(index[rows].tolist(), offset[rows].tolist())
+                yield audio, f0.to(self.device), voiced.to(self.device)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Evaluate vocoders on held-out LJSpeech clips: likelihood, copy-synthesis distances, Griffin-Lim as the floor.
 
     python -m wavflow.evaluate checkpoints/waveglow.pt checkpoints/wavenet.pt --data-root LJSpeech-1.1 \\
-        --json eval.json --plot eval.png --metrics pesq,stoi,dnsmos
+        --json eval.json --plot eval.png --metrics pesq,stoi,dnsmos,pitch
 
 For every checkpoint, on the validation clips (the last --n-valid clips of metadata.csv, as wavflow.data splits):
 
@@ -18,15 +18,23 @@ For every checkpoint, on the validation clips (the last --n-valid clips of metad
     pesq_wb       PESQ wide band (ITU-T P.862.2), both signals resampled to 16 kHz        [--metrics pesq]
     stoi          short-time objective intelligibility at 22.05 kHz                        [--metrics stoi]
     dnsmos_*      DNSMOS P.835 (sig, bak, ovrl) and P.808 of the vocoded audio alone        [--metrics dnsmos]
+    gpe           gross pitch error: share of the frames voiced in both that are > 20% off  [--metrics pitch]
+    vde           voicing decision error: share of the frames voiced in one of the two      [--metrics pitch]
+    f0_rmse_cents RMS of 1200 log2(F0 / F0 of the recording), frames voiced in both          [--metrics pitch]
+
+The pitch metrics hold the pYIN track of the vocoded audio (wavflow.pitch.track_pitch, 65-600 Hz, one frame per
+frame of the metric mel) against the recording's, tracked once per clip; gpe and f0_rmse_cents are NaN (null in
+the JSON) for a clip with no frame voiced in both, and the means leave such clips out.
 
 Two reference rows come first: the real recordings themselves (the ceiling: distances 0, their own DNSMOS) and
 Griffin-Lim from the same mel (the floor a neural vocoder has to beat): the log-mel is inverted to a linear
 magnitude with librosa's non-negative least squares against the Slaney mel basis, then --griffin-lim-iters
 iterations of Griffin-Lim (hop 256, window 1024) estimate the phase.
 
-The optional metrics need `pip install 'wavflow[metrics]'` (pesq, pystoi, speechmos + onnxruntime; DNSMOS's
-ONNX models ship inside speechmos, so everything runs offline). Every metric is a function of wavflow.metrics;
-this module runs them over the checkpoints and writes the table, the JSON and the figure.
+The optional metrics other than pitch (librosa only) need `pip install 'wavflow[metrics]'` (pesq, pystoi,
+speechmos + onnxruntime; DNSMOS's ONNX models ship inside speechmos, so everything runs offline). Every metric is
+a function of wavflow.metrics; this module runs them over the checkpoints and writes the table, the JSON and the
+figure.
 """
 from __future__ import annotations
 
@@ -49,6 +57,7 @@ from .errors import WavflowError
 from .fileio import atomic_write
 from .frontend import MelConfig, mel_spectrogram
 from .metrics import METRIC_KEYS, OPTIONAL_METRICS, clip_metrics, griffin_lim, pooled_nll, require_metrics
+from .pitch import PitchSettings, PitchTrack
 
 # Model types whose likelihood of real audio runs step by step: --nll-max-seconds caps the audio they score.
 SEQUENTIAL_LIKELIHOOD = ("student",)
@@ -68,6 +77,15 @@ def load_clips(root: Path, n_valid: int, max_clips: int | None, max_seconds: flo
         if clip.audio.shape[0] < 4 * hop:
             raise WavflowError(f"{clip.path}: {clip.full_samples} samples, too short to evaluate (need {4 * hop})")
     return clips
+
+
+def recording_pitch(clips: list[Clip], metric_mel: MelConfig, optional: dict[str, Callable]) -> dict[str, PitchTrack]:
+    """The recordings' pitch tracks [F] by clip id, at the metric mel's frames: tracked once, held against every
+    system's audio. Empty unless the pitch metrics were asked for."""
+    if "pitch" not in optional:
+        return {}
+    settings = PitchSettings.for_mel(metric_mel)
+    return {clip.id: optional["pitch"](clip.audio, settings) for clip in clips}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -120,9 +138,13 @@ def load_model(path: Path, device: torch.device) -> Checkpoint:
 def evaluate_checkpoint(checkpoint: Checkpoint, clips: list[Clip], *, device: torch.device, metric_mel: MelConfig,
                         optional: dict[str, Callable], nll_cap: int | None, skip_nll: bool, seed: int,
                         infer_options: dict[str, Any], log: Callable[[str], None],
-                        name: str | None = None) -> SystemResult:
+                        name: str | None = None, reference_pitch: dict[str, PitchTrack] | None = None
+                        ) -> SystemResult:
+    """`reference_pitch`: the recordings' tracks by clip id (recording_pitch), so the pitch metrics track only
+    the vocoded audio."""
     path, model = checkpoint.path, checkpoint.model
     sr = model.mel_config.sample_rate
+    pitch = reference_pitch or {}
     result = SystemResult(name or default_name(path), "vocoder", info={
         "checkpoint": str(path), "sha256": checkpoint.sha256, "model_type": model.model_type,
         "parameters": checkpoint.parameters, "step": checkpoint.step,
@@ -160,7 +182,8 @@ def evaluate_checkpoint(checkpoint: Checkpoint, clips: list[Clip], *, device: to
         audio = audio[0, : clip.audio.shape[0]].float().cpu()
         if not torch.isfinite(audio).all():
             raise WavflowError(f"{path}: the model vocoded non-finite samples for {clip.id}; is the checkpoint trained?")
-        result.per_clip.append({"id": clip.id, **clip_metrics(audio, clip.audio, sr, metric_mel, optional)})
+        result.per_clip.append({"id": clip.id, **clip_metrics(audio, clip.audio, sr, metric_mel, optional,
+                                                               reference_pitch=pitch.get(clip.id))})
         if i == 0:
             result.plot_audio = audio
     return result
@@ -174,11 +197,14 @@ def default_name(path: Path) -> str:
 
 
 def evaluate_references(clips: list[Clip], metric_mel: MelConfig, optional: dict[str, Callable], gl_iters: int,
-                        seed: int) -> list[SystemResult]:
+                        seed: int, reference_pitch: dict[str, PitchTrack] | None = None) -> list[SystemResult]:
+    """The recordings row and the Griffin-Lim row; `reference_pitch` as for evaluate_checkpoint."""
     sr = metric_mel.sample_rate
+    pitch = reference_pitch or {}
     real = SystemResult("real", "reference", info={"description": "the recordings themselves"})
     for clip in clips:
-        real.per_clip.append({"id": clip.id, **clip_metrics(clip.audio, clip.audio, sr, metric_mel, optional)})
+        real.per_clip.append({"id": clip.id, **clip_metrics(clip.audio, clip.audio, sr, metric_mel, optional,
+                                                             reference_pitch=pitch.get(clip.id))})
     real.plot_audio = clips[0].audio
     systems = [real]
     if gl_iters > 0:
@@ -188,7 +214,8 @@ def evaluate_references(clips: list[Clip], metric_mel: MelConfig, optional: dict
         for i, clip in enumerate(clips):
             mel = mel_spectrogram(clip.audio[None], metric_mel)[0]
             audio = griffin_lim(mel, metric_mel, gl_iters, clip.audio.shape[0], seed=seed + i)
-            gl.per_clip.append({"id": clip.id, **clip_metrics(audio, clip.audio, sr, metric_mel, optional)})
+            gl.per_clip.append({"id": clip.id, **clip_metrics(audio, clip.audio, sr, metric_mel, optional,
+                                                               reference_pitch=pitch.get(clip.id))})
             if i == 0:
                 gl.plot_audio = audio
         systems.append(gl)
@@ -200,7 +227,8 @@ def evaluate_references(clips: list[Clip], metric_mel: MelConfig, optional: dict
 
 COLUMNS = (("nll_nats", "NLL (nats)", "{:.3f}"), ("logmel_l1", "log-mel L1", "{:.3f}"), ("mrstft", "MR-STFT", "{:.3f}"),
            ("pesq_wb", "PESQ-WB", "{:.2f}"), ("stoi", "STOI", "{:.3f}"), ("dnsmos_ovrl", "DNSMOS OVRL", "{:.2f}"),
-           ("dnsmos_p808", "DNSMOS P.808", "{:.2f}"), ("rtf", "RTF", "{:.3g}"))
+           ("dnsmos_p808", "DNSMOS P.808", "{:.2f}"), ("gpe", "GPE", "{:.3f}"), ("vde", "VDE", "{:.3f}"),
+           ("f0_rmse_cents", "F0 RMSE (cents)", "{:.1f}"), ("rtf", "RTF", "{:.3g}"))
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -291,7 +319,8 @@ def build_parser() -> ArgumentParser:
                         "(use --max-seconds to cut every model's audio alike). Default 1")
     p.add_argument("--no-nll", action="store_true", help="skip the likelihood")
     p.add_argument("--metrics", default="",
-                   help="optional metrics, comma-separated: pesq,stoi,dnsmos or 'all' (needs wavflow[metrics])")
+                   help="optional metrics, comma-separated: pesq,stoi,dnsmos,pitch or 'all' (pesq, stoi and "
+                        "dnsmos need wavflow[metrics]; pitch: GPE, VDE and F0 RMSE against the recording)")
     p.add_argument("--griffin-lim-iters", type=int, default=60, help="Griffin-Lim iterations; 0 leaves its row out")
     p.add_argument("--sigma", type=float, default=None, help="WaveGlow's noise std at inference (its default: 0.6)")
     p.add_argument("--temperature", type=float, default=None,
@@ -354,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"evaluate: {len(clips)} validation clip(s) ({seconds:.1f} s) from {root}, device {device}")
 
     t0 = time.perf_counter()
-    systems = evaluate_references(clips, metric_mel, optional, args.griffin_lim_iters, args.seed)
+    pitch = recording_pitch(clips, metric_mel, optional)
+    systems = evaluate_references(clips, metric_mel, optional, args.griffin_lim_iters, args.seed, pitch)
     log(f"  references done in {time.perf_counter() - t0:.1f} s")
     hop = metric_mel.hop_length
     nll_cap = None if args.nll_max_seconds == 0 else max(4, int(args.nll_max_seconds * metric_mel.sample_rate) // hop) * hop
@@ -365,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = evaluate_checkpoint(checkpoint, clips, device=device, metric_mel=metric_mel, optional=optional,
                                      nll_cap=nll_cap, skip_nll=args.no_nll, seed=args.seed,
-                                     infer_options=infer_options, log=log, name=name)
+                                     infer_options=infer_options, log=log, name=name, reference_pitch=pitch)
         base, k = result.name, 2
         while result.name in taken:  # two checkpoints with one file name: keep the rows apart
             result.name, k = f"{base}-{k}", k + 1

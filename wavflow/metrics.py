@@ -6,6 +6,8 @@
     mrstft        multi-resolution STFT distance: spectral convergence + L1 of log magnitudes (losses.stft_loss)
     pesq_wb, stoi, dnsmos_*   optional (`pip install 'wavflow[metrics]'`): PESQ wide band and DNSMOS at 16 kHz,
                   STOI at the model's rate
+    gpe, vde, f0_rmse_cents   optional (librosa only): pYIN pitch of vocoded audio against the recording's, one
+                  frame per mel frame (wavflow.pitch.pitch_errors)
     griffin_lim   the floor a neural vocoder has to beat: NNLS mel inversion, then Griffin-Lim's phase
 """
 from __future__ import annotations
@@ -20,11 +22,13 @@ from .audio import resample
 from .errors import WavflowError
 from .frontend import MelConfig, mel_spectrogram
 from .losses import stft_loss
+from .pitch import PitchSettings, PitchTrack, pitch_errors, track_pitch
 
-OPTIONAL_METRICS = ("pesq", "stoi", "dnsmos")
+OPTIONAL_METRICS = ("pesq", "stoi", "dnsmos", "pitch")
 DNSMOS_KEYS = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
+PITCH_KEYS = ("gpe", "vde", "f0_rmse_cents")  # of pitch_errors, which also gives voiced_both
 # Every per-clip and per-system metric key, in table order; a metric that was not asked for is null in the JSON.
-METRIC_KEYS = ("logmel_l1", "mrstft", "mrstft_sc", "mrstft_logmag", "pesq_wb", "stoi", *DNSMOS_KEYS)
+METRIC_KEYS = ("logmel_l1", "mrstft", "mrstft_sc", "mrstft_logmag", "pesq_wb", "stoi", *DNSMOS_KEYS, *PITCH_KEYS)
 PESQ_RATE = 16000  # PESQ wide band and DNSMOS are defined at 16 kHz
 
 
@@ -92,6 +96,8 @@ def require_metrics(metrics: Sequence[str]) -> dict[str, Callable]:
             except ImportError:
                 raise _missing("speechmos", "dnsmos") from None
             fns[m] = dnsmos.run
+        elif m == "pitch":
+            fns[m] = track_pitch  # librosa's pYIN: a core dependency, nothing to install
     return fns
 
 
@@ -117,8 +123,15 @@ def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def clip_metrics(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: int, mel_config: MelConfig,
-                 optional: dict[str, Callable]) -> dict[str, float | None]:
-    """All metrics of one vocoded clip [T] against its recording [T]; keys METRIC_KEYS, None where not asked."""
+                 optional: dict[str, Callable], *, reference_pitch: PitchTrack | None = None
+                 ) -> dict[str, float | None]:
+    """All metrics of one vocoded clip [T] against its recording [T]; keys METRIC_KEYS, None where not asked.
+
+    The pitch metrics track both clips at the frames of `mel_config` (PitchSettings.for_mel). `reference_pitch`:
+    the recording's track [F] when already known (one track per recording, whatever the number of systems held
+    against it); an estimate that is the reference tensor itself reuses the reference's track.
+    """
+    same = estimate is reference
     est = estimate.detach().float().cpu()
     ref = reference.detach().float().cpu()
     out: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
@@ -140,6 +153,12 @@ def clip_metrics(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: i
         r = optional["dnsmos"](est16, PESQ_RATE)
         out.update(dnsmos_ovrl=float(r["ovrl_mos"]), dnsmos_sig=float(r["sig_mos"]), dnsmos_bak=float(r["bak_mos"]),
                    dnsmos_p808=float(r["p808_mos"]))
+    if "pitch" in optional:
+        settings = PitchSettings.for_mel(mel_config)
+        ref_track = reference_pitch if reference_pitch is not None else optional["pitch"](ref, settings)
+        est_track = ref_track if same else optional["pitch"](est, settings)
+        errors = pitch_errors(ref_track, est_track)  # NaN gpe and cents where no frame is voiced in both
+        out.update({key: errors[key] for key in PITCH_KEYS})
     return out
 
 

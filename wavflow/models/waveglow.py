@@ -32,8 +32,16 @@ from torch.nn.utils.parametrizations import weight_norm
 from ..errors import WavflowError
 from ..flows import AffineCoupling, Invertible1x1Conv, squeeze, unsqueeze
 from ..frontend import MelConfig
+from ..losses import stft_loss
+from ..source import PitchPredictor, SourceTrack, free_track, locked_track
+from ..source import excitation as make_excitation
 from . import is_int, is_real, noise_device, refuse_options
 from .waveglow_sampling import BackendChoice, _CouplingPlan, _SamplingPlan, _Workspace
+
+# The energy prior (design.md section 9): ln(frame RMS) - ln(RMS mel magnitude) had median -0.39 over 40
+# LJSpeech clips (frames above -40 dBFS); -60 dBFS is below LJSpeech's room noise.
+ENERGY_OFFSET = -0.39
+ENERGY_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,15 @@ class WaveGlowConfig:
     upsample_frames: int | None = None  # ... the same kernel in frames (None: 4, NVIDIA's 1024 at hop 256)
     sigma: float = 1.0  # std of the Gaussian prior on z while training and scoring
     infer_sigma: float = 0.6  # default std of z when sampling (lower = cleaner but flatter speech)
+    # Source and objective (design.md section 9); the defaults are NVIDIA's plain WaveGlow.
+    source: bool = False  # condition every coupling on a harmonic excitation at F0 predicted from the mel
+    source_phase: str = "recording"  # training excitation: phase-locked to the recording, or "free" (from 0)
+    source_channels: int = 64  # width of the pitch predictor (4 conv layers, kernel 5, on the mel frames)
+    source_amplitude: float = 0.1  # RMS of the excitation where voiced
+    pitch_weight: float = 1.0  # training adds this x the pitch predictor's loss (voicing BCE + octaves L1)
+    spectral_weight: float = 0.0  # training adds this x MR-STFT(inverse of spectral_sigma noise, recording); 0: off
+    spectral_sigma: float = 0.6  # std of the noise the spectral loss's samples are made from
+    energy_prior: bool = False  # the prior's std follows the mel's energy frame by frame (PriorGrad-like)
 
     def __post_init__(self) -> None:
         # Every value that cannot build a model is refused here, by name and value, before any layer exists
@@ -78,6 +95,19 @@ class WaveGlowConfig:
             problems.append(f"sigma={self.sigma!r} must be a finite number > 0")
         if not is_real(self.infer_sigma) or not self.infer_sigma >= 0:
             problems.append(f"infer_sigma={self.infer_sigma!r} must be a finite number >= 0")
+        for name in ("source", "energy_prior"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={getattr(self, name)!r} must be true or false")
+        if self.source_phase not in ("recording", "free"):
+            problems.append(f"source_phase={self.source_phase!r} must be 'recording' or 'free'")
+        if not is_int(self.source_channels) or self.source_channels < 1:
+            problems.append(f"source_channels={self.source_channels!r} must be an integer >= 1")
+        for name in ("source_amplitude", "spectral_sigma"):
+            if not is_real(getattr(self, name)) or not getattr(self, name) > 0:
+                problems.append(f"{name}={getattr(self, name)!r} must be a finite number > 0")
+        for name in ("pitch_weight", "spectral_weight"):
+            if not is_real(getattr(self, name)) or not getattr(self, name) >= 0:
+                problems.append(f"{name}={getattr(self, name)!r} must be a finite number >= 0")
         if problems:
             raise WavflowError(f"invalid WaveGlowConfig: {'; '.join(problems)}")
 
@@ -215,40 +245,89 @@ class WaveGlow(nn.Module):
         self.mel_config = mel_config
         n_mels = mel_config.n_mels
         self.upsample = nn.ConvTranspose1d(n_mels, n_mels, config.upsample_kernel, stride=hop)
+        # The source: a pitch predictor on the mel frames, whose excitation joins the conditioning grouped like
+        # the audio (n_group more channels), so every coupling can read the harmonics' timing.
+        self.source = PitchPredictor(n_mels, config.source_channels) if config.source else None
+        n_cond = (n_mels + (1 if config.source else 0)) * config.n_group
         self.convinv = nn.ModuleList()
         self.coupling = nn.ModuleList()
         for k in range(config.n_flows):
             c = config.remaining_channels(k)
             self.convinv.append(Invertible1x1Conv(c))
-            self.coupling.append(AffineCoupling(WN(c // 2, n_mels * config.n_group, config.wn_layers,
+            self.coupling.append(AffineCoupling(WN(c // 2, n_cond, config.wn_layers,
                                                    config.wn_channels, config.wn_kernel_size)))
         self._plan: tuple[tuple, _SamplingPlan] | None = None  # folded weights for `infer`, see _sampling_plan
 
     # ---------------------------------------------------------------- conditioning
-    def condition(self, mel: Tensor, num_samples: int, weight_matrix: Tensor | None = None) -> Tensor:
+    def condition(self, mel: Tensor, num_samples: int, weight_matrix: Tensor | None = None,
+                  excitation: Tensor | None = None) -> Tensor:
         """mel [B, n_mels, F] -> upsampled, cropped to num_samples and squeezed: [B, n_mels * n_group, T / n_group].
 
-        Exactly squeeze(self.upsample(mel)[..., :T]), computed as one matmul (see upsample_squeezed).
+        Exactly squeeze(self.upsample(mel)[..., :T]), computed as one matmul (see upsample_squeezed). With a
+        source, the excitation [B, >= T] follows, squeezed like the audio: [B, (n_mels + 1) * n_group, T / n_group].
         """
         hop, kernel = self.mel_config.hop_length, self.config.upsample_kernel
         if (mel.shape[-1] - 1) * hop + kernel < num_samples:
             raise WavflowError(f"mel of {mel.shape[-1]} frames is too short for {num_samples} samples")
-        return upsample_squeezed(mel, self.upsample.weight, self.upsample.bias, hop, self.config.n_group,
+        cond = upsample_squeezed(mel, self.upsample.weight, self.upsample.bias, hop, self.config.n_group,
                                  num_samples // self.config.n_group, weight_matrix)
+        if self.source is None:
+            return cond
+        if excitation is None:
+            excitation = self.excitation(self.source_track(mel), num_samples)
+        e = squeeze(excitation[:, None, :num_samples].to(cond.dtype), self.config.n_group)
+        return torch.cat([cond, e], 1)
+
+    @property
+    def needs_pitch(self) -> bool:
+        """Training needs the recordings' pitch tracks (the trainer attaches them to the data)."""
+        return self.source is not None
+
+    def source_track(self, mel: Tensor) -> SourceTrack:
+        """The inference source of a mel [B, n_mels, F]: predicted F0 and voicing, phase running free from 0."""
+        f0, voiced = self.source.predict(mel)
+        return free_track(f0, voiced, self.mel_config.hop_length, self.mel_config.sample_rate)
+
+    def excitation(self, track: SourceTrack, num_samples: int) -> Tensor:
+        """The excitation [B, num_samples] of a track's frames (wavflow.source.excitation)."""
+        return make_excitation(track, self.mel_config.hop_length, self.mel_config.sample_rate,
+                          self.config.source_amplitude, num_samples)
+
+    def prior_scale(self, mel: Tensor, num_groups: int) -> Tensor | None:
+        """The energy prior's std per group of samples, [B, 1, num_groups] (None without the energy prior).
+
+        A frame's scale is its mel's RMS magnitude, exp(0.5 ln mean_f |mel_f|^2 + ENERGY_OFFSET), which tracks the
+        frame's waveform RMS (design.md section 9), floored at ENERGY_FLOOR; groups take it log-linearly
+        interpolated between frame centres. Every channel of a group shares it, so it commutes with the 1x1
+        convolutions and the likelihood stays exact.
+        """
+        if not self.config.energy_prior:
+            return None
+        mag = self.mel_config.decompress(mel.float())
+        log_s = 0.5 * torch.log(mag.pow(2).mean(1).clamp_min(1e-20)) + ENERGY_OFFSET  # [B, F]
+        log_s = log_s.clamp_min(math.log(ENERGY_FLOOR))
+        g = self.config.n_group
+        pos = (torch.arange(num_groups, device=mel.device, dtype=torch.float32) * g + (g - 1) / 2) \
+            / self.mel_config.hop_length
+        lo = pos.floor().long().clamp(max=log_s.shape[-1] - 1)
+        hi = (lo + 1).clamp(max=log_s.shape[-1] - 1)
+        frac = (pos - lo).clamp(0, 1)
+        return torch.exp(log_s[:, lo] * (1 - frac) + log_s[:, hi] * frac)[:, None, :]
 
     def _is_exit(self, k: int) -> bool:
         return k > 0 and k % self.config.n_early_every == 0
 
     # ---------------------------------------------------------------- density
-    def forward(self, audio: Tensor, mel: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, audio: Tensor, mel: Tensor, excitation: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """audio [B, T], mel [B, n_mels, F] -> (z [B, n_group, T // n_group], logdet [B]).
 
         z holds the early outputs first, in the order they leave, then the last flow's channels (NVIDIA's
         layout). A trailing T mod n_group samples are ignored. logdet = sum log_s + sum G log|det W|.
+        excitation [B, >= T]: the source's, for a model with one (None: made from the mel, `source_track`).
         """
         g = self.config.n_group
         t = audio.shape[-1] // g * g
-        cond = self.condition(mel, t)
+        cond = self.condition(mel, t, excitation=excitation)
         x = squeeze(audio[:, None, :t], g)
         logdet = x.new_zeros(x.shape[0])
         outputs = []
@@ -262,11 +341,11 @@ class WaveGlow(nn.Module):
         outputs.append(x)
         return torch.cat(outputs, 1), logdet
 
-    def inverse(self, z: Tensor, mel: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, mel: Tensor, excitation: Tensor | None = None) -> Tensor:
         """The exact inverse of forward: z [B, n_group, G], mel [B, n_mels, F >= G * n_group / hop] -> audio [B, G * n_group]."""
         cfg = self.config
         t = z.shape[-1] * cfg.n_group
-        cond = self.condition(mel, t)
+        cond = self.condition(mel, t, excitation=excitation)
         return self._inverse(z, lambda k, x: self.coupling[k].inverse(x, cond))
 
     def _inverse(self, z: Tensor, coupling_inverse) -> Tensor:
@@ -281,19 +360,64 @@ class WaveGlow(nn.Module):
                 x = torch.cat([z[:, j * cfg.n_early_size: (j + 1) * cfg.n_early_size], x], 1)
         return unsqueeze(x, cfg.n_group)[:, 0]
 
-    def log_likelihood(self, audio: Tensor, mel: Tensor) -> Tensor:
-        """[B] mean log-density per audio sample in nats (audio in [-1, 1], every constant included, design.md section 2)."""
-        z, logdet = self(audio, mel)
+    def log_likelihood(self, audio: Tensor, mel: Tensor, excitation: Tensor | None = None) -> Tensor:
+        """[B] mean log-density per audio sample in nats (audio in [-1, 1], every constant included, design.md section 2).
+
+        With a source, the density is conditioned on the mel alone: the excitation comes from the predicted
+        pitch with its phase running free, as in sampling, unless `excitation` is given (training's).
+        With the energy prior, z ~ N(0, sigma^2 s_g^2) per group g: -log s_g per sample joins the log-density.
+        """
+        z, logdet = self(audio, mel, excitation)
         n = z.shape[1] * z.shape[2]
         var = self.config.sigma**2
         acc = torch.promote_types(z.dtype, torch.float32)  # sum bf16/fp16 activations in float32
-        sq = z.to(acc).pow(2).flatten(1).sum(1)
+        z = z.to(acc)
+        scale = self.prior_scale(mel, z.shape[-1])
+        if scale is not None:
+            z = z / scale
+            logdet = logdet.to(acc) - z.shape[1] * torch.log(scale).flatten(1).sum(1)
+        sq = z.pow(2).flatten(1).sum(1)
         return (logdet.to(acc) - 0.5 * sq / var) / n - 0.5 * math.log(2 * math.pi * var)
 
-    def training_loss(self, audio: Tensor, mel: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """-mean log_likelihood: NLL in nats per sample. NVIDIA's printed loss is this minus 0.5 ln(2 pi sigma^2)."""
-        loss = -self.log_likelihood(audio, mel).mean()
-        return loss, {"nll": loss.item()}
+    def training_loss(self, audio: Tensor, mel: Tensor, pitch: tuple[Tensor, Tensor] | None = None
+                      ) -> tuple[Tensor, dict[str, float]]:
+        """NLL in nats per sample (NVIDIA's printed loss is this minus 0.5 ln(2 pi sigma^2)), plus, as configured,
+        the pitch predictor's loss and the spectral loss on samples (design.md section 9).
+
+        pitch: (f0, voiced) [B, >= F] of the recording's pitch track at the mel's frames, needed with a source:
+        the training excitation is made from it (phase-locked to the recording with source_phase "recording").
+        """
+        cfg = self.config
+        excitation = None
+        logs: dict[str, float] = {}
+        extra = audio.new_zeros(())
+        if self.source is not None:
+            if pitch is None:
+                raise WavflowError("a WaveGlow with a source trains on pitch tracks of the recordings (the trainer "
+                                   "supplies them: wavflow.pitch)")
+            f0, voiced = (p[:, : mel.shape[-1]].to(audio.device) for p in pitch)
+            hop, rate = self.mel_config.hop_length, self.mel_config.sample_rate
+            with torch.no_grad():
+                track = (locked_track(audio, f0, voiced, hop, rate) if cfg.source_phase == "recording"
+                         else free_track(f0, voiced, hop, rate))
+                excitation = self.excitation(track, audio.shape[-1])
+            pitch_loss, pitch_logs = self.source.loss(mel, f0, voiced)
+            extra = extra + cfg.pitch_weight * pitch_loss
+            logs.update(pitch_logs)
+        nll = -self.log_likelihood(audio, mel, excitation).mean()
+        logs["nll"] = nll.item()
+        if cfg.spectral_weight > 0:
+            g = cfg.n_group
+            t = audio.shape[-1] // g * g
+            z = torch.randn((audio.shape[0], g, t // g), device=audio.device, dtype=audio.dtype) * cfg.spectral_sigma
+            scale = self.prior_scale(mel, t // g)
+            if scale is not None:
+                z = z * scale
+            sample = self.inverse(z, mel, excitation)
+            sc, logmag = stft_loss(sample.float(), audio[:, :t].float())
+            extra = extra + cfg.spectral_weight * (sc + logmag)
+            logs["spectral/sc"], logs["spectral/logmag"] = sc.item(), logmag.item()
+        return nll + extra, logs
 
     # ---------------------------------------------------------------- sampling
     def draw_noise(self, batch: int, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
@@ -304,7 +428,8 @@ class WaveGlow(nn.Module):
 
     @torch.no_grad()
     def infer(self, mel: Tensor, *, noise: Tensor | None = None, generator: torch.Generator | None = None,
-              frames: Sequence[int] | Tensor | None = None, sigma: float | None = None, **unknown: Any) -> Tensor:
+              frames: Sequence[int] | Tensor | None = None, sigma: float | None = None,
+              source_track: SourceTrack | None = None, **unknown: Any) -> Tensor:
         """mel [B, n_mels, F] -> audio [B, F * hop]; every item is made to the batch's length (frames is ignored).
 
         sigma: std of the noise (default config.infer_sigma = 0.6; 0 gives the flow's mode-like output).
@@ -312,6 +437,8 @@ class WaveGlow(nn.Module):
         reproducible output; otherwise drawn from `generator` (draw_noise). In NVIDIA's infer the last flow's
         channels z[:, -remaining:] are drawn first and the early blocks join from the last exit back to the
         first, so NVIDIA's draws map onto z one-to-one (tests/test_nvidia.py checks equal audio).
+        source_track: the source of these frames, for a model with one (None: `source_track(mel)`); a streamer
+        passes the whole utterance's track cut to its window, so the excitation's phase runs on across windows.
         Runs on a cached, folded copy of the weights (see _CouplingPlan) on the backend measured fastest for
         this machine and shape (`sampling_backend`); `inverse` is the plain reference. With bf16 or fp16
         weights the coupling networks compute in that dtype and the flow state in float32: the audio is float32.
@@ -331,10 +458,18 @@ class WaveGlow(nn.Module):
         # fp16 model runs its coupling networks in that dtype, the cheap affine and 1x1 updates in float32, so the
         # state is not rounded to 8 or 11 bits twelve times over.
         state_dtype = torch.promote_types(mel.dtype, torch.float32)
-        cond_in = self.condition(mel.to(plan.dtype), t, plan.upsample)
+        exc = None
+        if self.source is not None:
+            if source_track is None:
+                source_track = self.source_track(mel.to(self.source.inp.weight.dtype))
+            exc = self.excitation(source_track, t)
+        cond_in = self.condition(mel.to(plan.dtype), t, plan.upsample, excitation=exc)
         backend = plan.backend_for(mel.device, t // cfg.n_group).backend
         x = torch.empty(shape, device=mel.device, dtype=state_dtype)
         x.copy_(noise).mul_(sigma)  # our own buffer: sampling works in place
+        scale = self.prior_scale(mel, shape[-1])
+        if scale is not None:
+            x.mul_(scale)
         # One utterance at a time: each matmul is already large (G = 2756 columns per second of audio).
         work = _Workspace()
         return torch.stack([self._sample_one(plan, x[i], cond_in[i], backend, work) for i in range(b)])

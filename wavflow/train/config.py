@@ -65,6 +65,8 @@ class TrainConfig:
     max_minutes: float = 0.0                  # wall-clock budget from process start, start-up, compilation and
                                               # validation included: the run validates and saves before it ends
                                               # (0: none); --max-minutes sets it
+    budget_clock: Literal["wall", "cpu"] = "wall"  # what max_minutes counts: wall-clock time, or the process's
+                                              # CPU time (equal budgets for runs sharing a busy machine)
     threads: int = 0                          # CPU threads for torch (0: torch's default, one per core); small
                                               # models on a shared CPU run faster with 1 (no spinning threads)
     seed: int = 1234                          # model init, data order and crops, per-step noise

@@ -50,8 +50,8 @@ class _LossModule(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.model.training_loss(audio, mel)
+    def forward(self, audio: torch.Tensor, mel: torch.Tensor, **extra: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.model.training_loss(audio, mel, **extra)
 
 
 class Trainer:
@@ -98,6 +98,9 @@ class Trainer:
         else:
             self.state.init_from = init_from
             seed_process(t.seed, self.runtime.rank)
+        if getattr(self.model, "needs_pitch", False):
+            # A model with a source learns from the recordings' pitch tracks (computed once, cached beside the data).
+            self.train_set.attach_pitch(progress=self.runtime.main)
         self.losses: list[float] = []
         self.valid_history: list[tuple[int, float]] = []
 
@@ -202,15 +205,20 @@ class Trainer:
         warmup = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else 1.0
         return t.lr * warmup * (t.lr_decay_gamma ** (step // t.lr_decay_every) if t.lr_decay_every else 1.0)
 
-    def train_step(self, audio: torch.Tensor) -> tuple[float, float, dict[str, float]]:
-        """One optimizer step on a batch of crops [B, T]: (loss, gradient norm, model's scalars)."""
+    def train_step(self, batch: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[float, float, dict[str, float]]:
+        """One optimizer step on a batch of crops [B, T], or (crops, f0, voiced) for a model that learns from
+        pitch tracks: (loss, gradient norm, model's scalars)."""
         t, s = self.config.train, self.state
-        audio = audio.to(self.device, non_blocking=True)
+        extra: dict[str, Any] = {}
+        if isinstance(batch, (tuple, list)):
+            batch, f0, voiced = batch
+            extra["pitch"] = (f0.to(self.device), voiced.to(self.device))
+        audio = batch.to(self.device, non_blocking=True)
         with torch.no_grad():
             mel = mel_spectrogram(audio, self.mel_config)  # [B, n_mels, T // hop + 1], on the training device
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with autocast:
-            loss, logs = self.loss_module(audio, mel)
+            loss, logs = self.loss_module(audio, mel, **extra)
         loss = loss.float()
         value = loss.item()
 
@@ -402,12 +410,18 @@ class Trainer:
         valid = self._valid_seconds + best if self.valid_clips else 0.0
         return valid + last
 
+    def _clock(self) -> float:
+        """What the budget counts: wall-clock time, or this process's CPU time since it started
+        (train.budget_clock: cpu), which a busy machine does not eat into."""
+        return time.process_time() if self.config.train.budget_clock == "cpu" else time.time()
+
     def _out_of_time(self, deadline: float) -> bool:
         """Would one more step leave too little time to validate and save before the deadline? Every process
-        must agree: the run stops when any of them is late."""
+        must agree: the run stops when any of them is late. (Durations are measured in wall time, which is
+        never shorter than CPU time, so a CPU-time budget is kept too.)"""
         # The margin leaves the process time to exit (interpreter and CUDA teardown) inside the budget.
         margin = 1.0 + 0.01 * 60.0 * self.config.train.max_minutes
-        late = time.time() + self._step_estimate() + 1.25 * self._reserve() + margin > deadline
+        late = self._clock() + self._step_estimate() + 1.25 * self._reserve() + margin > deadline
         return bool(self.runtime.any(torch.tensor([1.0 if late else 0.0]), self.device)[0])
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -416,7 +430,8 @@ class Trainer:
         t, s = self.config.train, self.state
         self.model.train()
         loader = self._loader() if self.device_crops is None else None
-        deadline = self.started_at + 60.0 * t.max_minutes if t.max_minutes else None
+        start = 0.0 if t.budget_clock == "cpu" else self.started_at
+        deadline = start + 60.0 * t.max_minutes if t.max_minutes else None
         self.end_reason = "max_steps"
         first_step = s.step
         if s.step == 0 and self.valid_clips and (s.init_from is not None or deadline is not None):
@@ -435,7 +450,7 @@ class Trainer:
                 started = time.perf_counter()
                 loss, gnorm, logs = self.train_step(audio)
                 self.step_seconds.append(time.perf_counter() - started)
-                batch_samples = audio.numel()
+                batch_samples = (audio[0] if isinstance(audio, (tuple, list)) else audio).numel()
                 s.batches_in_epoch += 1
                 self.losses.append(loss)
                 for k, v in {"loss": loss, "grad_norm": gnorm, **logs}.items():
@@ -481,7 +496,8 @@ class Trainer:
             best = f", best validation NLL {s.best_valid_nll:.4f} nats/sample" if self.valid_history else ""
             if self.end_reason == "max_minutes":
                 print(f"{PROG}: the {t.max_minutes:g}-minute budget ended the run at step {s.step} after "
-                      f"{time.time() - self.started_at:.1f} s{best}; saved {self.last_path}",
+                      f"{time.time() - self.started_at:.1f} s ({time.process_time():.1f} CPU-s){best}; saved "
+                      f"{self.last_path}",
                       file=sys.stderr, flush=True)
             else:
                 print(f"{PROG}: done: {s.step} steps{best}; {self.last_path}", file=sys.stderr, flush=True)
@@ -496,6 +512,7 @@ class Trainer:
         record: dict[str, Any] = {
             "step": self.state.step, "run/end": self.end_reason, "run/steps": steps,
             "run/wall_seconds": time.time() - self.started_at, "run/train_seconds": train_seconds,
+            "run/cpu_seconds": time.process_time(),
             "run/samples": steps * batch_samples * world,
             "run/samples_per_s": steps * batch_samples * world / train_seconds if train_seconds else None,
             "run/steady_samples_per_s": (len(steady) * batch_samples * world / sum(steady)

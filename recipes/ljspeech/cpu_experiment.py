@@ -1,0 +1,145 @@
+"""Bookkeeping of the equal-budget CPU experiment (cpu_experiment.sh): pitch checks, the best variant, the report.
+
+    python recipes/ljspeech/cpu_experiment.py check OUT/VARIANT MINUTES     # append a pitch check to checks.jsonl
+    python recipes/ljspeech/cpu_experiment.py best OUT/eval/results.json    # print the best variant's name
+    python recipes/ljspeech/cpu_experiment.py report OUT MINUTES RESULTS.json...  # OUT/results.md, OUT/spectrograms.png
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+GPE_TARGET = 0.2
+
+
+def _last_step(run: Path) -> tuple[int, int]:
+    """(optimizer steps, audio samples seen) of a run, from its log.jsonl."""
+    steps, samples = 0, 0
+    log = run / "log.jsonl"
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            steps = max(steps, int(record.get("step", 0)))
+            if "run/samples" in record:
+                samples += int(record["run/samples"])
+    return steps, samples
+
+
+def check(run: Path, minutes: int) -> None:
+    row = json.loads((run / f"check-{minutes}.json").read_text())["systems"][-1]
+    steps, samples = _last_step(run)
+    record = {"minutes": minutes, "steps": steps, "samples": samples, "gpe": row.get("gpe"), "vde": row.get("vde")}
+    with open(run / "checks.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"{run.name}: {minutes} min, step {steps}: GPE {_pct(row.get('gpe'))}, V/UV error {_pct(row.get('vde'))}")
+
+
+def _gpe(row: dict) -> float:
+    value = row.get("gpe")
+    return 1.0 if value is None or not math.isfinite(value) else value
+
+
+def best(results: Path) -> str:
+    """Pitch first (GPE <= 20%), then DNSMOS P.808."""
+    rows = [r for r in json.loads(results.read_text())["systems"] if r["kind"] == "vocoder"]
+    rows.sort(key=lambda r: (_gpe(r) > GPE_TARGET, -(r.get("dnsmos_p808") or 0.0), _gpe(r)))
+    return rows[0]["name"]
+
+
+def _pct(value) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def _num(value, digits: int = 3) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _first_pitch(run: Path) -> str:
+    checks = run / "checks.jsonl"
+    if not checks.is_file():
+        return "-"
+    for line in checks.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("gpe") is not None and math.isfinite(record["gpe"]) and record["gpe"] <= GPE_TARGET:
+            return str(record["minutes"])
+    return "not reached"
+
+
+def report(out: Path, minutes: int, results: list[Path]) -> None:
+    rows, seen = [], set()
+    for path in results:
+        for row in json.loads(path.read_text())["systems"]:
+            if row["name"] not in seen:
+                seen.add(row["name"])
+                rows.append(row)
+    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
+    lines = [f"Equal-budget CPU experiment: {minutes} minutes per variant, one thread each, on {model} "
+             f"(Python {platform.python_version()}). Held-out: {len(json.loads(results[0].read_text())['clips'])} "
+             "validation clips, whole. GPE <= 20% first reached: pitch checks on 6 clips x 3 s after each segment.",
+             "",
+             "| system | steps | samples seen | NLL (nats) | DNSMOS P.808 | GPE | V/UV error | F0 RMSE (cents) | "
+             "MR-STFT | log-mel L1 | minutes to GPE <= 20% |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        run = out / row["name"]
+        steps, samples = _last_step(run) if row["kind"] == "vocoder" else (0, 0)
+        lines.append(
+            f"| {row['name']} | {steps if steps else '-'} | {f'{samples / 1e6:.1f} M' if samples else '-'} | "
+            f"{_num(row.get('nll_nats'), 4)} | {_num(row.get('dnsmos_p808'), 2)} | {_pct(row.get('gpe'))} | "
+            f"{_pct(row.get('vde'))} | {_num(row.get('f0_rmse_cents'), 0)} | {_num(row.get('mrstft'))} | "
+            f"{_num(row.get('logmel_l1'))} | {_first_pitch(run) if row['kind'] == 'vocoder' else '-'} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    figure(out, [r["name"] for r in rows if r["kind"] == "vocoder"], json.loads(results[0].read_text()))
+
+
+def figure(out: Path, variants: list[str], results: dict) -> None:
+    """Log-mel spectrograms of the first validation clip: the recording, Griffin-Lim, each variant (seed 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    import wavflow
+    from wavflow.data import LJSpeech, validation_clips
+    from wavflow.frontend import MelConfig, mel_spectrogram
+    from wavflow.metrics import griffin_lim
+
+    mel_config = MelConfig()
+    clip = validation_clips(LJSpeech(results["data_root"], "valid", results["n_valid"], mel_config=mel_config), 1)[0]
+    mel = mel_spectrogram(clip.audio[None], mel_config)
+    panels = [("recording", clip.audio), ("Griffin-Lim, 60 iterations",
+                                          griffin_lim(mel[0], mel_config, 60, clip.audio.shape[0]))]
+    for name in variants:
+        model = wavflow.load(out / name / "last.pt")
+        panels.append((name, wavflow.synthesize(mel, model=model, seed=0)[0][: clip.audio.shape[0]]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.9 * len(panels)), sharex=True, squeeze=False)
+    seconds = clip.audio.shape[0] / mel_config.sample_rate
+    for ax, (name, audio) in zip(axes[:, 0], panels):
+        m = mel_spectrogram(torch.as_tensor(audio).float()[None], mel_config)[0].numpy()
+        im = ax.imshow(m, origin="lower", aspect="auto", cmap="magma", vmin=mel_config.silence, vmax=2.0,
+                       extent=(0.0, seconds, 0, m.shape[0]), interpolation="nearest")
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.set_ylabel("mel band")
+    axes[-1, 0].set_xlabel(f"time (s): {clip.id}")
+    fig.colorbar(im, ax=axes[:, 0].tolist(), label="ln mel", shrink=0.9)
+    fig.savefig(out / "spectrograms.png", dpi=100)
+    print(f"wrote {out / 'spectrograms.png'}")
+
+
+if __name__ == "__main__":
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "check":
+        check(Path(args[0]), int(args[1]))
+    elif command == "best":
+        print(best(Path(args[0])))
+    elif command == "report":
+        report(Path(args[0]), int(args[1]), [Path(a) for a in args[2:]])
+    else:
+        sys.exit(f"cpu_experiment.py: unknown command {command}")

@@ -1,0 +1,186 @@
+"""The source module: F0 and voicing predicted from the mel, and the harmonic excitation made from them
+(design.md section 9).
+
+Neural source-filter vocoders (Wang, Takaki & Yamagishi 2019) give the network a sine excitation at F0 and
+let it learn the filter; a network that must discover periodicity on its own from the mel learns it slowly.
+
+    mel [B, n_mels, F] --PitchPredictor--> log-F0 and voicing per frame [B, F]
+    (F0, voicing, phase anchors) --excitation--> e [B, T]: sum of the harmonics k * F0 below Nyquist,
+                                                  gated by voicing, RMS `amplitude` where voiced
+
+The phase is integrated from the frame-rate F0, linearly interpolated between frame centres (frame k sits at
+sample k * hop, the mel's centring), in closed form per frame:
+
+    phi(k * hop + j) = Psi_k + 2 pi / fs * (j (f_k + d_k) + (f_{k+1} - f_k) j (j - 1) / (2 hop)),   0 <= j < hop
+
+Psi_k, the phase at frame k's centre, is a float64 running sum over frames (`SourceTrack.anchors`), so any
+span of samples is made from its frames alone: a chunk of the excitation equals the same samples of the
+whole utterance's, which streaming relies on. d_k is a per-frame detune, 0 except for a phase-locked track.
+
+Phase-locked training excitation (`locked_track`): while training, the recording is known, so the phase of
+its fundamental at each voiced frame centre is measured (a Hann-windowed projection onto the frame's F0) and
+d_k bends the integrated phase to pass through it. The flow then sees an excitation whose harmonics line up
+with the recording's and can learn the filter from the likelihood alone; at inference the phase runs free
+from 0, which changes only the absolute phase of the harmonics, not what the ear hears.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .pitch import FMAX, FMIN
+
+LOG_FMIN, LOG_RANGE = math.log(FMIN), math.log(FMAX / FMIN)
+UNVOICED_F0 = 100.0  # Hz: the F0 carried through unvoiced frames (gated off; keeps the phase smooth at onsets)
+
+
+class PitchPredictor(nn.Module):
+    """Frame-rate convolutions from the mel to log-F0 and a voicing logit.
+
+    mel [B, n_mels, F] -> (log_f0 [B, F] in ln Hz within [ln FMIN, ln FMAX], voicing logit [B, F]).
+    Non-causal, `reach` frames either side; every layer is local in time, so windows of the mel give the same
+    frames as the whole.
+    """
+
+    def __init__(self, n_mels: int, channels: int = 64, layers: int = 4, kernel_size: int = 5):
+        super().__init__()
+        self.inp = nn.Conv1d(n_mels, channels, 1)
+        self.convs = nn.ModuleList(nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+                                   for _ in range(layers))
+        self.out = nn.Conv1d(channels, 2, 1)
+        self.reach = layers * (kernel_size // 2)
+
+    def forward(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.inp(mel)
+        for conv in self.convs:
+            h = h + conv(F.leaky_relu(h, 0.1))
+        out = self.out(F.leaky_relu(h, 0.1))
+        return LOG_FMIN + LOG_RANGE * torch.sigmoid(out[:, 0]), out[:, 1]
+
+    def loss(self, mel: Tensor, f0: Tensor, voiced: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Supervised by a pitch track of the recording (wavflow.pitch): voicing cross-entropy on every frame
+        plus |log2 F0 error| (octaves) on the voiced ones. f0, voiced [B, F'] with F' >= F frames used."""
+        log_f0, logit = self(mel)
+        n = log_f0.shape[-1]
+        f0, voiced = f0[:, :n].to(log_f0.dtype), voiced[:, :n].to(log_f0.dtype)
+        bce = F.binary_cross_entropy_with_logits(logit, voiced)
+        octaves = (log_f0 - torch.log(f0.clamp_min(1.0))).abs() / math.log(2.0)
+        f0_l1 = (octaves * voiced).sum() / voiced.sum().clamp_min(1.0)
+        return bce + f0_l1, {"pitch/voicing_bce": bce.item(), "pitch/f0_octaves": f0_l1.item()}
+
+    @torch.no_grad()
+    def predict(self, mel: Tensor) -> tuple[Tensor, Tensor]:
+        """mel [B, n_mels, F] -> (f0 [B, F] Hz, 0 where unvoiced; voiced [B, F] float 0/1)."""
+        log_f0, logit = self(mel)
+        voiced = (logit > 0).to(torch.float32)
+        return torch.exp(log_f0.float()) * voiced, voiced
+
+
+@dataclass
+class SourceTrack:
+    """Everything the excitation of frames [k0, k0 + F) needs: f0 [B, F] Hz (0 where unvoiced), voiced
+    [B, F] 0/1, detune [B, F] Hz and anchors [B, F] float64, the phase at each frame centre (mod 2 pi)."""
+    f0: Tensor
+    voiced: Tensor
+    detune: Tensor
+    anchors: Tensor
+
+    def frames(self, start: int, stop: int) -> "SourceTrack":
+        return SourceTrack(self.f0[:, start:stop], self.voiced[:, start:stop], self.detune[:, start:stop],
+                           self.anchors[:, start:stop])
+
+
+def _filled(f0: Tensor, voiced: Tensor) -> Tensor:
+    return torch.where(voiced > 0, f0, torch.full_like(f0, UNVOICED_F0)).to(torch.float64)
+
+
+def phase_steps(f: Tensor, detune: Tensor, hop: int, sample_rate: int) -> Tensor:
+    """The phase advance from each frame centre to the next, [B, F] float64 (the last frame holds its F0)."""
+    nxt = torch.cat([f[:, 1:], f[:, -1:]], 1)
+    return 2 * math.pi / sample_rate * (hop * (f + detune) + (nxt - f) * (hop - 1) / 2)
+
+
+def anchors_from(steps: Tensor, phase0: Tensor | float = 0.0) -> Tensor:
+    """Exclusive running sum of the phase steps from phase0, mod 2 pi: [B, F] float64. Computed in numpy
+    (a sequential sum), so a prefix of the frames always gives the same values."""
+    s = steps.detach().cpu().numpy().astype(np.float64)
+    start = np.broadcast_to(np.asarray(phase0, dtype=np.float64), (s.shape[0],)).reshape(-1, 1)
+    out = np.cumsum(np.concatenate([start, s[:, :-1]], 1), axis=1)
+    return torch.from_numpy(np.mod(out, 2 * math.pi)).to(steps.device)
+
+
+def free_track(f0: Tensor, voiced: Tensor, hop: int, sample_rate: int) -> SourceTrack:
+    """The inference track: the phase integrated from 0 at the first frame."""
+    f0, voiced = f0.float(), voiced.float()
+    detune = torch.zeros_like(f0)
+    steps = phase_steps(_filled(f0, voiced), detune.double(), hop, sample_rate)
+    return SourceTrack(f0, voiced, detune, anchors_from(steps))
+
+
+def fundamental_phase(audio: Tensor, f0: Tensor, hop: int, sample_rate: int, window: int = 1024) -> Tensor:
+    """The phase of the component at f0 in a Hann window centred on each frame: audio [B, T], f0 [B, F] Hz ->
+    [B, F] radians, with audio(t) ~ A cos(2 pi f0 (t - k hop) / fs + phase_k) near frame k's centre."""
+    b, frames = f0.shape
+    half = window // 2
+    x = F.pad(audio.float(), (half, half + max(0, frames * hop - audio.shape[-1])))
+    segments = x.unfold(-1, window, hop)[:, :frames]  # [B, F, window], centred on k * hop
+    tau = torch.arange(window, device=audio.device, dtype=torch.float32) - half
+    w = torch.hann_window(window, periodic=False, device=audio.device)
+    angle = 2 * math.pi / sample_rate * f0.float()[..., None] * tau  # [B, F, window]
+    re = (segments * w * torch.cos(angle)).sum(-1)
+    im = -(segments * w * torch.sin(angle)).sum(-1)
+    return torch.atan2(im, re)
+
+
+def locked_track(audio: Tensor, f0: Tensor, voiced: Tensor, hop: int, sample_rate: int) -> SourceTrack:
+    """The training track whose phase passes through the recording's fundamental at every voiced frame centre
+    (module docstring). audio [B, T], f0 / voiced [B, F] from the recording's pitch track."""
+    f0, voiced = f0.float(), voiced.float()
+    f = _filled(f0, voiced)
+    base = anchors_from(phase_steps(f, torch.zeros_like(f), hop, sample_rate)).cpu()  # free-running phase, mod 2 pi
+    measured = fundamental_phase(audio, f0.clamp_min(1.0), hop, sample_rate).double().cpu()
+    v = voiced.cpu() > 0
+    # r_k: how far the recording's phase is ahead of the free-running one, held through unvoiced frames
+    r = torch.where(v, measured - base, torch.zeros_like(base))
+    index = torch.where(v, torch.arange(v.shape[1]).expand_as(v), torch.zeros_like(v, dtype=torch.long))
+    index = torch.cummax(index, 1).values
+    r = r.gather(1, index)
+    # The correction from frame k to k + 1, wrapped to (-pi, pi], spread over the hop as a constant detune.
+    delta = torch.remainder(r[:, 1:] - r[:, :-1] + math.pi, 2 * math.pi) - math.pi
+    delta = torch.cat([delta, torch.zeros_like(delta[:, :1])], 1)
+    detune = delta * sample_rate / (2 * math.pi * hop)
+    steps = phase_steps(f.cpu(), detune, hop, sample_rate)
+    anchors = anchors_from(steps, r[:, 0])
+    return SourceTrack(f0, voiced, detune.float().to(f0.device), anchors.to(f0.device))
+
+
+def excitation(track: SourceTrack, hop: int, sample_rate: int, amplitude: float = 0.1,
+               num_samples: int | None = None) -> Tensor:
+    """The harmonic excitation of a track's frames: [B, F * hop] float32 (or the first num_samples).
+
+    Sample j of frame k: amplitude * sqrt(2 / K) * sum_{m=1..K} cos(m phi) * voicing, with K the harmonics of
+    the interpolated F0 below Nyquist (so the RMS is `amplitude` whatever the pitch) and the voicing
+    interpolated linearly between frame centres. The sum is the Dirichlet kernel's closed form.
+    """
+    f = _filled(track.f0, track.voiced).float()
+    nxt = torch.cat([f[:, 1:], f[:, -1:]], 1)
+    v = track.voiced.float()
+    v_next = torch.cat([v[:, 1:], v[:, -1:]], 1)
+    j = torch.arange(hop, device=f.device, dtype=torch.float32)
+    slope = (nxt - f)[..., None] / hop  # Hz per sample
+    freq = f[..., None] + slope * j  # [B, F, hop]
+    offset = 2 * math.pi / sample_rate * (j * (f + track.detune.float())[..., None] + slope * (j * (j - 1) / 2))
+    phi = torch.remainder(track.anchors.float()[..., None] + offset, 2 * math.pi)
+    k = torch.clamp(torch.floor(sample_rate / 2 / freq), min=1.0)
+    half = torch.sin(phi / 2)
+    small = half.abs() < 1e-3
+    dirichlet = torch.where(small, k, torch.sin((k + 0.5) * phi) / (2 * torch.where(small, torch.ones_like(half),
+                                                                                     half)) - 0.5)
+    gate = v[..., None] + (v_next - v)[..., None] * (j / hop)
+    e = (amplitude * torch.sqrt(2.0 / k) * dirichlet * gate).flatten(1)
+    return e if num_samples is None else e[:, :num_samples]
