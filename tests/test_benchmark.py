@@ -216,6 +216,31 @@ def test_nvidia_algorithm_equals_waveglow_inverse_on_the_same_weights_and_noise(
     torch.testing.assert_close(nvidia, ours, atol=1e-4, rtol=0)
 
 
+def test_nvidia_algorithm_on_a_source_model_with_the_energy_prior_equals_infer():
+    """The yardstick reads the model's own excitation and prior scale, so a WaveGlow with a source times NVIDIA's
+    flow algorithm on the same conditioning and vocodes the same audio."""
+    from wavflow.models.waveglow import WaveGlow, WaveGlowConfig
+
+    torch.manual_seed(0)
+    model = WaveGlow(WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__, "source": True, "source_channels": 8,
+                                       "energy_prior": True})).eval()
+    with torch.no_grad():
+        for c in model.coupling:
+            c.net.end.weight.normal_(0.0, 0.05)
+            c.net.cond_layer.weight.normal_(0.0, 0.1)
+        model.source.out.bias.copy_(torch.tensor([0.0, 2.0]))
+    g = torch.Generator().manual_seed(1)
+    mel = torch.randn(1, 80, 9, generator=g) - 5
+    noise = torch.randn(1, 8, 9 * 256 // 8, generator=g)
+    with torch.no_grad():
+        ours = model.infer(mel, noise=noise, sigma=0.6)
+        nvidia = nvidia_infer(model, mel, noise, 0.6)
+        without_source = model.inverse(0.6 * noise * model.prior_scale(mel, noise.shape[-1]), mel,
+                                       torch.zeros(1, 9 * 256))
+    torch.testing.assert_close(nvidia, ours, atol=1e-4, rtol=0)
+    assert (ours - without_source).abs().max() > 1e-3  # the excitation is in both rows' conditioning
+
+
 def test_nvidia_row_vocodes_what_the_waveglow_row_does():
     run = runner.Runner(cli.parse_args(["--quick", "--models", "waveglow,waveglow_nvidia", "--quiet"]),
                         lambda msg: None)
@@ -358,6 +383,24 @@ def test_cpu_time_column_and_nvidia_ratio():
     column = [c.strip() for c in header.strip("|").split("|")].index("samples/CPU-s")
     assert cells[column] == "4,500" and rule.count("|") == len(cells) + 1
     assert report.summary_lines(rows) == ["WaveGlow / WaveGlow, NVIDIA algorithm at 1.00 s: 1.50x"]
+
+
+def test_source_row_times_the_pitch_and_excitation_of_a_source_waveglow(tmp_path, capsys):
+    from wavflow.checkpoint import model_payload, save_checkpoint
+    from wavflow.models.waveglow import WaveGlow, WaveGlowConfig
+
+    path = tmp_path / "source.pt"
+    save_checkpoint(path, model_payload(WaveGlow(WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__,
+                                                                  "source": True, "source_channels": 8}))))
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--quiet", "--models", "waveglow,waveglow_source", "--waveglow", str(path),
+                 "--lengths", "0.05", "--json", str(out)]) == 0
+    assert "WaveGlow's source (pitch predictor + excitation) at 0.05 s:" in capsys.readouterr().out
+    rows = [_row("waveglow", 1.0, 9000.0), _row("waveglow_source", 1.0, 900000.0)]
+    assert report.summary_lines(rows)[-1].endswith("1.0% of the WaveGlow row's time, which includes it")
+    with pytest.raises(SystemExit) as e:  # a plain WaveGlow has no source to time
+        run_cli(PROG, main, ["--quick", "--quiet", "--models", "waveglow_source", "--lengths", "0.05"])
+    assert e.value.code == 2 and "needs a WaveGlow with a source" in capsys.readouterr().err
 
 
 def test_machine_peak_is_the_best_backend_and_each_is_measured():

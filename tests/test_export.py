@@ -67,6 +67,20 @@ def _at_rate(family: str, sample_rate: int, hop: int) -> torch.nn.Module:
     return model.eval()
 
 
+def _tiny_waveglow_source() -> torch.nn.Module:
+    """A source (pitch predictor + harmonic excitation in the conditioning) and the energy prior, in the graph."""
+    torch.manual_seed(0)
+    config = WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__, "source": True, "source_channels": 8,
+                               "energy_prior": True})
+    model = build_model("waveglow", config)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        model.source.out.bias.copy_(torch.tensor([0.0, 0.5]))  # mostly voiced; |logit| > 0.1 on the test mels
+    return model.eval()
+
+
 MODELS = {
     "shipped-waveglow": lambda: load(SHIPPED / "waveglow-ljspeech-mini.pt"),
     "shipped-student": lambda: load(SHIPPED / "student-ljspeech-mini.pt"),
@@ -75,6 +89,7 @@ MODELS = {
     "tiny-student": _tiny_student,
     "tiny-waveglow-24k-hop300": lambda: _at_rate("waveglow", 24000, 300),
     "tiny-student-16k-hop200": lambda: _at_rate("student", 16000, 200),
+    "tiny-waveglow-source-energy": _tiny_waveglow_source,
 }
 
 
@@ -95,21 +110,30 @@ def test_onnxruntime_equals_pytorch_for_the_same_noise(exported):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     scalar = "sigma" if model.model_type == "waveglow" else "temperature"
     assert [i.name for i in session.get_inputs()] == ["mel", "z", scalar]
-    assert [o.name for o in session.get_outputs()] == ["audio"]
+    source = export.has_source(model)
+    assert [o.name for o in session.get_outputs()] == ["audio", *(("f0", "voiced") if source else ())]
     hop = model.mel_config.hop_length
     value = 0.8 if scalar == "sigma" else 0.7
     for batch, frames in [(1, LENGTHS[0]), (1, LENGTHS[1]), (2, LENGTHS[1])]:
         gen = torch.Generator().manual_seed(frames + batch)
         mel = torch.rand(batch, model.mel_config.n_mels, frames, generator=gen) * 8 - 10
         z = model.draw_noise(batch, frames * hop, gen)
-        (audio,) = session.run(None, {"mel": mel.numpy(), "z": z.numpy(), scalar: np.array(value, np.float32)})
-        with torch.no_grad():
-            reference = model.infer(mel, noise=z, **{scalar: value})
+        outputs = session.run(None, {"mel": mel.numpy(), "z": z.numpy(), scalar: np.array(value, np.float32)})
+        audio = outputs[0]
+        if source:  # the graph's pitch is the PyTorch predictor's, and the audio is made from it
+            f0, voiced = model.source.predict(mel)
+            np.testing.assert_array_equal(outputs[2], voiced.numpy())
+            np.testing.assert_allclose(outputs[1], f0.numpy(), rtol=1e-5, atol=0)
+            assert 0 < voiced.mean() < 1 or batch == 1  # voiced and unvoiced frames in the batch of two
+        reference = export.reference_audio(model, mel, z, scalar, value, outputs)
+        if not source:  # (the same as infer's own pitch for a model without a source)
+            with torch.no_grad():
+                torch.testing.assert_close(reference, model.infer(mel, noise=z, **{scalar: value}))
         assert audio.shape == (batch, frames * hop) and audio.dtype == np.float32
         np.testing.assert_allclose(audio, reference.numpy(), rtol=0, atol=1e-4)
         assert np.abs(reference.numpy()).max() > 1e-3  # not a trivially silent comparison
     # the scalar input is live: another sigma or temperature changes the audio
-    (other,) = session.run(None, {"mel": mel.numpy(), "z": z.numpy(), scalar: np.array(0.3, np.float32)})
+    other = session.run(None, {"mel": mel.numpy(), "z": z.numpy(), scalar: np.array(0.3, np.float32)})[0]
     assert not np.allclose(other, audio)
 
 

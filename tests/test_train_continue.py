@@ -279,3 +279,32 @@ def test_on_cuda_the_resident_crops_equal_the_loader_and_adam_is_fused(clips3, l
     trainer = train(path, tmp_path / "out")
     assert trainer.device_crops.audio.is_cuda and trainer.state.optimizer.param_groups[0]["fused"] is True
     assert len(trainer.losses) == 3 and all(math.isfinite(v) for v in trainer.losses)
+
+
+def test_a_cpu_clock_budget_counts_the_process_cpu_time(clips3, tmp_path, monkeypatch):
+    """train.budget_clock=cpu: the deadline reads the process's CPU time, so a run that waits (here: a wall
+    clock that jumps an hour per reading) is not cut short, and one whose CPU time is spent stops."""
+    path = write_config(tmp_path / "c.yaml", clips3, train={"max_steps": 3, "valid_every": 10**6})
+    config = load_config(path, ["train.max_minutes=5", "train.budget_clock=cpu"])
+    wall = iter(range(0, 10**9, 3600))
+    monkeypatch.setattr("wavflow.train.loop.time.time", lambda: float(next(wall)))
+    trainer = Trainer(config, tmp_path / "out")
+    assert trainer.fit() == 0 and trainer.end_reason == "max_steps" and len(trainer.losses) == 3
+    monkeypatch.setattr("wavflow.train.loop.time.process_time", lambda: 600.0)  # 10 CPU-minutes spent
+    spent = Trainer(load_config(path, ["train.max_minutes=5", "train.budget_clock=cpu", "train.max_steps=6"]),
+                    tmp_path / "out", resume=True)
+    assert spent.fit() == 0 and spent.end_reason == "max_minutes" and spent.losses == []
+    records = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["run/cpu_seconds"] == 600.0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_is_bf16_only_where_the_cpu_has_it(clips3, tmp_path, monkeypatch, native):
+    monkeypatch.setattr("wavflow.train.loop.native_bf16", lambda device: native)
+    path = write_config(tmp_path / "c.yaml", clips3, train={"max_steps": 2, "precision": "auto",
+                                                            "valid_every": 10**6})
+    trainer = train(path, tmp_path / "out")
+    assert trainer.precision == ("bf16" if native else "fp32")
+    assert trainer.amp_dtype == (torch.bfloat16 if native else None)
+    assert len(trainer.losses) == 2 and all(math.isfinite(v) for v in trainer.losses)
+    assert log_records(tmp_path / "out")[-1]["run/precision"] == trainer.precision

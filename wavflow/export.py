@@ -11,6 +11,8 @@ the graph holds no random op:
     student   mel [B, n_mels, F], z [B, F * hop] (the base noise: standard normal or logistic), temperature []
               -> audio [B, F * hop]
 
+A WaveGlow with a source (design.md section 9) predicts its pitch and makes its excitation inside the graph and
+also outputs f0 [B, F] (Hz, 0 where unvoiced) and voiced [B, F]; the energy prior scales z inside the graph too.
 B and F are dynamic. Weight normalisation is folded into plain weights, and WaveGlow's invertible 1x1
 convolutions are stored as their inverses (computed in float64), so the graph is plain convolutions and
 pointwise ops. For the same z the graph's audio equals `model.infer(mel, noise=z, sigma=...)` (WaveGlow) or
@@ -66,12 +68,16 @@ def folded_copy(model: nn.Module) -> nn.Module:
 
 class WaveGlowGraph(nn.Module):
     """WaveGlow's sampling pass (WaveGlow.infer, the flows run backwards) for export:
-    (mel [B, n_mels, F], z [B, n_group, G], sigma []) -> audio [B, G * n_group], G = F * hop / n_group."""
+    (mel [B, n_mels, F], z [B, n_group, G], sigma []) -> audio [B, G * n_group], G = F * hop / n_group.
+    With a source, also the predicted f0 [B, F] (Hz, 0 where unvoiced) and voiced [B, F] the excitation came from."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         model = folded_copy(model)
         self.config, self.hop = model.config, model.mel_config.hop_length
+        self.rate = model.mel_config.sample_rate
+        self.source = model.source
+        self._model = [model]  # prior_scale: the energy prior's std per group (no weights)
         self.upsample = model.upsample
         self.nets = nn.ModuleList(c.net for c in model.coupling)
         for k, conv in enumerate(model.convinv):
@@ -85,7 +91,20 @@ class WaveGlowGraph(nn.Module):
             cond = cond[:, :, : self.hop - cfg.upsample_kernel]  # F * hop samples (a constant crop: length stays dynamic)
         b, c = cond.shape[0], cond.shape[1]
         cond = cond.reshape(b, c, -1, g).transpose(2, 3).reshape(b, c * g, -1)  # flows.squeeze
+        f0 = voiced = None
+        if self.source is not None:
+            from .source import excitation, free_track
+
+            log_f0, logit = self.source(mel)
+            voiced = (logit > 0).to(mel.dtype)
+            f0 = torch.exp(log_f0) * voiced
+            e = excitation(free_track(f0, voiced, self.hop, self.rate, traceable=True), self.hop, self.rate,
+                           cfg.source_amplitude)
+            cond = torch.cat([cond, e.reshape(b, 1, -1, g).transpose(2, 3).reshape(b, g, -1)], 1)
         z = z * sigma
+        scale = self._model[0].prior_scale(mel, z.shape[-1])
+        if scale is not None:
+            z = z * scale
         exits = [k for k in range(cfg.n_flows) if k > 0 and k % cfg.n_early_every == 0]
         x = z[:, len(exits) * cfg.n_early_size:]
         for k in reversed(range(cfg.n_flows)):
@@ -97,7 +116,8 @@ class WaveGlowGraph(nn.Module):
             if k in exits:
                 j = exits.index(k)
                 x = torch.cat([z[:, j * cfg.n_early_size: (j + 1) * cfg.n_early_size], x], 1)
-        return x.transpose(1, 2).reshape(b, -1)  # flows.unsqueeze to [B, T]
+        audio = x.transpose(1, 2).reshape(b, -1)  # flows.unsqueeze to [B, T]
+        return audio if f0 is None else (audio, f0, voiced)
 
 
 class StudentGraph(nn.Module):
@@ -171,18 +191,21 @@ def to_onnx(model: nn.Module, opset: int = OPSET) -> bytes:
     mel, z, s = example_inputs(model, frames=4)
     buf = io.BytesIO()
     time_axis = {"waveglow": 2, "student": 1}[model.model_type]
+    outputs = ["audio", *(("f0", "voiced") if has_source(model) else ())]
+    axes = {"mel": {0: "batch", 2: "frames"}, "z": {0: "batch", time_axis: "noise_steps"},
+            "audio": {0: "batch", 1: "samples"}, "f0": {0: "batch", 1: "frames"}, "voiced": {0: "batch", 1: "frames"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter announces its deprecation
-        torch.onnx.export(graph, (mel, z, s), buf, input_names=["mel", "z", scalar], output_names=["audio"],
-                          dynamic_axes={"mel": {0: "batch", 2: "frames"}, "z": {0: "batch", time_axis: "noise_steps"},
-                                        "audio": {0: "batch", 1: "samples"}},
+        torch.onnx.export(graph, (mel, z, s), buf, input_names=["mel", "z", scalar], output_names=outputs,
+                          dynamic_axes={k: v for k, v in axes.items() if k in ("mel", "z", *outputs)},
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     proto = onnx.load_from_string(buf.getvalue())
     mc = model.mel_config
     meta = {"wavflow_model_type": model.model_type, "sample_rate": mc.sample_rate, "hop_length": mc.hop_length,
             "n_mels": mc.n_mels}
     if model.model_type == "waveglow":
-        meta.update(n_group=model.config.n_group, default_sigma=model.config.infer_sigma)
+        meta.update(n_group=model.config.n_group, default_sigma=model.config.infer_sigma,
+                    source=model.config.source, energy_prior=model.config.energy_prior)
     else:
         meta.update(base_noise=model.config.base)
     for key, value in meta.items():
@@ -202,8 +225,31 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = OPSET) -> int:
     return len(data)
 
 
+def has_source(model: nn.Module) -> bool:
+    """A WaveGlow with a source: its graph also outputs the predicted f0 and voicing."""
+    return getattr(model, "source", None) is not None
+
+
+def reference_audio(model: nn.Module, mel: Tensor, z: Tensor, scalar: str, value: float,
+                    outputs: Sequence[Any]) -> Tensor:
+    """PyTorch's audio for the graph's inputs. For a model with a source, from the F0 and voicing the graph
+    predicted (outputs[1:], each checked against the PyTorch predictor by the caller): the excitation's phase sums
+    F0 over every frame before, so float32 rounding of F0 would otherwise build up over long mels."""
+    param = next(iter(model.parameters()))
+    options: dict[str, Any] = {scalar: value}
+    if has_source(model):
+        from .source import free_track
+
+        f0, voiced = (torch.from_numpy(o).to(param.device) for o in outputs[1:3])
+        options["source_track"] = free_track(f0, voiced, model.mel_config.hop_length, model.mel_config.sample_rate)
+    with torch.no_grad():
+        return model.infer(mel.to(param.device), noise=z.to(param.device), **options).float().cpu()
+
+
 def verify(path: str | Path, model: nn.Module, frames: Sequence[int] = (7, 23)) -> float | None:
-    """Largest |onnxruntime - PyTorch| over mels of `frames` frames (the same z), or None without onnxruntime."""
+    """Largest |onnxruntime - PyTorch| over mels of `frames` frames (the same z), or None without onnxruntime.
+    With a source, the larger of that and the F0's relative difference; a voicing decision that differs is
+    reported as 1."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -213,11 +259,14 @@ def verify(path: str | Path, model: nn.Module, frames: Sequence[int] = (7, 23)) 
     worst = 0.0
     for i, f in enumerate(frames):
         mel, z, s = example_inputs(model, f, seed=i)
-        (audio,) = session.run(None, {"mel": mel.numpy(), "z": z.numpy(), scalar: s.numpy()})
-        param = next(iter(model.parameters()))
-        with torch.no_grad():
-            ref = model.infer(mel.to(param.device), noise=z.to(param.device), **{scalar: float(s)}).float().cpu()
-        worst = max(worst, float((torch.from_numpy(audio) - ref).abs().max()))
+        outputs = session.run(None, {"mel": mel.numpy(), "z": z.numpy(), scalar: s.numpy()})
+        ref = reference_audio(model, mel, z, scalar, float(s), outputs)
+        worst = max(worst, float((torch.from_numpy(outputs[0]) - ref).abs().max()))
+        if has_source(model):
+            f0, voiced = model.source.predict(mel.to(next(iter(model.parameters())).device))
+            if not torch.equal(voiced.cpu(), torch.from_numpy(outputs[2]).float()):
+                return 1.0
+            worst = max(worst, float(((torch.from_numpy(outputs[1]) - f0.cpu()).abs() / f0.cpu().clamp_min(1)).max()))
     return worst
 
 

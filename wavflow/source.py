@@ -91,8 +91,11 @@ class SourceTrack:
     anchors: Tensor
 
     def frames(self, start: int, stop: int) -> "SourceTrack":
-        return SourceTrack(self.f0[:, start:stop], self.voiced[:, start:stop], self.detune[:, start:stop],
-                           self.anchors[:, start:stop])
+        """Frames [start, stop), and the frame after them where there is one: a frame's samples interpolate
+        towards the next frame, so the excitation of the first (stop - start) * hop samples equals the whole's."""
+        end = min(stop + 1, self.f0.shape[1])
+        return SourceTrack(self.f0[:, start:end], self.voiced[:, start:end], self.detune[:, start:end],
+                           self.anchors[:, start:end])
 
 
 def _filled(f0: Tensor, voiced: Tensor) -> Tensor:
@@ -114,12 +117,18 @@ def anchors_from(steps: Tensor, phase0: Tensor | float = 0.0) -> Tensor:
     return torch.from_numpy(np.mod(out, 2 * math.pi)).to(steps.device)
 
 
-def free_track(f0: Tensor, voiced: Tensor, hop: int, sample_rate: int) -> SourceTrack:
-    """The inference track: the phase integrated from 0 at the first frame."""
+def free_track(f0: Tensor, voiced: Tensor, hop: int, sample_rate: int, traceable: bool = False) -> SourceTrack:
+    """The inference track: the phase integrated from 0 at the first frame. traceable: the running sum as a
+    torch op (for an ONNX graph; equal to the numpy sum to float64 rounding)."""
     f0, voiced = f0.float(), voiced.float()
     detune = torch.zeros_like(f0)
     steps = phase_steps(_filled(f0, voiced), detune.double(), hop, sample_rate)
-    return SourceTrack(f0, voiced, detune, anchors_from(steps))
+    if traceable:
+        anchors = torch.remainder(torch.cumsum(torch.cat([torch.zeros_like(steps[:, :1]), steps[:, :-1]], 1), 1),
+                                  2 * math.pi)
+    else:
+        anchors = anchors_from(steps)
+    return SourceTrack(f0, voiced, detune, anchors)
 
 
 def fundamental_phase(audio: Tensor, f0: Tensor, hop: int, sample_rate: int, window: int = 1024) -> Tensor:
@@ -167,20 +176,22 @@ def excitation(track: SourceTrack, hop: int, sample_rate: int, amplitude: float 
     the interpolated F0 below Nyquist (so the RMS is `amplitude` whatever the pitch) and the voicing
     interpolated linearly between frame centres. The sum is the Dirichlet kernel's closed form.
     """
-    f = _filled(track.f0, track.voiced).float()
+    # float64 throughout: the pulse at each period is steep (its slope grows as K^3), and float32 phases would
+    # move its peak samples by 0.1%.
+    f = _filled(track.f0, track.voiced)
     nxt = torch.cat([f[:, 1:], f[:, -1:]], 1)
-    v = track.voiced.float()
+    v = track.voiced.double()
     v_next = torch.cat([v[:, 1:], v[:, -1:]], 1)
-    j = torch.arange(hop, device=f.device, dtype=torch.float32)
+    j = torch.arange(hop, device=f.device, dtype=torch.float64)
     slope = (nxt - f)[..., None] / hop  # Hz per sample
     freq = f[..., None] + slope * j  # [B, F, hop]
-    offset = 2 * math.pi / sample_rate * (j * (f + track.detune.float())[..., None] + slope * (j * (j - 1) / 2))
-    phi = torch.remainder(track.anchors.float()[..., None] + offset, 2 * math.pi)
+    offset = 2 * math.pi / sample_rate * (j * (f + track.detune.double())[..., None] + slope * (j * (j - 1) / 2))
+    phi = torch.remainder(track.anchors.double()[..., None] + offset, 2 * math.pi)
     k = torch.clamp(torch.floor(sample_rate / 2 / freq), min=1.0)
     half = torch.sin(phi / 2)
-    small = half.abs() < 1e-3
+    small = half.abs() < 1e-6
     dirichlet = torch.where(small, k, torch.sin((k + 0.5) * phi) / (2 * torch.where(small, torch.ones_like(half),
                                                                                      half)) - 0.5)
     gate = v[..., None] + (v_next - v)[..., None] * (j / hop)
-    e = (amplitude * torch.sqrt(2.0 / k) * dirichlet * gate).flatten(1)
+    e = (amplitude * torch.sqrt(2.0 / k) * dirichlet * gate).flatten(1).float()
     return e if num_samples is None else e[:, :num_samples]

@@ -13,6 +13,9 @@
                      the yardstick of design.md section 6; the summary prints WaveGlow's ratio to it per length.
                      On a CPU it computes in fp32 whatever --dtype (NVIDIA's CPU path is fp32), so a bf16 run
                      prints wavflow's bf16 against NVIDIA's fp32; on a GPU in --dtype, as NVIDIA runs fp16
+    waveglow_source  a WaveGlow's source alone (design.md section 9: the pitch predictor and the excitation), which
+                     the waveglow row includes; only with --models, for a WaveGlow with a source; the summary
+                     prints its share of the waveglow row's time
     waveglow_onnx    WaveGlow / the student exported to ONNX (python -m wavflow.export) and run by onnxruntime's
     student_onnx     CPU provider on the same weights, mel and noise (onnx_rows.py); only with --models, on the
                      CPU in fp32, with the onnx extra installed
@@ -24,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import WavflowError
 from .reference import nvidia_infer
 
 WAVEGLOW_SIGMA = 0.6     # design.md section 3: the inference default
@@ -59,6 +63,12 @@ def waveglow_noise(model, mel: torch.Tensor, generator: torch.Generator) -> torc
     the NVIDIA row vocodes exactly what the waveglow row does (a test checks it)."""
     num_samples = mel.shape[-1] * model.mel_config.hop_length
     return model.draw_noise(mel.shape[0], num_samples, generator).to(mel.device, mel.dtype)
+
+
+def _waveglow_source(model, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    if getattr(model, "source", None) is None:
+        raise WavflowError("the waveglow_source row needs a WaveGlow with a source (model_config.source: true)")
+    return model.excitation(model.source_track(mel), mel.shape[-1] * model.mel_config.hop_length)
 
 
 def _student(model, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -97,6 +107,8 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("waveglow", "waveglow", "WaveGlow", _waveglow),
     Entry("student", "student", "IAF student", _student),
     Entry("waveglow_nvidia", "waveglow", "WaveGlow, NVIDIA algorithm", _waveglow_nvidia),
+    Entry("waveglow_source", "waveglow", "WaveGlow's source (pitch predictor + excitation)", _waveglow_source,
+          default=False),
     Entry("waveglow_onnx", "waveglow", "WaveGlow, onnxruntime", _onnx, flops="graph", default=False),
     Entry("student_onnx", "student", "IAF student, onnxruntime", _onnx, flops="graph", default=False),
 )

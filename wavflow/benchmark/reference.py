@@ -37,6 +37,14 @@ def nvidia_infer(model, mel: Tensor, noise: Tensor, sigma: float) -> Tensor:
     hop = model.upsample.stride[0]
     n_samples = mel.shape[-1] * hop
     cond = _grouped_conditioning(model.upsample, mel, n_samples, cfg.n_group)
+    if getattr(model, "source", None) is not None:
+        # NVIDIA's WaveGlow has no source: its excitation (wavflow's, the same in both rows) joins the grouped
+        # conditioning as the coupling networks expect, so the row still times NVIDIA's flow algorithm.
+        e = model.excitation(model.source_track(mel), n_samples).to(cond.dtype)
+        cond = torch.cat([cond, e.unfold(1, cfg.n_group, cfg.n_group).transpose(1, 2)], 1)
+    scale = model.prior_scale(mel, n_samples // cfg.n_group)
+    if scale is not None:  # the energy prior's std per group (wavflow's; NVIDIA's prior is plain)
+        noise = noise * scale.to(noise.dtype)
 
     exits = [k for k in range(1, cfg.n_flows) if k % cfg.n_early_every == 0]
     early = cfg.n_early_size

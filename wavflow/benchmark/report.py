@@ -107,6 +107,12 @@ def summary_lines(rows: Sequence[Row]) -> list[str]:
                 if w.dtype != r.dtype:
                     ours, theirs = f"{ours} ({w.dtype})", f"{theirs} ({r.dtype})"
                 out.append(f"{ours} / {theirs} at {r.length_s:.2f} s: {w.samples_per_s / r.samples_per_s:,.2f}x")
+    for r in rows:
+        if r.model == "waveglow_source":
+            w = by.get(("waveglow", round(r.length_s, 3)))
+            if w is not None:
+                out.append(f"{r.label} at {r.length_s:.2f} s: {100 * w.samples_per_s / r.samples_per_s:.1f}% of "
+                           f"the {w.label} row's time, which includes it")
     return out
 
 

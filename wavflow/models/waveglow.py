@@ -285,7 +285,7 @@ class WaveGlow(nn.Module):
 
     def source_track(self, mel: Tensor) -> SourceTrack:
         """The inference source of a mel [B, n_mels, F]: predicted F0 and voicing, phase running free from 0."""
-        f0, voiced = self.source.predict(mel)
+        f0, voiced = self.source.predict(mel.to(self.source.inp.weight.dtype))
         return free_track(f0, voiced, self.mel_config.hop_length, self.mel_config.sample_rate)
 
     def excitation(self, track: SourceTrack, num_samples: int) -> Tensor:
@@ -303,15 +303,17 @@ class WaveGlow(nn.Module):
         """
         if not self.config.energy_prior:
             return None
-        mag = self.mel_config.decompress(mel.float())
+        mag = self.mel_config.decompress(mel.to(torch.promote_types(mel.dtype, torch.float32)))
         log_s = 0.5 * torch.log(mag.pow(2).mean(1).clamp_min(1e-20)) + ENERGY_OFFSET  # [B, F]
         log_s = log_s.clamp_min(math.log(ENERGY_FLOOR))
-        g = self.config.n_group
-        pos = (torch.arange(num_groups, device=mel.device, dtype=torch.float32) * g + (g - 1) / 2) \
-            / self.mel_config.hop_length
-        lo = pos.floor().long().clamp(max=log_s.shape[-1] - 1)
+        # Group g's centre, g * n_group + (n_group - 1) / 2 samples, in frames, in integers: a window that starts
+        # on a frame gets the same (frame, fraction) pairs as the whole utterance, bit for bit.
+        g, hop = self.config.n_group, self.mel_config.hop_length
+        centre2 = torch.arange(num_groups, device=mel.device) * 2 * g + g - 1  # twice the centre, in samples
+        lo = torch.div(centre2, 2 * hop, rounding_mode="floor")
+        frac = (centre2 - lo * 2 * hop).to(mag.dtype) / (2 * hop)
+        lo = lo.clamp(max=log_s.shape[-1] - 1)
         hi = (lo + 1).clamp(max=log_s.shape[-1] - 1)
-        frac = (pos - lo).clamp(0, 1)
         return torch.exp(log_s[:, lo] * (1 - frac) + log_s[:, hi] * frac)[:, None, :]
 
     def _is_exit(self, k: int) -> bool:
@@ -461,7 +463,7 @@ class WaveGlow(nn.Module):
         exc = None
         if self.source is not None:
             if source_track is None:
-                source_track = self.source_track(mel.to(self.source.inp.weight.dtype))
+                source_track = self.source_track(mel)
             exc = self.excitation(source_track, t)
         cond_in = self.condition(mel.to(plan.dtype), t, plan.upsample, excitation=exc)
         backend = plan.backend_for(mel.device, t // cfg.n_group).backend

@@ -55,7 +55,8 @@ class TrainConfig:
                                               # Adam on trained weights (--init) moves every weight by ~lr at first
     max_steps: int = 580_000                  # optimizer steps in total (a resumed run counts from its checkpoint)
     grad_clip: float = 0.0                    # clip the global gradient norm to this value (0: no clipping)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a GradScaler and needs CUDA
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # autocast dtype; fp16 adds a GradScaler and
+                                              # needs CUDA; auto: bf16 where the device has native bf16, else fp32
     device: str = "auto"                      # auto (cuda when available), cpu, cuda, cuda:N
     deterministic: bool = False               # deterministic GPU kernels (bit-for-bit resume on GPU; slower)
     compile: bool = False                     # torch.compile the training step on GPU (ignored on CPU)

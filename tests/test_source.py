@@ -1,0 +1,355 @@
+"""The source module (wavflow/source.py) and the WaveGlow that reads it: the excitation against its definition,
+the phase-locked training track against a known phase, the source-conditioned and energy-prior WaveGlow's exact
+inverse, log-determinant and likelihood, sampling, streaming, checkpoints and the training data path."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wavflow import pitch as pitch_module
+from wavflow.checkpoint import load, model_payload, save_checkpoint
+from wavflow.data import CropSampler, DeviceCrops, LJSpeech
+from wavflow.errors import WavflowError
+from wavflow.frontend import MelConfig, mel_spectrogram
+from wavflow.inference import synthesize
+from wavflow.models.waveglow import WaveGlow, WaveGlowConfig
+from wavflow.pitch import PitchTrack
+from wavflow.source import (PitchPredictor, SourceTrack, anchors_from, excitation, free_track, fundamental_phase,
+                            locked_track, phase_steps)
+from wavflow.streaming import stream
+
+from synth_helpers import REPO
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FS, HOP = 22050, 256
+
+
+def _reference_excitation(f0: torch.Tensor, voiced: torch.Tensor, detune: torch.Tensor, phase0: float,
+                          amplitude: float) -> torch.Tensor:
+    """The definition, sample by sample in float64: the interpolated F0 summed into a phase, then every
+    harmonic below Nyquist summed explicitly, gated by the interpolated voicing."""
+    f = torch.where(voiced > 0, f0, torch.full_like(f0, 100.0)).double()[0]
+    v, d = voiced.double()[0], detune.double()[0]
+    frames = f.shape[0]
+    t = torch.arange(frames * HOP, dtype=torch.float64)
+    k, j = (t // HOP).long(), t % HOP
+    nxt = torch.clamp(k + 1, max=frames - 1)
+    freq = f[k] + (f[nxt] - f[k]) * j / HOP
+    gate = v[k] + (v[nxt] - v[k]) * j / HOP
+    phase = phase0 + 2 * math.pi * torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.float64), (freq + d[k])[:-1]]),
+                                                 0) / FS
+    n = torch.clamp(torch.floor(FS / 2 / freq), min=1)
+    harmonics = torch.arange(1, int(n.max()) + 1, dtype=torch.float64)
+    terms = torch.cos(phase[:, None] * harmonics) * (harmonics <= n[:, None])
+    return (amplitude * torch.sqrt(2 / n) * terms.sum(1) * gate).float()
+
+
+def _track(frames: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    f0 = 120 + 150 * torch.rand(1, frames, generator=g)
+    voiced = (torch.rand(1, frames, generator=g) > 0.25).float()
+    return f0 * voiced, voiced
+
+
+def test_excitation_is_the_sum_of_harmonics_below_nyquist():
+    f0, voiced = _track()
+    e = excitation(free_track(f0, voiced, HOP, FS), HOP, FS, amplitude=0.1)
+    expected = _reference_excitation(f0, voiced, torch.zeros_like(f0), 0.0, 0.1)
+    assert e.shape == (1, 40 * HOP)
+    torch.testing.assert_close(e[0], expected, atol=2e-4, rtol=0)
+    assert e.abs().max() > 0.5  # a pulse train: the harmonics add up at each period
+
+
+def test_excitation_rms_follows_the_amplitude_and_silence_in_unvoiced_frames():
+    f0, voiced = torch.full((1, 60), 180.0), torch.ones(1, 60)
+    voiced[:, 30:] = 0
+    f0 = f0 * voiced
+    e = excitation(free_track(f0, voiced, HOP, FS), HOP, FS, amplitude=0.1)[0]
+    assert abs(float(e[2 * HOP: 28 * HOP].pow(2).mean().sqrt()) - 0.1) < 0.002
+    assert float(e[30 * HOP:].abs().max()) == 0.0
+    spectrum = torch.fft.rfft(e[: 28 * HOP] * torch.hann_window(28 * HOP)).abs()
+    bins = torch.fft.rfftfreq(28 * HOP, 1 / FS)
+    peak = float(bins[spectrum.argmax()])
+    assert abs(peak / 180.0 - round(peak / 180.0)) < 0.02  # energy sits at the harmonics of 180 Hz
+
+
+def test_a_window_of_frames_gives_the_same_samples_as_the_whole():
+    f0, voiced = _track(80, seed=3)
+    whole_track = free_track(f0, voiced, HOP, FS)
+    whole = excitation(whole_track, HOP, FS)
+    for start, stop in ((0, 7), (13, 40), (55, 80)):
+        part = excitation(whole_track.frames(start, stop), HOP, FS, num_samples=(stop - start) * HOP)
+        assert torch.equal(part, whole[:, start * HOP: stop * HOP])
+    # the anchors of a prefix are the whole's prefix, bit for bit (the streamer's window relies on it)
+    prefix = free_track(f0[:, :50], voiced[:, :50], HOP, FS)
+    assert torch.equal(prefix.anchors[:, :49], whole_track.anchors[:, :49])
+
+
+def test_phase_steps_are_the_sum_of_the_interpolated_frequency():
+    f = torch.tensor([[100.0, 300.0, 150.0]], dtype=torch.float64)
+    steps = phase_steps(f, torch.tensor([[5.0, 0.0, 0.0]], dtype=torch.float64), HOP, FS)
+    j = torch.arange(HOP, dtype=torch.float64)
+    expected0 = 2 * math.pi / FS * (100.0 + 200.0 * j / HOP + 5.0).sum()
+    torch.testing.assert_close(steps[0, 0], expected0, atol=1e-9, rtol=0)
+    assert torch.equal(anchors_from(steps)[0, 0], torch.tensor(0.0, dtype=torch.float64))
+
+
+def _harmonic_signal(seconds: float = 1.5, phase0: float = 1.3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * FS), dtype=torch.float64) / FS
+    f_true = 170 + 50 * torch.sin(2 * math.pi * 0.8 * t)
+    phase = phase0 + 2 * math.pi * torch.cumsum(f_true, 0) / FS
+    audio = 0.3 * torch.cos(phase) + 0.1 * torch.cos(2 * phase + 0.4) + 0.005 * torch.randn(t.shape, generator=g,
+                                                                                                dtype=torch.float64)
+    frames = audio.shape[0] // HOP + 1
+    centres = torch.clamp(torch.arange(frames) * HOP, max=audio.shape[0] - 1)
+    return audio.float()[None], f_true[centres].float()[None], phase[centres]
+
+
+def test_fundamental_phase_is_measured_at_each_frame_centre():
+    audio, f0, true_phase = _harmonic_signal()
+    measured = fundamental_phase(audio, f0, HOP, FS)[0].double()
+    error = torch.remainder(measured - true_phase + math.pi, 2 * math.pi) - math.pi
+    assert error[4:-4].abs().max() < 0.1  # radians, away from the zero-padded ends
+
+
+def test_locked_track_passes_through_the_recordings_phase_at_voiced_frames():
+    audio, f0, true_phase = _harmonic_signal()
+    voiced = torch.ones_like(f0)
+    voiced[:, 40:52] = 0  # a gap: the phase is caught again at the next voiced frame
+    track = locked_track(audio, f0 * voiced, voiced, HOP, FS)
+    error = torch.remainder(track.anchors[0] - true_phase + math.pi, 2 * math.pi) - math.pi
+    inner = torch.zeros_like(error, dtype=torch.bool)
+    inner[4:-4] = True
+    assert error[inner & (voiced[0] > 0)].abs().max() < 0.1
+    # ... and the excitation's own fundamental has the recording's phase (a free-running one does not)
+    e = excitation(track, HOP, FS, num_samples=audio.shape[1])
+    free = excitation(free_track(f0 * voiced, voiced, HOP, FS), HOP, FS, num_samples=audio.shape[1])
+    recording = fundamental_phase(audio, f0, HOP, FS)[0, 4:38]
+    for signal, within in ((e, True), (free, False)):
+        gap = torch.remainder(fundamental_phase(signal, f0, HOP, FS)[0, 4:38] - recording + math.pi, 2 * math.pi)
+        assert (gap - math.pi).abs().max() < 0.15 if within else (gap - math.pi).abs().max() > 0.5
+    # the same, built by the definition with the track's detune and first anchor
+    expected = _reference_excitation(f0 * voiced, voiced, track.detune, float(track.anchors[0, 0]), 0.1)
+    torch.testing.assert_close(excitation(track, HOP, FS)[0], expected, atol=5e-4, rtol=0)
+
+
+def test_pitch_predictor_outputs_and_loss():
+    torch.manual_seed(0)
+    net = PitchPredictor(80, channels=16)
+    mel = torch.randn(2, 80, 30)
+    log_f0, logit = net(mel)
+    assert log_f0.shape == logit.shape == (2, 30)
+    assert (log_f0 >= math.log(65) - 1e-5).all() and (log_f0 <= math.log(600) + 1e-5).all()
+    f0 = torch.full((2, 34), 200.0)  # longer tracks are cut to the mel's frames
+    voiced = torch.zeros(2, 34)
+    voiced[:, :15] = 1
+    loss, logs = net.loss(mel, f0, voiced)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, voiced[:, :30])
+    octaves = ((log_f0 - math.log(200.0)).abs() / math.log(2))[:, :15].mean()
+    torch.testing.assert_close(loss, bce + octaves)
+    hz, v = net.predict(mel)
+    assert torch.equal(v, (logit > 0).float()) and torch.equal(hz == 0, v == 0)
+    # the predictor is local: a window of the mel gives the window's frames (reach frames from its edges)
+    r = net.reach
+    part = net(mel[..., 5:25])[0]
+    torch.testing.assert_close(part[..., r:-r], log_f0[..., 5 + r: 25 - r])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# WaveGlow with a source and the energy prior
+
+def source_model(seed: int = 0, dtype=torch.float64, **switches) -> WaveGlow:
+    torch.manual_seed(seed)
+    cfg = WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__, "source": True, "source_channels": 8, **switches})
+    model = WaveGlow(cfg).to(dtype)
+    with torch.no_grad():
+        for coupling in model.coupling:
+            coupling.net.end.weight.normal_(0.0, 0.05)
+            coupling.net.end.bias.normal_(0.0, 0.05)
+            # make the excitation's conditioning channels matter
+            coupling.net.cond_layer.weight.add_(0.3 * torch.randn_like(coupling.net.cond_layer.weight))
+        for conv in model.convinv:
+            conv.weight.add_(0.2 * torch.randn_like(conv.weight))
+    return model
+
+
+def _inputs(samples: int, seed: int = 0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    audio = 0.3 * torch.randn(1, samples, generator=g, dtype=dtype)
+    mel = torch.randn(1, 80, samples // HOP + 1, generator=g, dtype=dtype) - 4.0
+    exc = torch.randn(1, samples, generator=g, dtype=dtype) * 0.1
+    return audio, mel, exc
+
+
+def test_source_channels_join_the_conditioning_and_change_the_flow():
+    model = source_model()
+    audio, mel, exc = _inputs(512)
+    assert model.coupling[0].net.cond_layer.weight.shape[1] == 81 * 8
+    z1, _ = model(audio, mel, exc)
+    z2, _ = model(audio, mel, exc * 2)
+    assert not torch.allclose(z1, z2)
+
+
+@pytest.mark.parametrize("energy_prior", [False, True])
+def test_source_model_is_exactly_invertible(energy_prior):
+    model = source_model(energy_prior=energy_prior)
+    audio, mel, exc = _inputs(1024 + 40)
+    z, _ = model(audio, mel, exc)
+    torch.testing.assert_close(model.inverse(z, mel, exc), audio[:, : z.shape[-1] * 8], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("energy_prior", [False, True])
+def test_source_model_likelihood_is_change_of_variables(energy_prior):
+    """log p = log N(z; 0, (sigma s_g)^2) + log|det dz/dx|, the Jacobian by autograd, per sample."""
+    model = source_model(seed=2, energy_prior=energy_prior)
+    audio, mel, exc = _inputs(64, seed=1)
+    ll = model.log_likelihood(audio, mel, exc)
+    z, logdet = model(audio, mel, exc)
+    jac = torch.autograd.functional.jacobian(lambda a: model(a[None], mel, exc)[0].reshape(-1), audio[0])
+    slogdet = torch.linalg.slogdet(jac)[1]
+    assert abs(slogdet.item()) > 0.5
+    torch.testing.assert_close(logdet[0], slogdet, atol=1e-8, rtol=0)
+    scale = model.prior_scale(mel, 8) if energy_prior else torch.ones(1, 1, 8, dtype=torch.float64)
+    std = model.config.sigma * scale.expand_as(z)
+    log_pz = torch.distributions.Normal(torch.zeros_like(z), std).log_prob(z).sum()
+    torch.testing.assert_close(ll[0], (log_pz + slogdet) / 64, atol=1e-10, rtol=0)
+
+
+def test_energy_prior_follows_the_mels_energy():
+    model = source_model(energy_prior=True, dtype=torch.float32)
+    mel_config = MelConfig()
+    t = torch.arange(FS) / FS
+    loud, quiet = 0.3 * torch.sin(2 * math.pi * 220 * t), 0.003 * torch.sin(2 * math.pi * 220 * t)
+    audio = torch.cat([loud, quiet])[None]
+    mel = mel_spectrogram(audio, mel_config)
+    scale = model.prior_scale(mel, audio.shape[1] // 8)[0, 0]
+    groups = FS // 8
+    ratio = scale[groups // 4: groups * 3 // 4].mean() / scale[groups * 5 // 4: groups * 7 // 4].mean()
+    assert 70 < ratio < 130  # 100x quieter -> a 100x narrower prior
+    assert (scale >= 1e-3 - 1e-9).all()
+    assert model.prior_scale(mel, 10) is not None
+    assert WaveGlow(WaveGlowConfig.tiny()).prior_scale(mel, 10) is None
+
+
+@pytest.mark.parametrize("energy_prior", [False, True])
+def test_infer_equals_the_inverse_of_the_predicted_source(energy_prior):
+    model = source_model(dtype=torch.float32, energy_prior=energy_prior).eval()
+    mel = _inputs(30 * HOP, seed=4, dtype=torch.float32)[1][..., :30]
+    noise = model.draw_noise(1, 30 * HOP, torch.Generator().manual_seed(0))
+    audio = model.infer(mel, noise=noise, sigma=0.7)
+    exc = model.excitation(model.source_track(mel), 30 * HOP)
+    z = 0.7 * noise * (model.prior_scale(mel, noise.shape[-1]) if energy_prior else 1.0)
+    torch.testing.assert_close(audio, model.inverse(z, mel, exc), atol=1e-4, rtol=0)
+    f0, voiced = model.source.predict(mel)
+    assert voiced.sum() > 0 and exc.abs().max() > 0  # the test is not vacuous: some frames are voiced
+
+
+@pytest.mark.parametrize("chunk", [0.0116, 0.0813])
+def test_source_model_streams_like_the_whole_utterance(chunk):
+    model = source_model(dtype=torch.float32, energy_prior=True).eval()
+    with torch.no_grad():
+        model.source.out.bias.copy_(torch.tensor([0.0, 3.0]))  # voiced throughout: the phase must carry
+    mel = _inputs(40 * HOP, seed=6, dtype=torch.float32)[1][..., :40]
+    whole = synthesize(mel[0].numpy(), model=model, seed=3)
+    streamed = torch.cat(list(stream(mel[0].numpy(), chunk, model=model, seed=3)))
+    assert streamed.shape == whole.shape == (40 * HOP,)
+    torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-5)
+
+
+def test_training_loss_adds_pitch_and_spectral_terms_and_needs_pitch():
+    model = source_model(dtype=torch.float32, spectral_weight=0.5)
+    audio, mel, _ = _inputs(4096, dtype=torch.float32)
+    f0, voiced = torch.full((1, mel.shape[-1] + 2), 150.0), torch.ones(1, mel.shape[-1] + 2)
+    loss, logs = model.training_loss(audio, mel, pitch=(f0, voiced))
+    assert set(logs) == {"nll", "pitch/voicing_bce", "pitch/f0_octaves", "spectral/sc", "spectral/logmag"}
+    expected = logs["nll"] + logs["pitch/voicing_bce"] + logs["pitch/f0_octaves"] \
+        + 0.5 * (logs["spectral/sc"] + logs["spectral/logmag"])
+    assert abs(loss.item() - expected) < 1e-4
+    loss.backward()
+    assert model.source.inp.weight.grad.abs().sum() > 0
+    assert model.coupling[0].net.end.weight.grad.abs().sum() > 0
+    with pytest.raises(WavflowError, match="pitch tracks"):
+        model.training_loss(audio, mel)
+
+
+def test_phase_locked_training_excitation_differs_from_the_free_one():
+    audio, f0, _ = _harmonic_signal(0.5)
+    mel = mel_spectrogram(audio, MelConfig())
+    voiced = torch.ones_like(f0)
+    models = {p: source_model(dtype=torch.float32, source_phase=p) for p in ("recording", "free")}
+    losses = {p: m.training_loss(audio, mel, pitch=(f0, voiced))[1]["nll"] for p, m in models.items()}
+    assert losses["recording"] != losses["free"]
+
+
+def test_bad_switches_are_refused_by_name():
+    for bad, name in (({"source_phase": "locked"}, "source_phase"), ({"spectral_weight": -1.0}, "spectral_weight"),
+                      ({"source": 1}, "source"), ({"source_channels": 0}, "source_channels")):
+        with pytest.raises(WavflowError, match=name):
+            WaveGlowConfig(**bad)
+
+
+def test_checkpoint_round_trip_keeps_the_source(tmp_path):
+    model = source_model(dtype=torch.float32, energy_prior=True).eval()
+    path = tmp_path / "source.pt"
+    save_checkpoint(path, model_payload(model))
+    loaded = load(path).eval()
+    assert loaded.config.source and loaded.config.energy_prior
+    mel = _inputs(20 * HOP, dtype=torch.float32)[1][..., :20]
+    torch.testing.assert_close(synthesize(mel[0].numpy(), model=loaded, seed=1),
+                               synthesize(mel[0].numpy(), model=model, seed=1), atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training data: crops with their pitch
+
+def _fake_tracker(audio, settings):
+    """A stand-in for pYIN (seconds per clip): F0 rising with the frame index, every third frame unvoiced."""
+    frames = 1 + len(audio) // settings.hop_length
+    k = np.arange(frames)
+    voiced = k % 3 != 0
+    return PitchTrack(np.where(voiced, 100.0 + k, 0.0).astype(np.float32), voiced)
+
+
+def test_crops_carry_their_pitch_on_both_data_paths(ljspeech_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(pitch_module, "track_pitch", _fake_tracker)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(pitch_module, "cache_dir", lambda root: tmp_path / "pitch")
+    data = LJSpeech(ljspeech_root, "train", n_valid=3, segment_length=4096)
+    data.attach_pitch()
+    sampler = CropSampler(data, seed=7)
+    items = list(iter(sampler))[:4]
+    loaded = [data[item] for item in items]
+    device_batch = next(DeviceCrops(data, "cpu").batches(sampler, 4))
+    for b, (audio, f0, voiced) in enumerate(loaded):
+        torch.testing.assert_close(device_batch[0][b], audio, rtol=0, atol=0)
+        torch.testing.assert_close(device_batch[1][b], f0, rtol=0, atol=0)
+        torch.testing.assert_close(device_batch[2][b], voiced, rtol=0, atol=0)
+        assert f0.shape == (4096 // HOP + 1,)
+    # a crop at a whole-hop offset reads the clip's own frames
+    index, offset = 0, 3 * HOP
+    f0, voiced = data.crop_pitch([index], [offset])
+    track = data.pitch[index]
+    assert torch.equal(voiced[0, :5].bool(), torch.from_numpy(track.voiced[3:8]))
+    torch.testing.assert_close(f0[0, :5], torch.from_numpy(track.f0[3:8]))
+
+
+def test_a_source_model_trains_on_crops_with_pitch(ljspeech_root, tmp_path, monkeypatch):
+    from wavflow.train import train
+
+    monkeypatch.setattr(pitch_module, "track_pitch", _fake_tracker)
+    monkeypatch.setattr(pitch_module, "cache_dir", lambda root: tmp_path / "pitch")
+    trainer = train(REPO / "recipes/ljspeech/conf/waveglow.cpu.yaml", overrides=[
+        f"data.root={ljspeech_root}", "data.n_valid=3", "data.segment_length=2048", "data.batch_size=2",
+        "model_config.n_flows=2", "model_config.wn_layers=2", "model_config.wn_channels=8",
+        "model_config.source=true", "model_config.source_channels=8", "model_config.energy_prior=true",
+        "train.max_steps=3", "train.valid_every=3", "train.valid_clips=1", "train.valid_max_seconds=0.5",
+        "train.progress=false"], out_dir=tmp_path / "run")
+    assert len(trainer.losses) == 3 and all(math.isfinite(v) for v in trainer.losses)
+    assert len(list((tmp_path / "pitch").glob("*.npz"))) == 30  # every training clip tracked once
+    model = load(tmp_path / "run" / "last.pt")
+    assert model.config.source and isinstance(model.source_track(torch.randn(1, 80, 5)), SourceTrack)
