@@ -216,18 +216,19 @@ def test_nvidia_algorithm_equals_waveglow_inverse_on_the_same_weights_and_noise(
     torch.testing.assert_close(nvidia, ours, atol=1e-4, rtol=0)
 
 
-def test_nvidia_algorithm_on_a_source_model_with_the_energy_prior_equals_infer():
+def test_nvidia_algorithm_on_a_source_model_with_filter_and_energy_prior_equals_infer():
     """The yardstick reads the model's own excitation and prior scale, so a WaveGlow with a source times NVIDIA's
     flow algorithm on the same conditioning and vocodes the same audio."""
     from wavflow.models.waveglow import WaveGlow, WaveGlowConfig
 
     torch.manual_seed(0)
     model = WaveGlow(WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__, "source": True, "source_channels": 8,
-                                       "energy_prior": True})).eval()
+                                       "source_filter": True, "energy_prior": True})).eval()
     with torch.no_grad():
-        for c in model.coupling:
-            c.net.end.weight.normal_(0.0, 0.05)
-            c.net.cond_layer.weight.normal_(0.0, 0.1)
+        for c in [*model.coupling, model]:
+            net = c.net if c is not model else model.filter
+            net.end.weight.normal_(0.0, 0.05)
+            net.cond_layer.weight.normal_(0.0, 0.1)
         model.source.out.bias.copy_(torch.tensor([0.0, 2.0]))
     g = torch.Generator().manual_seed(1)
     mel = torch.randn(1, 80, 9, generator=g) - 5

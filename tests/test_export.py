@@ -68,10 +68,11 @@ def _at_rate(family: str, sample_rate: int, hop: int) -> torch.nn.Module:
 
 
 def _tiny_waveglow_source() -> torch.nn.Module:
-    """A source (pitch predictor + harmonic excitation in the conditioning) and the energy prior, in the graph."""
+    """A source (pitch predictor, harmonic excitation in the conditioning and through the source filter) and the
+    energy prior, in the graph."""
     torch.manual_seed(0)
     config = WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__, "source": True, "source_channels": 8,
-                               "energy_prior": True})
+                               "source_filter": True, "energy_prior": True})
     model = build_model("waveglow", config)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -89,7 +90,7 @@ MODELS = {
     "tiny-student": _tiny_student,
     "tiny-waveglow-24k-hop300": lambda: _at_rate("waveglow", 24000, 300),
     "tiny-student-16k-hop200": lambda: _at_rate("student", 16000, 200),
-    "tiny-waveglow-source-energy": _tiny_waveglow_source,
+    "tiny-waveglow-source-filter-energy": _tiny_waveglow_source,
 }
 
 

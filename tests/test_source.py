@@ -175,7 +175,14 @@ def source_model(seed: int = 0, dtype=torch.float64, **switches) -> WaveGlow:
             coupling.net.cond_layer.weight.add_(0.3 * torch.randn_like(coupling.net.cond_layer.weight))
         for conv in model.convinv:
             conv.weight.add_(0.2 * torch.randn_like(conv.weight))
+        if model.filter is not None:
+            model.filter.end.weight.normal_(0.0, 0.05)
+            model.filter.end.bias.normal_(0.0, 0.05)
     return model
+
+
+SWITCHES = {"source": {}, "source+energy": {"energy_prior": True}, "source+filter": {"source_filter": True},
+            "source+filter+energy": {"source_filter": True, "energy_prior": True}}
 
 
 def _inputs(samples: int, seed: int = 0, dtype=torch.float64):
@@ -184,6 +191,25 @@ def _inputs(samples: int, seed: int = 0, dtype=torch.float64):
     mel = torch.randn(1, 80, samples // HOP + 1, generator=g, dtype=dtype) - 4.0
     exc = torch.randn(1, samples, generator=g, dtype=dtype) * 0.1
     return audio, mel, exc
+
+
+def test_the_source_filter_puts_the_excitation_in_the_signal_path():
+    """x = exp(log_s) y + mean before the flows, (mean, log_s) = WN(grouped excitation, conditioning): with z = 0
+    and identity couplings the audio is the filter's mean, which follows the excitation."""
+    torch.manual_seed(0)
+    model = WaveGlow(WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__, "source": True, "source_channels": 8,
+                                       "source_filter": True})).double()
+    audio, mel, exc = _inputs(512)
+    cond = model.condition(mel, 512, excitation=exc)
+    assert torch.equal(model.filter(cond[:, -8:], cond), torch.zeros(1, 16, 64, dtype=torch.float64))  # identity
+    with torch.no_grad():
+        model.filter.end.weight.zero_()
+        model.filter.end.weight[:8, :].normal_(0, 0.3)  # the mean reads the gated excitation; log_s stays 0
+    silent = model.inverse(torch.zeros(1, 8, 64, dtype=torch.float64), mel, exc)
+    louder = model.inverse(torch.zeros(1, 8, 64, dtype=torch.float64), mel, 3 * exc)
+    assert silent.abs().max() > 1e-3 and not torch.allclose(silent, louder)
+    with pytest.raises(WavflowError, match="source_filter=true .* needs source=true"):
+        WaveGlowConfig(source_filter=True)
 
 
 def test_source_channels_join_the_conditioning_and_change_the_flow():
@@ -195,18 +221,19 @@ def test_source_channels_join_the_conditioning_and_change_the_flow():
     assert not torch.allclose(z1, z2)
 
 
-@pytest.mark.parametrize("energy_prior", [False, True])
-def test_source_model_is_exactly_invertible(energy_prior):
-    model = source_model(energy_prior=energy_prior)
+@pytest.mark.parametrize("switches", SWITCHES)
+def test_source_model_is_exactly_invertible(switches):
+    model = source_model(**SWITCHES[switches])
     audio, mel, exc = _inputs(1024 + 40)
     z, _ = model(audio, mel, exc)
     torch.testing.assert_close(model.inverse(z, mel, exc), audio[:, : z.shape[-1] * 8], atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("energy_prior", [False, True])
-def test_source_model_likelihood_is_change_of_variables(energy_prior):
+@pytest.mark.parametrize("switches", SWITCHES)
+def test_source_model_likelihood_is_change_of_variables(switches):
     """log p = log N(z; 0, (sigma s_g)^2) + log|det dz/dx|, the Jacobian by autograd, per sample."""
-    model = source_model(seed=2, energy_prior=energy_prior)
+    energy_prior = SWITCHES[switches].get("energy_prior", False)
+    model = source_model(seed=2, **SWITCHES[switches])
     audio, mel, exc = _inputs(64, seed=1)
     ll = model.log_likelihood(audio, mel, exc)
     z, logdet = model(audio, mel, exc)
@@ -236,9 +263,10 @@ def test_energy_prior_follows_the_mels_energy():
     assert WaveGlow(WaveGlowConfig.tiny()).prior_scale(mel, 10) is None
 
 
-@pytest.mark.parametrize("energy_prior", [False, True])
-def test_infer_equals_the_inverse_of_the_predicted_source(energy_prior):
-    model = source_model(dtype=torch.float32, energy_prior=energy_prior).eval()
+@pytest.mark.parametrize("switches", SWITCHES)
+def test_infer_equals_the_inverse_of_the_predicted_source(switches):
+    energy_prior = SWITCHES[switches].get("energy_prior", False)
+    model = source_model(dtype=torch.float32, **SWITCHES[switches]).eval()
     mel = _inputs(30 * HOP, seed=4, dtype=torch.float32)[1][..., :30]
     noise = model.draw_noise(1, 30 * HOP, torch.Generator().manual_seed(0))
     audio = model.infer(mel, noise=noise, sigma=0.7)
@@ -249,9 +277,10 @@ def test_infer_equals_the_inverse_of_the_predicted_source(energy_prior):
     assert voiced.sum() > 0 and exc.abs().max() > 0  # the test is not vacuous: some frames are voiced
 
 
+@pytest.mark.parametrize("source_filter", [False, True])
 @pytest.mark.parametrize("chunk", [0.0116, 0.0813])
-def test_source_model_streams_like_the_whole_utterance(chunk):
-    model = source_model(dtype=torch.float32, energy_prior=True).eval()
+def test_source_model_streams_like_the_whole_utterance(chunk, source_filter):
+    model = source_model(dtype=torch.float32, energy_prior=True, source_filter=source_filter).eval()
     with torch.no_grad():
         model.source.out.bias.copy_(torch.tensor([0.0, 3.0]))  # voiced throughout: the phase must carry
     mel = _inputs(40 * HOP, seed=6, dtype=torch.float32)[1][..., :40]

@@ -76,7 +76,7 @@ class WaveGlowGraph(nn.Module):
         model = folded_copy(model)
         self.config, self.hop = model.config, model.mel_config.hop_length
         self.rate = model.mel_config.sample_rate
-        self.source = model.source
+        self.source, self.filter = model.source, model.filter
         self._model = [model]  # prior_scale: the energy prior's std per group (no weights)
         self.upsample = model.upsample
         self.nets = nn.ModuleList(c.net for c in model.coupling)
@@ -116,6 +116,9 @@ class WaveGlowGraph(nn.Module):
             if k in exits:
                 j = exits.index(k)
                 x = torch.cat([z[:, j * cfg.n_early_size: (j + 1) * cfg.n_early_size], x], 1)
+        if self.filter is not None:  # WaveGlow.unfilter: the source filter's mean and scale
+            mean, log_s = self.filter(cond[:, -g:], cond).chunk(2, 1)
+            x = x * torch.exp(log_s) + mean
         audio = x.transpose(1, 2).reshape(b, -1)  # flows.unsqueeze to [B, T]
         return audio if f0 is None else (audio, f0, voiced)
 

@@ -162,11 +162,12 @@ def waveglow_margins(model: Any) -> tuple[int, int]:
     shipped one). The conditioning of a window's first upsample_kernel - hop samples misses the frames before
     the window (the transposed conv spreads each frame over upsample_kernel samples), which adds to the reach
     before the chunk only; the energy prior adds a frame after it. A source's excitation comes from the whole
-    utterance's track (its pitch predictor runs once on the whole mel), so it adds no reach.
+    utterance's track (its pitch predictor runs once on the whole mel), so it adds no reach; a source filter is one
+    more coupling network's.
     """
     cfg, hop = model.config, model.mel_config.hop_length
     per_coupling = (cfg.wn_kernel_size - 1) // 2 * (2 ** cfg.wn_layers - 1)
-    couplings = cfg.n_flows * per_coupling * cfg.n_group
+    couplings = (cfg.n_flows + (1 if cfg.source_filter else 0)) * per_coupling * cfg.n_group
     before = couplings + cfg.upsample_kernel - hop
     # The energy prior's scale at a window's last half frame interpolates towards the frame after the window,
     # which the window lacks: one frame more keeps that edge out of reach too.

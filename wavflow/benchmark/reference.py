@@ -58,6 +58,8 @@ def nvidia_infer(model, mel: Tensor, noise: Tensor, sigma: float) -> Tensor:
         if k in exits:  # this flow's early block rejoins, in front of the channels it left from
             j = exits.index(k)
             x = torch.cat((sigma * noise[:, j * early:(j + 1) * early], x), 1)
+    if getattr(model, "filter", None) is not None:  # wavflow's source filter, the same in both rows
+        x = model.unfilter(x, cond)
     # [B, n_group, G] -> [B, G * n_group]: sample g * n_group + i is channel i of group g.
     return x.transpose(1, 2).reshape(x.shape[0], -1)
 

@@ -62,6 +62,8 @@ class WaveGlowConfig:
     source_phase: str = "recording"  # training excitation: phase-locked to the recording, or "free" (from 0)
     source_channels: int = 64  # width of the pitch predictor (4 conv layers, kernel 5, on the mel frames)
     source_amplitude: float = 0.1  # RMS of the excitation where voiced
+    source_filter: bool = False  # with a source: a WN filters the excitation into the audio's mean and scale,
+                                 # an affine step before the flows (the source in the signal path, as NSF)
     pitch_weight: float = 1.0  # training adds this x the pitch predictor's loss (voicing BCE + octaves L1)
     spectral_weight: float = 0.0  # training adds this x MR-STFT(inverse of spectral_sigma noise, recording); 0: off
     spectral_sigma: float = 0.6  # std of the noise the spectral loss's samples are made from
@@ -98,6 +100,10 @@ class WaveGlowConfig:
         for name in ("source", "energy_prior"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={getattr(self, name)!r} must be true or false")
+        if not isinstance(self.source_filter, bool):
+            problems.append(f"source_filter={self.source_filter!r} must be true or false")
+        elif self.source_filter and not self.source:
+            problems.append("source_filter=true filters the source's excitation: it needs source=true")
         if self.source_phase not in ("recording", "free"):
             problems.append(f"source_phase={self.source_phase!r} must be 'recording' or 'free'")
         if not is_int(self.source_channels) or self.source_channels < 1:
@@ -249,6 +255,10 @@ class WaveGlow(nn.Module):
         # the audio (n_group more channels), so every coupling can read the harmonics' timing.
         self.source = PitchPredictor(n_mels, config.source_channels) if config.source else None
         n_cond = (n_mels + (1 if config.source else 0)) * config.n_group
+        # The source filter reads the grouped excitation as its input and the whole conditioning (mel and
+        # excitation) as its gates; its end conv starts at zero, so it starts as the identity.
+        self.filter = WN(config.n_group, n_cond, config.wn_layers, config.wn_channels, config.wn_kernel_size) \
+            if config.source_filter else None
         self.convinv = nn.ModuleList()
         self.coupling = nn.ModuleList()
         for k in range(config.n_flows):
@@ -332,6 +342,10 @@ class WaveGlow(nn.Module):
         cond = self.condition(mel, t, excitation=excitation)
         x = squeeze(audio[:, None, :t], g)
         logdet = x.new_zeros(x.shape[0])
+        if self.filter is not None:
+            mean, log_s = self.filter(cond[:, -g:], cond).chunk(2, 1)
+            x = (x - mean) * torch.exp(-log_s)
+            logdet = logdet - log_s.flatten(1).sum(1)
         outputs = []
         for k in range(self.config.n_flows):
             if self._is_exit(k):
@@ -348,9 +362,16 @@ class WaveGlow(nn.Module):
         cfg = self.config
         t = z.shape[-1] * cfg.n_group
         cond = self.condition(mel, t, excitation=excitation)
-        return self._inverse(z, lambda k, x: self.coupling[k].inverse(x, cond))
+        return self._inverse(z, lambda k, x: self.coupling[k].inverse(x, cond), cond)
 
-    def _inverse(self, z: Tensor, coupling_inverse) -> Tensor:
+    def unfilter(self, x: Tensor, cond: Tensor) -> Tensor:
+        """Undo the source filter (when there is one): x [B, n_group, G] -> x exp(log_s) + mean."""
+        if self.filter is None:
+            return x
+        mean, log_s = self.filter(cond[:, -self.config.n_group:], cond).chunk(2, 1)
+        return x * torch.exp(log_s.to(x.dtype)) + mean.to(x.dtype)
+
+    def _inverse(self, z: Tensor, coupling_inverse, cond: Tensor) -> Tensor:
         cfg = self.config
         exits = [k for k in range(cfg.n_flows) if self._is_exit(k)]
         x = z[:, len(exits) * cfg.n_early_size:]
@@ -360,7 +381,7 @@ class WaveGlow(nn.Module):
             if self._is_exit(k):
                 j = exits.index(k)
                 x = torch.cat([z[:, j * cfg.n_early_size: (j + 1) * cfg.n_early_size], x], 1)
-        return unsqueeze(x, cfg.n_group)[:, 0]
+        return unsqueeze(self.unfilter(x, cond), cfg.n_group)[:, 0]
 
     def log_likelihood(self, audio: Tensor, mel: Tensor, excitation: Tensor | None = None) -> Tensor:
         """[B] mean log-density per audio sample in nats (audio in [-1, 1], every constant included, design.md section 2).
@@ -517,6 +538,8 @@ class WaveGlow(nn.Module):
             h.copy_(torch.mm(plan.inverses[k], h))
             if self._is_exit(k):
                 start -= cfg.n_early_size
+        if self.filter is not None:
+            x.copy_(self.unfilter(x[None], cond_in[None].to(self.filter.end.weight.dtype))[0])
         return x.t().reshape(-1)
 
     def remove_weight_norm(self) -> None:
