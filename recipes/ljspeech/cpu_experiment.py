@@ -3,6 +3,7 @@
     python recipes/ljspeech/cpu_experiment.py check OUT/VARIANT MINUTES     # append a pitch check to checks.jsonl
     python recipes/ljspeech/cpu_experiment.py best OUT/eval/results.json    # print the best variant's name
     python recipes/ljspeech/cpu_experiment.py report OUT MINUTES RESULTS.json...  # OUT/results.md, OUT/spectrograms.png
+    python recipes/ljspeech/cpu_experiment.py decide OUT JUDGE.json SHIPPED INSTALL  # cpu_continue.sh's last stage
 """
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ GPE_TARGET = 0.2
 
 def _last_step(run: Path) -> tuple[int, int]:
     """(optimizer steps, audio samples seen) of a run, from its log.jsonl."""
-    steps, samples = 0, 0
+    steps, samples, _ = _run_totals(run)
+    return steps, samples
+
+
+def _run_totals(run: Path) -> tuple[int, int, float]:
+    """(optimizer steps, audio samples seen, CPU seconds) of a run over all its processes, from its log.jsonl."""
+    steps, samples, cpu = 0, 0, 0.0
     log = run / "log.jsonl"
     if log.is_file():
         for line in log.read_text().splitlines():
@@ -26,7 +33,8 @@ def _last_step(run: Path) -> tuple[int, int]:
             steps = max(steps, int(record.get("step", 0)))
             if "run/samples" in record:
                 samples += int(record["run/samples"])
-    return steps, samples
+                cpu += float(record.get("run/cpu_seconds") or 0.0)
+    return steps, samples, cpu
 
 
 def check(run: Path, minutes: int) -> None:
@@ -133,6 +141,36 @@ def figure(out: Path, variants: list[str], results: dict) -> None:
     print(f"wrote {out / 'spectrograms.png'}")
 
 
+def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
+    """Ship the continued model when it beats the shipped one on both DNSMOS P.808 and GPE; record the judgement."""
+    import datetime
+    import shutil
+
+    from wavflow.train.ship import ship
+
+    rows = {r["name"]: r for r in json.loads(judge.read_text())["systems"]}
+    old, new = rows["shipped"], rows["continued"]
+    better = (new.get("dnsmos_p808") or 0.0) > (old.get("dnsmos_p808") or 0.0) and _gpe(new) < _gpe(old)
+    steps, samples, cpu = _run_totals(out)
+    keys = ("nll_nats", "dnsmos_p808", "gpe", "vde", "f0_rmse_cents", "mrstft", "logmel_l1")
+    record = {"date": datetime.date.today().isoformat(), "cpu_minutes": round(cpu / 60, 1), "steps": steps,
+              "samples": samples, "better": better,
+              **{f"{name}/{k}": rows[name].get(k) for name in rows for k in keys}}
+    with open(out / "history.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"continued: DNSMOS P.808 {_num(new.get('dnsmos_p808'), 2)} (shipped {_num(old.get('dnsmos_p808'), 2)}), "
+          f"GPE {_pct(new.get('gpe'))} (shipped {_pct(old.get('gpe'))}), after {cpu / 60:.0f} CPU-minutes in all, "
+          f"step {steps}: {'better' if better else 'not better'}")
+    if better:
+        info = ship(out / "last.pt", out / "candidate.pt", "fp16")
+        print(f"wrote {info['path']} ({info['bytes'] / 2**20:.1f} MiB, sha256 {info['sha256'][:12]})")
+        if install:
+            shutil.copyfile(out / "candidate.pt", shipped.with_name(f".{shipped.name}.tmp"))
+            shipped.with_name(f".{shipped.name}.tmp").replace(shipped)
+            print(f"installed {shipped}")
+    return better
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     if command == "check":
@@ -141,5 +179,7 @@ if __name__ == "__main__":
         print(best(Path(args[0])))
     elif command == "report":
         report(Path(args[0]), int(args[1]), [Path(a) for a in args[2:]])
+    elif command == "decide":
+        decide(Path(args[0]), Path(args[1]), Path(args[2]), args[3] == "1")
     else:
         sys.exit(f"cpu_experiment.py: unknown command {command}")

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Continue the shipped WaveGlow on this CPU for MINUTES, in the background of other work, and ship it when it is
+# better on the held-out clips (design.md section 9).
+#
+#   bash recipes/ljspeech/cpu_continue.sh 120                       # train 120 CPU-minutes, then judge
+#   bash recipes/ljspeech/cpu_continue.sh 0 --judge                 # judge the run's last.pt now
+#   bash recipes/ljspeech/cpu_continue.sh 120 --install             # ... and replace the shipped file if better
+#
+# Stages:
+#   1 train  python -m wavflow.train recipes/ljspeech/conf/waveglow.cpu.yaml (the architecture and switches come
+#            from the starting checkpoint) at nice 19, for MINUTES of the process's CPU time, bf16 autocast where the
+#            CPU has native bf16: resumed from OUT/last.pt when it exists (the run goes on exactly where it
+#            stopped), else started from the shipped checkpoint with --init (a fresh optimizer)
+#   2 judge  python -m wavflow.evaluate on the 20 validation clips, whole, the shipped file and OUT/last.pt with
+#            the same noise seeds: DNSMOS P.808, pitch errors, MR-STFT, log-mel L1, held-out NLL, Griffin-Lim
+#   3 ship   OUT/candidate.pt (fp16 weights) when it beats the shipped model on BOTH DNSMOS P.808 and gross pitch
+#            error (a model with no voiced frame counts as 100%); with --install it replaces the shipped file.
+#            OUT/history.jsonl gets one line per judgement: CPU minutes, steps, samples seen, every figure.
+# Options: --out DIR (default exp/cpu_continue), --data-root DIR (default ../shared/data/LJSpeech-1.1-mini),
+#          --threads N (torch threads, default 2), --judge (skip training), --install, --train-args "K=V ..."
+set -euo pipefail
+
+MINUTES=${1:?usage: cpu_continue.sh MINUTES [--out DIR] [--data-root DIR] [--threads N] [--judge] [--install]}
+shift
+OUT=exp/cpu_continue
+DATA=../shared/data/LJSpeech-1.1-mini
+THREADS=2
+JUDGE_ONLY=0
+INSTALL=0
+TRAIN_ARGS=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --out) OUT=$2; shift 2 ;;
+    --data-root) DATA=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
+    --judge) JUDGE_ONLY=1; shift ;;
+    --install) INSTALL=1; shift ;;
+    --train-args) TRAIN_ARGS=$2; shift 2 ;;
+    *) echo "cpu_continue.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+SHIPPED=$REPO/checkpoints/waveglow-ljspeech-mini.pt
+PY=${PYTHON:-python}
+mkdir -p "$OUT"
+
+if [ "$JUDGE_ONLY" = 0 ]; then
+  if [ -f "$OUT/last.pt" ]; then
+    conf=$OUT/config.yaml; start=(--resume)  # the run's own settings, written when it started
+  else
+    # the run's settings without model_config: the architecture and its switches are the checkpoint's
+    conf=$OUT/continue.yaml; start=(--init "$SHIPPED")
+    "$PY" -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); c.pop("model_config"); c["mel"] = {}
+yaml.safe_dump(c, open(sys.argv[2], "w"), sort_keys=False)' "$HERE/conf/waveglow.cpu.yaml" "$conf"
+  fi
+  echo "stage 1: train ${MINUTES} CPU-minutes (${start[*]})"
+  # shellcheck disable=SC2086
+  nice -n 19 "$PY" -m wavflow.train "$conf" data.root="$DATA" train.precision=auto \
+    train.threads="$THREADS" train.ckpt_every=100 $TRAIN_ARGS --out-dir "$OUT" "${start[@]}" \
+    --max-minutes "$MINUTES" >>"$OUT/train.log" 2>&1
+fi
+echo "stage 2: judge $OUT/last.pt against $SHIPPED"
+nice -n 19 "$PY" -m wavflow.evaluate "$SHIPPED" "$OUT/last.pt" --names shipped,continued --data-root "$DATA" \
+  --metrics dnsmos,pitch --json "$OUT/judge.json" --plot "$OUT/judge.png" >"$OUT/judge.log" 2>&1
+echo "stage 3: decide"
+"$PY" "$HERE/cpu_experiment.py" decide "$OUT" "$OUT/judge.json" "$SHIPPED" "$INSTALL"
