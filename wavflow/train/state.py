@@ -124,9 +124,13 @@ def _check_same_run(ck: dict[str, Any], source: str, config: RunConfig, model: t
     if ck.get("model_type") != config.model:
         raise WavflowError(f"{source}: holds a {ck.get('model_type')} run, the config trains a {config.model}")
     mine = config_to_dict(model.config)
-    if ck.get("model_config") != mine:
-        diff = sorted(k for k in set(mine) | set(ck.get("model_config", {}))
-                      if mine.get(k) != ck.get("model_config", {}).get(k))
+    theirs = ck.get("model_config", {})
+    try:  # fields added to the config since the checkpoint was written take their defaults, as on load
+        theirs = config_to_dict(config_from_dict(type(model.config), theirs))
+    except (WavflowError, TypeError):
+        pass  # unknown or invalid fields: reported as differences below
+    if theirs != mine:
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise WavflowError(f"{source}: model_config differs from the config in {', '.join(diff)}; resume with the "
                            f"run's own config (see config.yaml in the output directory)")
     if ck.get("mel_config") != mel_config.to_dict():
