@@ -1,15 +1,20 @@
 """python -m wavflow.evaluate and wavflow.metrics: the report's fields, the distances' exact values, the NLL
-pooling, bad input."""
+pooling, the HTML report (--report) of the very audio scored, bad input."""
 from __future__ import annotations
 
+import html
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from wavflow.audio import load_audio
@@ -24,7 +29,8 @@ from wavflow.metrics import clip_metrics, griffin_lim, logmel_l1, pooled_nll
 from wavflow.models.waveglow import WaveGlowConfig
 from wavflow.pitch import PitchSettings
 
-from synth_helpers import clip as fixture_clip
+from synth_helpers import clip as fixture_clip, snapshot
+from test_report import BROWSER, PROBE, Page
 
 PROG = "python -m wavflow.evaluate"
 SECONDS = 0.5
@@ -285,6 +291,8 @@ def _bad_inputs(tmp: Path, ckpt: Path, root: Path) -> list[tuple[str, list[str],
         ("no data root", [str(ckpt)], "--data-root"),
         ("too few names", good + ["--names", "a,b"], "--names"),
         ("name of a reference row", good + ["--names", "real"], "--names"),
+        ("report is a file", good + ["--report", str(text)], "--report"),
+        ("report under a file", good + ["--report", str(text / "report")], "--report"),
     ]
 
 
@@ -305,3 +313,181 @@ def test_entry_point_exit_status(tmp_path, ljspeech_root):
                            str(ljspeech_root)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1 and "missing.pt" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --report DIR
+
+REPORT_SYSTEMS = ("real", "griffin-lim-4", "<i>glow</i>")
+
+
+@pytest.fixture(scope="module")
+def html_report(ljspeech_root, tmp_path_factory):
+    """evaluate --report on 2 clips x 0.5 s with pitch, a checkpoint file at '<b>x</b>.pt' and a row name with
+    markup; every audio tensor handed to clip_metrics is recorded, in scoring order (the recordings' clips, then
+    Griffin-Lim's, then the vocoder's)."""
+    import wavflow.evaluate
+
+    tmp = tmp_path_factory.mktemp("report")
+    (tmp / "<b>x<").mkdir()
+    ckpt = tmp / "<b>x</b>.pt"  # a directory '<b>x<' holding 'b>.pt': '/' cannot be part of a file name
+    torch.manual_seed(0)
+    save_checkpoint(ckpt, model_payload(build_model("waveglow", WaveGlowConfig.tiny()), step=3))
+    scored: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_clip_metrics = wavflow.evaluate.clip_metrics
+
+    def recording(estimate, reference, *args, **kwargs):
+        scored.append((estimate, reference))
+        return real_clip_metrics(estimate, reference, *args, **kwargs)
+
+    out = tmp / "out"
+    argv = [str(ckpt), "--names", REPORT_SYSTEMS[2], "--data-root", str(ljspeech_root), "--max-clips", "2",
+            "--max-seconds", str(SECONDS), "--griffin-lim-iters", "4", "--no-nll", "--metrics", "pitch",
+            "--json", str(tmp / "eval.json"), "--report", str(out), "--device", "cpu"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wavflow.evaluate, "clip_metrics", recording)
+        assert _run(argv) == 0
+    index = out / "index.html"
+    text = index.read_text(encoding="utf-8")
+    return index, text, Page(text), json.loads((tmp / "eval.json").read_text()), scored, ckpt
+
+
+def _local(index: Path, url: str) -> Path:
+    parts = urlsplit(url)
+    assert not parts.scheme and not parts.netloc and not parts.path.startswith("/"), f"not relative: {url}"
+    return index.parent / unquote(parts.path)
+
+
+def test_report_page_parses_and_refers_only_to_its_files(html_report):
+    index, text, page, r, _, _ = html_report
+    n = len(r["clips"]) * len(REPORT_SYSTEMS)
+    assert [s["name"] for s in r["systems"]] == list(REPORT_SYSTEMS)
+    assert text.startswith("<!DOCTYPE html>") and page.errors == []
+    assert len(page.all("audio")) == n and len(page.all("img")) == 2 * n  # spectrogram + pitch contour
+    urls = [a["src"] for t in ("audio", "img") for a in page.all(t)]
+    urls += [a["href"] for a in page.all("a") if not a["href"].startswith("#")]
+    assert len(urls) == 4 * n
+    for url in urls:
+        path = _local(index, url)
+        assert path.is_file() and path.stat().st_size > 0, url
+        assert path.resolve().is_relative_to(index.parent.resolve()), url
+    assert not page.all("link") and all("src" not in a for a in page.all("script"))  # nothing from elsewhere
+    # The metrics table: a row per system, the reference rows included.
+    table = Page(text[text.index('<table class="sortable'): text.index("</table>")])
+    assert len([t for t, _ in table.tags if t == "tr"]) == 1 + len(REPORT_SYSTEMS)
+    cells = "".join(table.text)
+    assert all(name in cells for name in REPORT_SYSTEMS)
+
+
+def test_report_audio_is_the_audio_evaluate_scored(html_report, ljspeech_root):
+    index, _, page, r, scored, _ = html_report
+    clips = [c["id"] for c in r["clips"]]
+    assert len(scored) == len(REPORT_SYSTEMS) * len(clips)
+    srcs = [a["src"] for a in page.all("audio")]
+    # The page: clip by clip, the systems in the table's order; the scoring: system by system, clip by clip.
+    for k, (src, (clip_index, system_index)) in enumerate(zip(srcs, [(c, s) for c in range(len(clips))
+                                                                     for s in range(len(REPORT_SYSTEMS))])):
+        estimate, reference = scored[system_index * len(clips) + clip_index]
+        if system_index == 0:  # the recordings row scores the recording itself, cut as --max-seconds says
+            assert estimate is reference
+            expected = load_audio(fixture_clip(clips[clip_index]), 22050)[:CROP]
+            torch.testing.assert_close(reference, expected, rtol=0, atol=0)
+        info = sf.info(str(_local(index, src)))
+        assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_16", 22050, 1)
+        decoded, _ = sf.read(str(_local(index, src)), dtype="float32")
+        # 16-bit: round(x * 32767) read back / 32768
+        np.testing.assert_allclose(decoded, estimate.clamp(-1, 1).numpy(), rtol=0, atol=1.5 / 32768, err_msg=src)
+
+
+def test_report_names_with_markup_are_text(html_report):
+    _, text, page, r, _, ckpt = html_report
+    assert "<b>" not in text and "<i>" not in text and not page.all("b") and not page.all("i")
+    assert "&lt;i&gt;glow&lt;/i&gt;" in text and "&lt;b&gt;x&lt;/b&gt;.pt" in text
+    shown = "".join(page.text)
+    assert str(ckpt) in shown and "<i>glow</i>" in shown
+    assert file_sha256(ckpt)[:12] in shown  # the checkpoint's sha256 prefix
+    assert "griffin_lim_iters" in shown and r["settings"]["device"] in shown
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no chromium (or chromium-browser) on PATH")
+def test_report_plays_in_chromium_from_the_file_system(html_report, tmp_path):
+    """Opened from the file system in headless Chromium, every player of evaluate's page knows its clip's
+    duration, and the metrics table sorts by a click."""
+    index, text, _, r, _, _ = html_report
+    probe = index.parent / "probe.html"  # beside index.html, so its relative references hold
+    probe.write_text(text.replace("</body>", PROBE + "\n</body>"), encoding="utf-8")
+    try:
+        run = subprocess.run([BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                              "--disable-component-update", "--disable-sync", "--no-first-run",
+                              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+                              probe.as_uri()], capture_output=True, text=True, timeout=120)
+    finally:
+        probe.unlink()
+    found = re.search(r'<pre id="probe">(.*?)</pre>', run.stdout, re.S)
+    assert found, f"the probe did not report (rc {run.returncode}): {run.stderr[-2000:]}"
+    result = json.loads(html.unescape(found.group(1)))
+    n = len(r["clips"]) * len(REPORT_SYSTEMS)
+    assert result["errors"] == [None] * n
+    assert [float(d) for d in result["durations"]] == pytest.approx([CROP / 22050] * n, abs=0.01)
+    by_l1 = [row["name"] for row in sorted(r["systems"], key=lambda row: row["logmel_l1"])]
+    assert result["up"] == by_l1 and result["down"] == by_l1[::-1]
+
+
+def test_report_keeps_the_pitch_tracks_it_scored(ljspeech_root, monkeypatch):
+    """With the pitch metrics, each system's audio is tracked once, and the track kept for the report is the one
+    the metrics compared; the recordings' row reuses the recordings' tracks."""
+    import wavflow.evaluate as ev
+    import wavflow.metrics
+
+    tracked = []
+    real_track = wavflow.metrics.track_pitch
+    monkeypatch.setattr(wavflow.metrics, "track_pitch", lambda audio, settings: tracked.append(audio) or
+                        real_track(audio, settings))
+    compared = []
+    real_clip_metrics = ev.clip_metrics
+    monkeypatch.setattr(ev, "clip_metrics", lambda *args, **kwargs: compared.append(kwargs) or
+                        real_clip_metrics(*args, **kwargs))
+    clips = ev.load_clips(ljspeech_root, 20, 2, SECONDS, MelConfig())
+    optional = ev.require_metrics(["pitch"])
+    pitch = ev.recording_pitch(clips, MelConfig(), optional)
+    real, gl = ev.evaluate_references(clips, MelConfig(), optional, 4, 0, pitch)
+    assert len(tracked) == 2 * len(clips)  # the recordings, then Griffin-Lim's audio: nothing tracked twice
+    for i, clip in enumerate(clips):
+        assert real.audio[clip.id] is clip.audio and real.pitch[clip.id] is pitch[clip.id]
+        assert compared[i]["estimate_pitch"] is pitch[clip.id]
+        torch.testing.assert_close(tracked[len(clips) + i], gl.audio[clip.id], rtol=0, atol=0)
+        assert compared[len(clips) + i]["estimate_pitch"] is gl.pitch[clip.id]
+        assert len(gl.pitch[clip.id]) == MelConfig().num_frames(clip.audio.shape[0])
+
+
+def _refused_report(ckpt: Path, root: Path, tmp: Path, report: Path, capsys) -> str:
+    """Run evaluate with --json, --plot and a bad --report: exit 2, one line, nothing written; the line."""
+    before = snapshot(tmp)
+    code = _run([str(ckpt), "--data-root", str(root), "--json", str(tmp / "e.json"), "--plot", str(tmp / "e.png"),
+                 "--report", str(report)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(PROG) and "--report" in err, err
+    assert snapshot(tmp) == before  # no JSON, no figure, no report directory
+    return err
+
+
+def test_report_under_a_file_is_refused_before_any_work(waveglow_ckpt, ljspeech_root, tmp_path, capsys):
+    (tmp_path / "eval.txt").write_text("a file, not a directory")
+    err = _refused_report(waveglow_ckpt, ljspeech_root, tmp_path, tmp_path / "eval.txt" / "report", capsys)
+    assert "eval.txt is not a directory" in err
+    err = _refused_report(waveglow_ckpt, ljspeech_root, tmp_path, tmp_path / "eval.txt", capsys)
+    assert "eval.txt is not a directory" in err
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_report_dir_is_refused_before_any_work(waveglow_ckpt, ljspeech_root, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        err = _refused_report(waveglow_ckpt, ljspeech_root, tmp_path, locked / "report", capsys)
+        assert "locked" in err
+    finally:
+        locked.chmod(0o700)

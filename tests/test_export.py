@@ -72,13 +72,14 @@ def _tiny_waveglow_source() -> torch.nn.Module:
     energy prior, in the graph."""
     torch.manual_seed(0)
     config = WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__, "source": True, "source_channels": 8,
-                               "source_filter": True, "energy_prior": True})
+                               "source_filter": True, "source_harmonics": 4, "energy_prior": True})
     model = build_model("waveglow", config)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
         model.source.out.bias.copy_(torch.tensor([0.0, 0.5]))  # mostly voiced; |logit| > 0.1 on the test mels
+        model.harmonics.out.weight.normal_(0.0, 0.01)  # a harmonic mean that is not zero
     return model.eval()
 
 

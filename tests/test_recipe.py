@@ -1,15 +1,18 @@
 """recipes/ljspeech/run.sh end to end on LJSpeech-1.1-mini with the tiny configs and a couple of training steps.
 
 The run is kept CPU-sized by the recipe's own options: 2 training steps per model, validation on one clip,
-vocoding and evaluation of one validation clip cut to 0.3 s, a benchmark of three rows at one length.
+vocoding and evaluation (with its HTML report) of one validation clip cut to 0.3 s, a benchmark of three rows at one
+length.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import soundfile as sf
@@ -92,6 +95,15 @@ def test_every_stage_runs(run, ljspeech_root):
     assert (exp / "eval" / "spectrograms.png").read_bytes()[:4] == b"\x89PNG"
     table = (exp / "eval" / "results.md").read_text()
     assert all(f"| {m} |" in table for m in MODELS)
+    # the HTML report: a player per system of the one clip (the two reference rows and the three models), every
+    # file it refers to beside it
+    index = exp / "eval" / "report" / "index.html"
+    page = index.read_text(encoding="utf-8")
+    players = re.findall(r'<audio [^>]*src="([^"]+)"', page)
+    assert len(players) == 2 + len(MODELS)
+    for url in players + re.findall(r'<img [^>]*src="([^"]+)"', page):
+        assert (index.parent / unquote(url)).is_file(), url
+    assert all(f"<td>{m}</td>" in page for m in ("real", "griffin-lim-60", *MODELS))
 
     # benchmark
     bench = json.loads((exp / "bench" / "bench.json").read_text())

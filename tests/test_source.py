@@ -18,7 +18,7 @@ from wavflow.inference import synthesize
 from wavflow.models.waveglow import WaveGlow, WaveGlowConfig
 from wavflow.pitch import PitchTrack
 from wavflow.source import (PitchPredictor, SourceTrack, anchors_from, excitation, free_track, fundamental_phase,
-                            locked_track, phase_steps)
+                            harmonic_mean, locked_track, phase_steps)
 from wavflow.streaming import stream
 
 from synth_helpers import REPO
@@ -87,6 +87,47 @@ def test_a_window_of_frames_gives_the_same_samples_as_the_whole():
     # the anchors of a prefix are the whole's prefix, bit for bit (the streamer's window relies on it)
     prefix = free_track(f0[:, :50], voiced[:, :50], HOP, FS)
     assert torch.equal(prefix.anchors[:, :49], whole_track.anchors[:, :49])
+
+
+def test_harmonic_mean_is_the_sum_of_its_harmonics_below_nyquist():
+    """The definition, sample by sample in float64: amplitudes and voicing interpolated between frame centres,
+    harmonic m kept while m F0 < fs / 2 (at 65 Hz all 8; at 3 kHz only the first 3)."""
+    f0 = torch.tensor([[65.0, 80.0, 3000.0, 2900.0, 200.0, 0.0, 150.0]])
+    voiced = (f0 > 0).float()
+    g = torch.Generator().manual_seed(0)
+    amps = 0.1 * torch.randn(1, 16, 7, generator=g, dtype=torch.float64)
+    track = free_track(f0, voiced, HOP, FS).with_amplitudes(amps)
+    mean = harmonic_mean(track, HOP, FS)
+    f = torch.where(voiced > 0, f0, torch.full_like(f0, 100.0)).double()[0]
+    t = torch.arange(7 * HOP, dtype=torch.float64)
+    k, j = (t // HOP).long(), t % HOP
+    nxt = torch.clamp(k + 1, max=6)
+    freq = f[k] + (f[nxt] - f[k]) * j / HOP
+    gate = voiced.double()[0][k] + (voiced.double()[0][nxt] - voiced.double()[0][k]) * j / HOP
+    phase = 2 * math.pi * torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.float64), freq[:-1]]), 0) / FS
+    m = torch.arange(1, 9, dtype=torch.float64)
+    a = amps[0, :8, k] + (amps[0, :8, nxt] - amps[0, :8, k]) * j / HOP  # [8, T]
+    b = amps[0, 8:, k] + (amps[0, 8:, nxt] - amps[0, 8:, k]) * j / HOP
+    below = m[:, None] * freq[None] < FS / 2
+    expected = ((a * torch.cos(m[:, None] * phase) + b * torch.sin(m[:, None] * phase)) * below).sum(0) * gate
+    torch.testing.assert_close(mean[0], expected, atol=1e-9, rtol=0)
+    assert mean.dtype == torch.float64
+    # made a block of frames at a time or all at once: the same samples; a window of frames: the whole's
+    assert torch.equal(harmonic_mean(track, HOP, FS, block=2), harmonic_mean(track, HOP, FS, block=None))
+    assert torch.equal(harmonic_mean(track.frames(2, 5), HOP, FS, num_samples=3 * HOP), mean[:, 2 * HOP: 5 * HOP])
+
+
+def test_harmonic_amplitudes_start_silent_and_learn_from_the_likelihood():
+    model = source_model(dtype=torch.float32, source_harmonics=4)
+    with torch.no_grad():
+        model.harmonics.out.weight.zero_()
+    audio, f0, _ = _harmonic_signal(0.4)
+    mel = mel_spectrogram(audio, MelConfig())
+    track = model.source_track(mel)
+    assert model.harmonic_mean(track, audio.shape[1]).abs().max() == 0  # zero-initialised output conv
+    loss, _ = model.training_loss(audio, mel, pitch=(f0, torch.ones_like(f0)))
+    loss.backward()
+    assert model.harmonics.out.weight.grad.abs().sum() > 0
 
 
 def test_phase_steps_are_the_sum_of_the_interpolated_frequency():
@@ -178,19 +219,27 @@ def source_model(seed: int = 0, dtype=torch.float64, **switches) -> WaveGlow:
         if model.filter is not None:
             model.filter.end.weight.normal_(0.0, 0.05)
             model.filter.end.bias.normal_(0.0, 0.05)
+        if model.harmonics is not None:
+            model.harmonics.out.weight.normal_(0.0, 0.01)
     return model
 
 
 SWITCHES = {"source": {}, "source+energy": {"energy_prior": True}, "source+filter": {"source_filter": True},
-            "source+filter+energy": {"source_filter": True, "energy_prior": True}}
+            "source+filter+energy": {"source_filter": True, "energy_prior": True},
+            "source+harmonics": {"source_harmonics": 6}, "source+harmonics+energy": {"source_harmonics": 6,
+                                                                                     "energy_prior": True}}
 
 
-def _inputs(samples: int, seed: int = 0, dtype=torch.float64):
+def _inputs(samples: int, seed: int = 0, dtype=torch.float64, harmonics: int = 0):
     g = torch.Generator().manual_seed(seed)
     audio = 0.3 * torch.randn(1, samples, generator=g, dtype=dtype)
     mel = torch.randn(1, 80, samples // HOP + 1, generator=g, dtype=dtype) - 4.0
-    exc = torch.randn(1, samples, generator=g, dtype=dtype) * 0.1
-    return audio, mel, exc
+    frames = mel.shape[-1]
+    voiced = (torch.rand(1, frames, generator=g) > 0.2).float()
+    track = free_track((120 + 150 * torch.rand(1, frames, generator=g)) * voiced, voiced, HOP, FS)
+    if harmonics:  # amplitudes a harmonic mean reads
+        track = track.with_amplitudes(0.02 * torch.randn(1, 2 * harmonics, frames, generator=g, dtype=dtype))
+    return audio, mel, track
 
 
 def test_the_source_filter_puts_the_excitation_in_the_signal_path():
@@ -199,34 +248,35 @@ def test_the_source_filter_puts_the_excitation_in_the_signal_path():
     torch.manual_seed(0)
     model = WaveGlow(WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__, "source": True, "source_channels": 8,
                                        "source_filter": True})).double()
-    audio, mel, exc = _inputs(512)
-    cond = model.condition(mel, 512, excitation=exc)
+    audio, mel, track = _inputs(512)
+    cond = model.condition(mel, 512, track=track)
     assert torch.equal(model.filter(cond[:, -8:], cond), torch.zeros(1, 16, 64, dtype=torch.float64))  # identity
     with torch.no_grad():
         model.filter.end.weight.zero_()
         model.filter.end.weight[:8, :].normal_(0, 0.3)  # the mean reads the gated excitation; log_s stays 0
-    silent = model.inverse(torch.zeros(1, 8, 64, dtype=torch.float64), mel, exc)
-    louder = model.inverse(torch.zeros(1, 8, 64, dtype=torch.float64), mel, 3 * exc)
-    assert silent.abs().max() > 1e-3 and not torch.allclose(silent, louder)
+    silent = model.inverse(torch.zeros(1, 8, 64, dtype=torch.float64), mel, track)
+    higher = free_track(track.f0 * 1.5, track.voiced, HOP, FS)
+    assert silent.abs().max() > 1e-3
+    assert not torch.allclose(silent, model.inverse(torch.zeros(1, 8, 64, dtype=torch.float64), mel, higher))
     with pytest.raises(WavflowError, match="source_filter=true .* needs source=true"):
         WaveGlowConfig(source_filter=True)
 
 
 def test_source_channels_join_the_conditioning_and_change_the_flow():
     model = source_model()
-    audio, mel, exc = _inputs(512)
+    audio, mel, track = _inputs(512)
     assert model.coupling[0].net.cond_layer.weight.shape[1] == 81 * 8
-    z1, _ = model(audio, mel, exc)
-    z2, _ = model(audio, mel, exc * 2)
+    z1, _ = model(audio, mel, track)
+    z2, _ = model(audio, mel, free_track(track.f0 * 2, track.voiced, HOP, FS))
     assert not torch.allclose(z1, z2)
 
 
 @pytest.mark.parametrize("switches", SWITCHES)
 def test_source_model_is_exactly_invertible(switches):
     model = source_model(**SWITCHES[switches])
-    audio, mel, exc = _inputs(1024 + 40)
-    z, _ = model(audio, mel, exc)
-    torch.testing.assert_close(model.inverse(z, mel, exc), audio[:, : z.shape[-1] * 8], atol=1e-10, rtol=0)
+    audio, mel, track = _inputs(1024 + 40, harmonics=SWITCHES[switches].get("source_harmonics", 0))
+    z, _ = model(audio, mel, track)
+    torch.testing.assert_close(model.inverse(z, mel, track), audio[:, : z.shape[-1] * 8], atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("switches", SWITCHES)
@@ -234,10 +284,10 @@ def test_source_model_likelihood_is_change_of_variables(switches):
     """log p = log N(z; 0, (sigma s_g)^2) + log|det dz/dx|, the Jacobian by autograd, per sample."""
     energy_prior = SWITCHES[switches].get("energy_prior", False)
     model = source_model(seed=2, **SWITCHES[switches])
-    audio, mel, exc = _inputs(64, seed=1)
-    ll = model.log_likelihood(audio, mel, exc)
-    z, logdet = model(audio, mel, exc)
-    jac = torch.autograd.functional.jacobian(lambda a: model(a[None], mel, exc)[0].reshape(-1), audio[0])
+    audio, mel, track = _inputs(64, seed=1, harmonics=SWITCHES[switches].get("source_harmonics", 0))
+    ll = model.log_likelihood(audio, mel, track)
+    z, logdet = model(audio, mel, track)
+    jac = torch.autograd.functional.jacobian(lambda a: model(a[None], mel, track)[0].reshape(-1), audio[0])
     slogdet = torch.linalg.slogdet(jac)[1]
     assert abs(slogdet.item()) > 0.5
     torch.testing.assert_close(logdet[0], slogdet, atol=1e-8, rtol=0)
@@ -270,17 +320,18 @@ def test_infer_equals_the_inverse_of_the_predicted_source(switches):
     mel = _inputs(30 * HOP, seed=4, dtype=torch.float32)[1][..., :30]
     noise = model.draw_noise(1, 30 * HOP, torch.Generator().manual_seed(0))
     audio = model.infer(mel, noise=noise, sigma=0.7)
-    exc = model.excitation(model.source_track(mel), 30 * HOP)
+    track = model.source_track(mel)
     z = 0.7 * noise * (model.prior_scale(mel, noise.shape[-1]) if energy_prior else 1.0)
-    torch.testing.assert_close(audio, model.inverse(z, mel, exc), atol=1e-4, rtol=0)
-    f0, voiced = model.source.predict(mel)
-    assert voiced.sum() > 0 and exc.abs().max() > 0  # the test is not vacuous: some frames are voiced
+    torch.testing.assert_close(audio, model.inverse(z, mel, track), atol=1e-4, rtol=0)
+    assert track.voiced.sum() > 0 and model.excitation(track, 30 * HOP).abs().max() > 0  # some frames are voiced
+    if model.harmonics is not None:
+        assert model.harmonic_mean(track, 30 * HOP).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("source_filter", [False, True])
+@pytest.mark.parametrize("switches", ["source+filter+energy", "source+harmonics+energy"])
 @pytest.mark.parametrize("chunk", [0.0116, 0.0813])
-def test_source_model_streams_like_the_whole_utterance(chunk, source_filter):
-    model = source_model(dtype=torch.float32, energy_prior=True, source_filter=source_filter).eval()
+def test_source_model_streams_like_the_whole_utterance(chunk, switches):
+    model = source_model(dtype=torch.float32, **SWITCHES[switches]).eval()
     with torch.no_grad():
         model.source.out.bias.copy_(torch.tensor([0.0, 3.0]))  # voiced throughout: the phase must carry
     mel = _inputs(40 * HOP, seed=6, dtype=torch.float32)[1][..., :40]

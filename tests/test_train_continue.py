@@ -308,3 +308,18 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_it(clips3, tmp_path, monk
     assert trainer.amp_dtype == (torch.bfloat16 if native else None)
     assert len(trainer.losses) == 2 and all(math.isfinite(v) for v in trainer.losses)
     assert log_records(tmp_path / "out")[-1]["run/precision"] == trainer.precision
+
+
+def test_a_run_resumes_after_the_model_config_gained_a_field(clips3, tmp_path):
+    """A checkpoint written before a config field existed (here: its model_config lacks the source switches)
+    resumes with the field's default, as it loads; a real difference is still refused by name."""
+    path = write_config(tmp_path / "c.yaml", clips3, train={"max_steps": 2, "valid_every": 10**6})
+    train(path, tmp_path / "out")
+    ck = torch.load(tmp_path / "out" / "last.pt", weights_only=True)
+    for key in ("source", "source_filter", "source_harmonics", "energy_prior", "spectral_weight"):
+        del ck["model_config"][key]
+    torch.save(ck, tmp_path / "out" / "last.pt")
+    trainer = Trainer(load_config(path, ["train.max_steps=3"]), tmp_path / "out", resume=True)
+    assert trainer.fit() == 0 and trainer.state.step == 3
+    with pytest.raises(WavflowError, match="model_config differs from the config in n_flows"):
+        Trainer(load_config(path, ["train.max_steps=4", "model_config.n_flows=2"]), tmp_path / "out", resume=True)

@@ -221,10 +221,28 @@ def model_from_payload(obj: dict[str, Any], source: str = "checkpoint") -> torch
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Load any checkpoint wavflow understands as a model in eval mode on `device`.
 
-    Native wavflow checkpoints, and NVIDIA's WaveGlow files in their three layouts (see wavflow.nvidia).
-    The returned model carries `.config`, `.mel_config` and `.model_type`.
+    Native wavflow checkpoints, and NVIDIA's WaveGlow files in their three layouts (see wavflow.nvidia); or a
+    shipped model by name ("waveglow", "wavenet", "student": wavflow.resources.MODELS) where no file of that
+    name exists. The returned model carries `.config`, `.mel_config` and `.model_type`.
     """
-    return _load(path, device)[0]
+    return _load(_name_or_path(path), device)[0]
+
+
+def _name_or_path(path: str | os.PathLike) -> str | os.PathLike:
+    """`path` itself when it exists (a file named like a shipped model wins), else the shipped checkpoint it
+    names. A missing path that looks like a name (no directory, no suffix) is refused with the known names; any
+    other missing path is left to read_checkpoint's "no such checkpoint file"."""
+    from . import resources
+
+    text = os.fspath(path)
+    if Path(text).exists():
+        return path
+    if text in resources.MODELS:
+        return resources.shipped_checkpoint(text)
+    if text and os.sep not in text and "/" not in text and not Path(text).suffix:
+        raise WavflowError(f"'{text}': no such checkpoint file, nor a shipped model; shipped models: "
+                           f"{', '.join(resources.SHIPPED)} (python -m wavflow.synthesize --list-models)")
+    return path
 
 
 def load_with_step(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, int | None]:

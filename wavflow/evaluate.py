@@ -1,7 +1,7 @@
 """Evaluate vocoders on held-out LJSpeech clips: likelihood, copy-synthesis distances, Griffin-Lim as the floor.
 
     python -m wavflow.evaluate checkpoints/waveglow.pt checkpoints/wavenet.pt --data-root LJSpeech-1.1 \\
-        --json eval.json --plot eval.png --metrics pesq,stoi,dnsmos,pitch
+        --json eval.json --plot eval.png --report eval-report --metrics pesq,stoi,dnsmos,pitch
 
 For every checkpoint, on the validation clips (the last --n-valid clips of metadata.csv, as wavflow.data splits):
 
@@ -35,6 +35,11 @@ The optional metrics other than pitch (librosa only) need `pip install 'wavflow[
 speechmos + onnxruntime; DNSMOS's ONNX models ship inside speechmos, so everything runs offline). Every metric is
 a function of wavflow.metrics; this module runs them over the checkpoints and writes the table, the JSON and the
 figure.
+
+--report DIR writes an HTML report (wavflow.report) that opens from the file system: DIR/index.html with the
+metrics table, the settings and the checkpoints, and per clip each system's audio (FLAC), log-mel spectrogram and,
+with --metrics pitch, F0 contour over the recording's. Its audio is the very audio that was scored, and its pitch
+contours the very tracks the pitch metrics compared.
 """
 from __future__ import annotations
 
@@ -51,13 +56,14 @@ import numpy as np
 import torch
 
 from .checkpoint import file_sha256, load_with_step
-from .cli import ArgumentParser, number, resolve_device, run_cli
+from .cli import ArgumentParser, check_writable_dir, number, resolve_device, run_cli
 from .data import Clip, LJSpeech, validation_clips
 from .errors import WavflowError
 from .fileio import atomic_write
 from .frontend import MelConfig, mel_spectrogram
 from .metrics import METRIC_KEYS, OPTIONAL_METRICS, clip_metrics, griffin_lim, pooled_nll, require_metrics
 from .pitch import PitchSettings, PitchTrack
+from .report import write_report
 
 # Model types whose likelihood of real audio runs step by step: --nll-max-seconds caps the audio they score.
 SEQUENTIAL_LIKELIHOOD = ("student",)
@@ -101,7 +107,10 @@ class SystemResult:
     nll_samples: int = 0
     synthesis_seconds: float = 0.0
     audio_seconds: float = 0.0
-    plot_audio: torch.Tensor | None = None  # the vocoded first clip, for the figure
+    # By clip id, what was scored: the audio [T] (CPU float32) and, with the pitch metrics, its pitch track [F].
+    # The figure and the HTML report show these very tensors.
+    audio: dict[str, torch.Tensor] = field(default_factory=dict)
+    pitch: dict[str, PitchTrack] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         row: dict[str, Any] = {"name": self.name, "kind": self.kind, **self.info}
@@ -182,11 +191,27 @@ def evaluate_checkpoint(checkpoint: Checkpoint, clips: list[Clip], *, device: to
         audio = audio[0, : clip.audio.shape[0]].float().cpu()
         if not torch.isfinite(audio).all():
             raise WavflowError(f"{path}: the model vocoded non-finite samples for {clip.id}; is the checkpoint trained?")
-        result.per_clip.append({"id": clip.id, **clip_metrics(audio, clip.audio, sr, metric_mel, optional,
-                                                               reference_pitch=pitch.get(clip.id))})
-        if i == 0:
-            result.plot_audio = audio
+        score_clip(result, clip, audio, metric_mel, optional, pitch.get(clip.id))
     return result
+
+
+def score_clip(result: SystemResult, clip: Clip, audio: torch.Tensor, metric_mel: MelConfig,
+               optional: dict[str, Callable], reference_pitch: PitchTrack | None) -> None:
+    """Score one system's audio [T] of a clip against the recording (clip_metrics) into `result.per_clip`, and
+    keep the audio and, with the pitch metrics, its pitch track [F] in `result`. The track is made here and handed
+    to clip_metrics, so pYIN runs once per system and clip; the recordings' own row (`audio` is `clip.audio`)
+    reuses `reference_pitch`, the recording's track [F]."""
+    track = None
+    if "pitch" in optional:
+        settings = PitchSettings.for_mel(metric_mel)
+        if audio is clip.audio and reference_pitch is None:
+            reference_pitch = optional["pitch"](audio, settings)
+        track = reference_pitch if audio is clip.audio else optional["pitch"](audio.detach().float().cpu(), settings)
+        result.pitch[clip.id] = track
+    result.per_clip.append({"id": clip.id, **clip_metrics(audio, clip.audio, metric_mel.sample_rate, metric_mel,
+                                                           optional, reference_pitch=reference_pitch,
+                                                           estimate_pitch=track)})
+    result.audio[clip.id] = audio
 
 
 def default_name(path: Path) -> str:
@@ -199,13 +224,10 @@ def default_name(path: Path) -> str:
 def evaluate_references(clips: list[Clip], metric_mel: MelConfig, optional: dict[str, Callable], gl_iters: int,
                         seed: int, reference_pitch: dict[str, PitchTrack] | None = None) -> list[SystemResult]:
     """The recordings row and the Griffin-Lim row; `reference_pitch` as for evaluate_checkpoint."""
-    sr = metric_mel.sample_rate
     pitch = reference_pitch or {}
     real = SystemResult("real", "reference", info={"description": "the recordings themselves"})
     for clip in clips:
-        real.per_clip.append({"id": clip.id, **clip_metrics(clip.audio, clip.audio, sr, metric_mel, optional,
-                                                             reference_pitch=pitch.get(clip.id))})
-    real.plot_audio = clips[0].audio
+        score_clip(real, clip, clip.audio, metric_mel, optional, pitch.get(clip.id))
     systems = [real]
     if gl_iters > 0:
         gl = SystemResult(f"griffin-lim-{gl_iters}", "griffin-lim",
@@ -214,10 +236,7 @@ def evaluate_references(clips: list[Clip], metric_mel: MelConfig, optional: dict
         for i, clip in enumerate(clips):
             mel = mel_spectrogram(clip.audio[None], metric_mel)[0]
             audio = griffin_lim(mel, metric_mel, gl_iters, clip.audio.shape[0], seed=seed + i)
-            gl.per_clip.append({"id": clip.id, **clip_metrics(audio, clip.audio, sr, metric_mel, optional,
-                                                               reference_pitch=pitch.get(clip.id))})
-            if i == 0:
-                gl.plot_audio = audio
+            score_clip(gl, clip, audio, metric_mel, optional, pitch.get(clip.id))
         systems.append(gl)
     return systems
 
@@ -262,12 +281,12 @@ def plot_spectrograms(path: Path, clip: Clip, systems: list[SystemResult], mel_c
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [s for s in systems if s.plot_audio is not None]
+    shown = [s for s in systems if clip.id in s.audio]
     fig, axes = plt.subplots(len(shown), 1, figsize=(10, 2.1 * len(shown)), sharex=True, squeeze=False)
     seconds = clip.audio.shape[0] / mel_config.sample_rate
     lo = mel_config.silence
     for ax, s in zip(axes[:, 0], shown):
-        mel = mel_spectrogram(s.plot_audio[None], mel_config)[0].numpy()
+        mel = mel_spectrogram(s.audio[clip.id][None], mel_config)[0].numpy()
         im = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=lo, vmax=2.0,
                        extent=(0.0, seconds, 0, mel.shape[0]), interpolation="nearest")
         l1 = s.per_clip[0]["logmel_l1"]
@@ -329,7 +348,22 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="write every figure, per clip too, as JSON")
     p.add_argument("--plot", default=None, metavar="OUT.png", help="log-mel spectrograms of the first clip")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write an HTML report into DIR (created if missing): DIR/index.html with the metrics table, "
+                        "and per clip each system's audio, spectrogram and (with --metrics pitch) F0 contour, as "
+                        "files beside it; it opens from the file system, with no server and no network")
     return p
+
+
+def _writable_report_dir(path: str | None) -> Path | None:
+    """--report's directory, refused in one line before any work where nothing can be written there."""
+    if path is None:
+        return None
+    try:
+        check_writable_dir(path)
+    except WavflowError as e:
+        raise WavflowError(f"--report {e}") from None
+    return Path(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -355,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise WavflowError(f"--nll-max-seconds must be >= 0 (0: whole clips), got {args.nll_max_seconds}")
     json_path = _writable_output(args.json, "--json")
     plot_path = _writable_output(args.plot, "--plot")
+    report_dir = _writable_report_dir(args.report)
     paths = [Path(c) for c in args.checkpoints]
     names = [n.strip() for n in args.names.split(",")] if args.names is not None else [None] * len(paths)
     if len(names) != len(paths) or not all(n is None or n for n in names):
@@ -427,6 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plot_path is not None:
         plot_spectrograms(plot_path, clips[0], systems, metric_mel)
         log(f"  wrote {plot_path}")
+    if report_dir is not None:
+        index = write_report(report_dir, report, {s.name: s.audio for s in systems}, metric_mel.sample_rate,
+                             metric_mel, {s.name: s.pitch for s in systems} if "pitch" in optional else None)
+        log(f"  wrote {index}")
     return 0
 
 

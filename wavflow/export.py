@@ -76,7 +76,7 @@ class WaveGlowGraph(nn.Module):
         model = folded_copy(model)
         self.config, self.hop = model.config, model.mel_config.hop_length
         self.rate = model.mel_config.sample_rate
-        self.source, self.filter = model.source, model.filter
+        self.source, self.filter, self.harmonics = model.source, model.filter, model.harmonics
         self._model = [model]  # prior_scale: the energy prior's std per group (no weights)
         self.upsample = model.upsample
         self.nets = nn.ModuleList(c.net for c in model.coupling)
@@ -91,15 +91,17 @@ class WaveGlowGraph(nn.Module):
             cond = cond[:, :, : self.hop - cfg.upsample_kernel]  # F * hop samples (a constant crop: length stays dynamic)
         b, c = cond.shape[0], cond.shape[1]
         cond = cond.reshape(b, c, -1, g).transpose(2, 3).reshape(b, c * g, -1)  # flows.squeeze
-        f0 = voiced = None
+        f0 = voiced = track = None
         if self.source is not None:
             from .source import excitation, free_track
 
             log_f0, logit = self.source(mel)
             voiced = (logit > 0).to(mel.dtype)
             f0 = torch.exp(log_f0) * voiced
-            e = excitation(free_track(f0, voiced, self.hop, self.rate, traceable=True), self.hop, self.rate,
-                           cfg.source_amplitude)
+            track = free_track(f0, voiced, self.hop, self.rate, traceable=True)
+            if self.harmonics is not None:
+                track = track.with_amplitudes(self.harmonics(mel))
+            e = excitation(track, self.hop, self.rate, cfg.source_amplitude)
             cond = torch.cat([cond, e.reshape(b, 1, -1, g).transpose(2, 3).reshape(b, g, -1)], 1)
         z = z * sigma
         scale = self._model[0].prior_scale(mel, z.shape[-1])
@@ -120,6 +122,10 @@ class WaveGlowGraph(nn.Module):
             mean, log_s = self.filter(cond[:, -g:], cond).chunk(2, 1)
             x = x * torch.exp(log_s) + mean
         audio = x.transpose(1, 2).reshape(b, -1)  # flows.unsqueeze to [B, T]
+        if self.harmonics is not None:  # the harmonic mean, all frames in one block (a traced loop would not
+            from .source import harmonic_mean  # follow the dynamic length)
+
+            audio = audio + harmonic_mean(track, self.hop, self.rate, block=None)
         return audio if f0 is None else (audio, f0, voiced)
 
 
@@ -241,10 +247,9 @@ def reference_audio(model: nn.Module, mel: Tensor, z: Tensor, scalar: str, value
     param = next(iter(model.parameters()))
     options: dict[str, Any] = {scalar: value}
     if has_source(model):
-        from .source import free_track
-
         f0, voiced = (torch.from_numpy(o).to(param.device) for o in outputs[1:3])
-        options["source_track"] = free_track(f0, voiced, model.mel_config.hop_length, model.mel_config.sample_rate)
+        with torch.no_grad():
+            options["source_track"] = model.track_of(f0, voiced, mel.to(param.device))
     with torch.no_grad():
         return model.infer(mel.to(param.device), noise=z.to(param.device), **options).float().cpu()
 
@@ -298,7 +303,9 @@ def _main(argv: Sequence[str] | None) -> None:
                                               "folded, 1x1 inverses precomputed; inputs mel, z and sigma or "
                                               "temperature; output audio; dynamic batch and length).")
     p.add_argument("checkpoint", nargs="?", help="a wavflow checkpoint or an NVIDIA WaveGlow file")
-    p.add_argument("--model", choices=SHIPPED, help="a shipped checkpoint instead: waveglow or student")
+    p.add_argument("--model", choices=SHIPPED, metavar="NAME",
+                   help=f"a shipped model by name instead: {', '.join(SHIPPED)} (the WaveNet teacher, autoregressive, "
+                        "does not export)")
     p.add_argument("-o", "--output", metavar="OUT", help="the .onnx file to write (default: CHECKPOINT's name "
                                                          "with .onnx, in the current directory)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")

@@ -123,13 +123,15 @@ def _to_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def clip_metrics(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: int, mel_config: MelConfig,
-                 optional: dict[str, Callable], *, reference_pitch: PitchTrack | None = None
-                 ) -> dict[str, float | None]:
+                 optional: dict[str, Callable], *, reference_pitch: PitchTrack | None = None,
+                 estimate_pitch: PitchTrack | None = None) -> dict[str, float | None]:
     """All metrics of one vocoded clip [T] against its recording [T]; keys METRIC_KEYS, None where not asked.
 
     The pitch metrics track both clips at the frames of `mel_config` (PitchSettings.for_mel). `reference_pitch`:
     the recording's track [F] when already known (one track per recording, whatever the number of systems held
-    against it); an estimate that is the reference tensor itself reuses the reference's track.
+    against it); an estimate that is the reference tensor itself reuses the reference's track. `estimate_pitch`:
+    the estimate's track [F] when the caller tracked it already (wavflow.evaluate keeps it for its report), so
+    pYIN runs once per clip and system.
     """
     same = estimate is reference
     est = estimate.detach().float().cpu()
@@ -156,7 +158,8 @@ def clip_metrics(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: i
     if "pitch" in optional:
         settings = PitchSettings.for_mel(mel_config)
         ref_track = reference_pitch if reference_pitch is not None else optional["pitch"](ref, settings)
-        est_track = ref_track if same else optional["pitch"](est, settings)
+        est_track = (estimate_pitch if estimate_pitch is not None else ref_track if same
+                     else optional["pitch"](est, settings))
         errors = pitch_errors(ref_track, est_track)  # NaN gpe and cents where no frame is voiced in both
         out.update({key: errors[key] for key in PITCH_KEYS})
     return out

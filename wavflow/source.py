@@ -81,21 +81,49 @@ class PitchPredictor(nn.Module):
         return torch.exp(log_f0.float()) * voiced, voiced
 
 
+class HarmonicAmplitudes(nn.Module):
+    """Frame-rate convolutions from the mel to the cosine and sine amplitudes of harmonics 1..K of F0:
+    mel [B, n_mels, F] -> [B, 2K, F] (cosines first). The output conv starts at zero, so the harmonic mean
+    starts silent. Local in time like PitchPredictor (`reach` frames either side)."""
+
+    def __init__(self, n_mels: int, harmonics: int, channels: int = 64, layers: int = 4, kernel_size: int = 5):
+        super().__init__()
+        self.inp = nn.Conv1d(n_mels, channels, 1)
+        self.convs = nn.ModuleList(nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+                                   for _ in range(layers))
+        self.out = nn.Conv1d(channels, 2 * harmonics, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.reach = layers * (kernel_size // 2)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        h = self.inp(mel)
+        for conv in self.convs:
+            h = h + conv(F.leaky_relu(h, 0.1))
+        return self.out(F.leaky_relu(h, 0.1))
+
+
 @dataclass
 class SourceTrack:
-    """Everything the excitation of frames [k0, k0 + F) needs: f0 [B, F] Hz (0 where unvoiced), voiced
-    [B, F] 0/1, detune [B, F] Hz and anchors [B, F] float64, the phase at each frame centre (mod 2 pi)."""
+    """Everything the source of frames [k0, k0 + F) needs: f0 [B, F] Hz (0 where unvoiced), voiced [B, F] 0/1,
+    detune [B, F] Hz, anchors [B, F] float64 (the phase at each frame centre, mod 2 pi) and, for a model whose
+    audio has a harmonic mean, the harmonics' amplitudes [B, 2K, F] (HarmonicAmplitudes)."""
     f0: Tensor
     voiced: Tensor
     detune: Tensor
     anchors: Tensor
+    amplitudes: Tensor | None = None
 
     def frames(self, start: int, stop: int) -> "SourceTrack":
         """Frames [start, stop), and the frame after them where there is one: a frame's samples interpolate
         towards the next frame, so the excitation of the first (stop - start) * hop samples equals the whole's."""
         end = min(stop + 1, self.f0.shape[1])
+        amplitudes = None if self.amplitudes is None else self.amplitudes[..., start:end]
         return SourceTrack(self.f0[:, start:end], self.voiced[:, start:end], self.detune[:, start:end],
-                           self.anchors[:, start:end])
+                           self.anchors[:, start:end], amplitudes)
+
+    def with_amplitudes(self, amplitudes: Tensor | None) -> "SourceTrack":
+        return SourceTrack(self.f0, self.voiced, self.detune, self.anchors, amplitudes)
 
 
 def _filled(f0: Tensor, voiced: Tensor) -> Tensor:
@@ -168,6 +196,52 @@ def locked_track(audio: Tensor, f0: Tensor, voiced: Tensor, hop: int, sample_rat
     return SourceTrack(f0, voiced, detune.float().to(f0.device), anchors.to(f0.device))
 
 
+def _phase(track: SourceTrack, hop: int, sample_rate: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(phi, freq, gate), each [B, F, hop] float64: the phase (mod 2 pi), the interpolated F0 and voicing of every
+    sample of the track's frames (module docstring)."""
+    f = _filled(track.f0, track.voiced)
+    nxt = torch.cat([f[:, 1:], f[:, -1:]], 1)
+    v = track.voiced.double()
+    v_next = torch.cat([v[:, 1:], v[:, -1:]], 1)
+    j = torch.arange(hop, device=f.device, dtype=torch.float64)
+    slope = (nxt - f)[..., None] / hop  # Hz per sample
+    freq = f[..., None] + slope * j  # [B, F, hop]
+    offset = 2 * math.pi / sample_rate * (j * (f + track.detune.double())[..., None] + slope * (j * (j - 1) / 2))
+    phi = torch.remainder(track.anchors.double()[..., None] + offset, 2 * math.pi)
+    gate = v[..., None] + (v_next - v)[..., None] * (j / hop)
+    return phi, freq, gate
+
+
+def harmonic_mean(track: SourceTrack, hop: int, sample_rate: int, num_samples: int | None = None,
+                  block: int | None = 32) -> Tensor:
+    """The harmonic part of the audio the track's amplitudes describe: [B, F * hop] (or the first num_samples),
+    in the amplitudes' dtype (float32 at least).
+
+    Sample j of frame k: voicing * sum_{m <= K, m f < fs / 2} a_m cos(m phi) + b_m sin(m phi), with (a, b) the
+    track's amplitudes [B, 2K, F] interpolated linearly between frame centres, like F0 and the voicing. Made
+    `block` frames at a time: the cosines of a block are [B, K, block, hop] (None: every frame at once).
+    """
+    amps = track.amplitudes
+    harmonics = amps.shape[1] // 2
+    dtype = torch.promote_types(amps.dtype, torch.float32)
+    phi, freq, gate = _phase(track, hop, sample_rate)
+    nxt = torch.cat([amps[..., 1:], amps[..., -1:]], -1).to(dtype)
+    amps = amps.to(dtype)
+    m = torch.arange(1, harmonics + 1, device=amps.device, dtype=torch.float64)[None, :, None, None]
+    w = (torch.arange(hop, device=amps.device, dtype=dtype) / hop)[None, None, None, :]
+    out = []
+    step = phi.shape[1] if block is None else block
+    for k0 in range(0, phi.shape[1], step):
+        k1 = min(k0 + step, phi.shape[1])
+        angle = torch.remainder(m * phi[:, None, k0:k1], 2 * math.pi).to(dtype)  # [B, K, blk, hop]
+        below = (m * freq[:, None, k0:k1] < sample_rate / 2).to(dtype)
+        a = amps[:, :harmonics, k0:k1, None] * (1 - w) + nxt[:, :harmonics, k0:k1, None] * w
+        b = amps[:, harmonics:, k0:k1, None] * (1 - w) + nxt[:, harmonics:, k0:k1, None] * w
+        out.append(((a * torch.cos(angle) + b * torch.sin(angle)) * below).sum(1) * gate[:, k0:k1].to(dtype))
+    mean = torch.cat(out, 1).flatten(1)
+    return mean if num_samples is None else mean[:, :num_samples]
+
+
 def excitation(track: SourceTrack, hop: int, sample_rate: int, amplitude: float = 0.1,
                num_samples: int | None = None) -> Tensor:
     """The harmonic excitation of a track's frames: [B, F * hop] float32 (or the first num_samples).
@@ -178,20 +252,11 @@ def excitation(track: SourceTrack, hop: int, sample_rate: int, amplitude: float 
     """
     # float64 throughout: the pulse at each period is steep (its slope grows as K^3), and float32 phases would
     # move its peak samples by 0.1%.
-    f = _filled(track.f0, track.voiced)
-    nxt = torch.cat([f[:, 1:], f[:, -1:]], 1)
-    v = track.voiced.double()
-    v_next = torch.cat([v[:, 1:], v[:, -1:]], 1)
-    j = torch.arange(hop, device=f.device, dtype=torch.float64)
-    slope = (nxt - f)[..., None] / hop  # Hz per sample
-    freq = f[..., None] + slope * j  # [B, F, hop]
-    offset = 2 * math.pi / sample_rate * (j * (f + track.detune.double())[..., None] + slope * (j * (j - 1) / 2))
-    phi = torch.remainder(track.anchors.double()[..., None] + offset, 2 * math.pi)
+    phi, freq, gate = _phase(track, hop, sample_rate)
     k = torch.clamp(torch.floor(sample_rate / 2 / freq), min=1.0)
     half = torch.sin(phi / 2)
     small = half.abs() < 1e-6
     dirichlet = torch.where(small, k, torch.sin((k + 0.5) * phi) / (2 * torch.where(small, torch.ones_like(half),
                                                                                      half)) - 0.5)
-    gate = v[..., None] + (v_next - v)[..., None] * (j / hop)
     e = (amplitude * torch.sqrt(2.0 / k) * dirichlet * gate).flatten(1).float()
     return e if num_samples is None else e[:, :num_samples]

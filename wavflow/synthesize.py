@@ -1,4 +1,5 @@
 """`python -m wavflow.synthesize MEL.npy [MORE.npy | DIR ...] [-o OUT]`: mel spectrograms to WAV files.
+`python -m wavflow.synthesize --list-models`: the shipped models, by the names --model takes.
 
 The vocoding itself is wavflow/inference.py, whose `synthesize()` is the Python API (`wavflow.synthesize`).
 Never import this module inside the package: `import wavflow.synthesize` would make the attribute
@@ -13,6 +14,7 @@ from typing import NoReturn, Sequence
 from . import resources
 from .audio import save_wav
 from .cli import ArgumentParser, check_writable_dir, expand_inputs, number, output_paths, resolve_device, run_cli
+from .errors import WavflowError
 from .frontend import conform_mel, load_mel
 from .inference import (DEFAULT_BATCH_SIZE, SHIPPED, MelFile, check_options, input_stats, load_vocoder,
                         make_denoiser, vocode)
@@ -35,8 +37,10 @@ def build_parser() -> ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="PATH",
                      help="a wavflow checkpoint or an NVIDIA WaveGlow file (default: the shipped WaveGlow)")
-    src.add_argument("--model", choices=SHIPPED,
-                     help="a shipped checkpoint: {waveglow,wavenet,student}-ljspeech-mini.pt (default: waveglow)")
+    src.add_argument("--model", choices=SHIPPED, metavar="NAME",
+                     help=f"a shipped model by name: {', '.join(SHIPPED)} (default: waveglow; --list-models)")
+    p.add_argument("--list-models", action="store_true",
+                   help="list the shipped models (name, family, parameters, sample rate, held-out DNSMOS) and exit")
     p.add_argument("--sigma", type=number(float, minimum=0), help="WaveGlow noise scale (default 0.6)")
     p.add_argument("--temperature", type=number(float, minimum=0),
                    help="WaveNet / student sampling temperature (default 1.0)")
@@ -69,9 +73,42 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     run_cli(PROG, _main, argv)
 
 
+def models_table() -> str:
+    """The shipped models as a text table: name (what --model and wavflow.load take), family, parameters (as
+    trained: weight norm's g and v apart, as checkpoints/README.md counts them), sample rate, and the held-out
+    DNSMOS P.808 that checkpoints/README.md reports ('-' where it reports none); each file is loaded to count."""
+    from .checkpoint import load
+
+    dnsmos = resources.held_out_dnsmos()
+    rows = [("name", "family", "parameters", "sample rate", "held-out DNSMOS P.808", "file")]
+    for model in resources.MODELS.values():
+        parameters = rate = "-"  # where the file is missing or unreadable: still listed, its figures unknown
+        where = f"{model.file} (not found)"
+        try:
+            path = resources.shipped_checkpoint(model.name)
+            where = f"{model.file} (unreadable)"
+            loaded = load(path)
+            parameters = f"{sum(p.numel() for p in loaded.parameters()):,}"
+            rate = f"{loaded.mel_config.sample_rate} Hz"
+            where = model.file
+        except WavflowError:
+            pass
+        score = dnsmos.get(model.name)
+        rows.append((model.name, model.family, parameters, rate, "-" if score is None else f"{score:.2f}", where))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {2, 3, 4}  # numbers align on the right
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in rows]
+    note = "DNSMOS P.808 on held-out clips, as checkpoints/README.md reports it ('-': not measured)."
+    return "\n".join([*lines, note])
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_models:
+        print(models_table())
+        return 0
     if args.example:
         args.inputs = [*args.inputs, str(resources.example_mel())]
     if not args.inputs:

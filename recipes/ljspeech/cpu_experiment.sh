@@ -5,10 +5,12 @@
 #   bash recipes/ljspeech/cpu_experiment.sh MINUTES [--data-root DIR] [--out DIR] [--jobs N] [--check-every M]
 #
 # Stages:
-#   1 train     plain | spectral | source | source_spectral (and source_free: the source with its phase running
-#               free in training too), each for MINUTES of wall time on one CPU thread (--jobs side by side),
-#               in segments of --check-every minutes (--resume in between); after each segment the pitch of 6
-#               validation clips x 3 s is scored (OUT/VARIANT/checks.jsonl: when GPE first reaches 20%)
+#   1 train     plain | spectral | source | source_spectral | source_free (the source's phase running free in
+#               training too) | source_filter | source_harmonics (the source in the signal path; design.md
+#               section 9), each for MINUTES of its own CPU time (train.budget_clock: cpu) on one thread,
+#               --jobs side by side, in segments of --check-every minutes (--resume in between); after each
+#               segment the pitch of 6 validation clips x 3 s is scored (OUT/VARIANT/checks.jsonl: when GPE first
+#               reaches 20%)
 #   2 evaluate  every variant's last.pt on the validation clips, whole, beside the recordings and Griffin-Lim:
 #               NLL, DNSMOS P.808, pitch errors, MR-STFT, log-mel L1 (OUT/eval/results.json)
 #   3 energy    the best variant (pitch first: GPE <= 20%, then DNSMOS P.808) again with the energy prior, trained
@@ -24,7 +26,7 @@ DATA=../shared/data/LJSpeech-1.1-mini
 OUT=exp/cpu_experiment
 JOBS=2
 CHECK=10
-VARIANTS=${VARIANTS:-"plain spectral source source_spectral source_free"}
+VARIANTS=${VARIANTS:-"plain spectral source source_spectral source_free source_filter source_harmonics"}
 while [ $# -gt 0 ]; do
   case $1 in
     --data-root) DATA=$2; shift 2 ;;
@@ -48,6 +50,8 @@ overrides() {  # the model_config switches of a variant
     source) echo "model_config.source=true" ;;
     source_free) echo "model_config.source=true model_config.source_phase=free" ;;
     source_spectral) echo "model_config.source=true model_config.spectral_weight=1.0" ;;
+    source_filter) echo "model_config.source=true model_config.source_filter=true" ;;
+    source_harmonics) echo "model_config.source=true model_config.source_harmonics=48" ;;
     *+energy) echo "$(overrides "${1%+energy}") model_config.energy_prior=true" ;;
     *) echo "cpu_experiment.sh: unknown variant $1" >&2; exit 2 ;;
   esac

@@ -21,6 +21,8 @@
 #   5 vocode     python -m wavflow.synthesize on the validation clips' mels, each model's in its own checkpoint's
 #                convention (EXP/vocoded/mels/MODEL/) -> EXP/vocoded/MODEL/ID.wav
 #   6 evaluate   python -m wavflow.evaluate on the three checkpoints -> EXP/eval/{results.md,results.json,spectrograms.png}
+#                and the HTML report EXP/eval/report/index.html (metrics, settings, each clip's audio and spectrogram
+#                by every system; opens from the file system)
 #   7 benchmark  python -m wavflow.benchmark with the three checkpoints -> EXP/bench/{bench.md,bench.json,bench.png}
 # A model's checkpoint for stages 4-7 is best.pt (lowest validation NLL) when training wrote one, else last.pt.
 # An interrupted training stage resumes from its last.pt when run again, and so does one given a larger --steps;
@@ -378,7 +380,7 @@ fi
 evaluate() {
   local out="$1"
   local -a args=(--data-root "$data_root" --n-valid "$n_valid" --device "$device"
-                 --json "$out/results.json" --plot "$out/spectrograms.png")
+                 --json "$out/results.json" --plot "$out/spectrograms.png" --report "$out/report")
   [[ -n "$max_clips" ]] && args+=(--max-clips "$max_clips")
   [[ -n "$max_seconds" ]] && args+=(--max-seconds "$max_seconds")
   [[ -n "$nll_max_seconds" ]] && args+=(--nll-max-seconds "$nll_max_seconds")
@@ -391,7 +393,7 @@ evaluate() {
 eval_dir="$exp_dir/eval"
 if in_range 6; then
   all_checkpoints
-  key="$(stamp "$ckpt_wavenet" "$ckpt_waveglow" "$ckpt_student") root=$data_root n_valid=$n_valid clips=$max_clips seconds=$max_seconds nll_seconds=$nll_max_seconds metrics=$metrics device=$device"
+  key="$(stamp "$ckpt_wavenet" "$ckpt_waveglow" "$ckpt_student") root=$data_root n_valid=$n_valid clips=$max_clips seconds=$max_seconds nll_seconds=$nll_max_seconds metrics=$metrics device=$device report=1"
   if stage_done "$eval_dir" "$key"; then skip 6 evaluate "$eval_dir"; else
     need_data
     rm -rf "$eval_dir"; mkdir -p "$eval_dir"

@@ -13,9 +13,9 @@
                      the yardstick of design.md section 6; the summary prints WaveGlow's ratio to it per length.
                      On a CPU it computes in fp32 whatever --dtype (NVIDIA's CPU path is fp32), so a bf16 run
                      prints wavflow's bf16 against NVIDIA's fp32; on a GPU in --dtype, as NVIDIA runs fp16
-    waveglow_source  a WaveGlow's source alone (design.md section 9: the pitch predictor and the excitation), which
-                     the waveglow row includes; only with --models, for a WaveGlow with a source; the summary
-                     prints its share of the waveglow row's time
+    waveglow_source  a WaveGlow's source alone (design.md section 9: the pitch predictor, the excitation and the
+                     harmonic mean), which the waveglow row includes; only with --models, for a WaveGlow with a
+                     source; the summary prints its share of the waveglow row's time
     waveglow_onnx    WaveGlow / the student exported to ONNX (python -m wavflow.export) and run by onnxruntime's
     student_onnx     CPU provider on the same weights, mel and noise (onnx_rows.py); only with --models, on the
                      CPU in fp32, with the onnx extra installed
@@ -68,7 +68,9 @@ def waveglow_noise(model, mel: torch.Tensor, generator: torch.Generator) -> torc
 def _waveglow_source(model, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     if getattr(model, "source", None) is None:
         raise WavflowError("the waveglow_source row needs a WaveGlow with a source (model_config.source: true)")
-    return model.excitation(model.source_track(mel), mel.shape[-1] * model.mel_config.hop_length)
+    track, samples = model.source_track(mel), mel.shape[-1] * model.mel_config.hop_length
+    excitation, mean = model.excitation(track, samples), model.harmonic_mean(track, samples)
+    return excitation if mean is None else excitation + mean
 
 
 def _student(model, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -37,10 +37,12 @@ def nvidia_infer(model, mel: Tensor, noise: Tensor, sigma: float) -> Tensor:
     hop = model.upsample.stride[0]
     n_samples = mel.shape[-1] * hop
     cond = _grouped_conditioning(model.upsample, mel, n_samples, cfg.n_group)
+    track = None
     if getattr(model, "source", None) is not None:
         # NVIDIA's WaveGlow has no source: its excitation (wavflow's, the same in both rows) joins the grouped
         # conditioning as the coupling networks expect, so the row still times NVIDIA's flow algorithm.
-        e = model.excitation(model.source_track(mel), n_samples).to(cond.dtype)
+        track = model.source_track(mel)
+        e = model.excitation(track, n_samples).to(cond.dtype)
         cond = torch.cat([cond, e.unfold(1, cfg.n_group, cfg.n_group).transpose(1, 2)], 1)
     scale = model.prior_scale(mel, n_samples // cfg.n_group)
     if scale is not None:  # the energy prior's std per group (wavflow's; NVIDIA's prior is plain)
@@ -61,7 +63,9 @@ def nvidia_infer(model, mel: Tensor, noise: Tensor, sigma: float) -> Tensor:
     if getattr(model, "filter", None) is not None:  # wavflow's source filter, the same in both rows
         x = model.unfilter(x, cond)
     # [B, n_group, G] -> [B, G * n_group]: sample g * n_group + i is channel i of group g.
-    return x.transpose(1, 2).reshape(x.shape[0], -1)
+    audio = x.transpose(1, 2).reshape(x.shape[0], -1)
+    mean = model.harmonic_mean(track, n_samples) if track is not None else None  # wavflow's harmonic mean
+    return audio if mean is None else audio + mean.to(audio.dtype)
 
 
 def _grouped_conditioning(upsample: torch.nn.ConvTranspose1d, mel: Tensor, n_samples: int, n_group: int) -> Tensor:

@@ -33,7 +33,7 @@ from ..errors import WavflowError
 from ..flows import AffineCoupling, Invertible1x1Conv, squeeze, unsqueeze
 from ..frontend import MelConfig
 from ..losses import stft_loss
-from ..source import PitchPredictor, SourceTrack, free_track, locked_track
+from ..source import HarmonicAmplitudes, PitchPredictor, SourceTrack, free_track, harmonic_mean, locked_track
 from ..source import excitation as make_excitation
 from . import is_int, is_real, noise_device, refuse_options
 from .waveglow_sampling import BackendChoice, _CouplingPlan, _SamplingPlan, _Workspace
@@ -64,6 +64,8 @@ class WaveGlowConfig:
     source_amplitude: float = 0.1  # RMS of the excitation where voiced
     source_filter: bool = False  # with a source: a WN filters the excitation into the audio's mean and scale,
                                  # an affine step before the flows (the source in the signal path, as NSF)
+    source_harmonics: int = 0  # with a source: the audio's mean is harmonics 1..K of F0 with cosine and sine
+                               # amplitudes per frame from the mel; the flows model the rest (0: none)
     pitch_weight: float = 1.0  # training adds this x the pitch predictor's loss (voicing BCE + octaves L1)
     spectral_weight: float = 0.0  # training adds this x MR-STFT(inverse of spectral_sigma noise, recording); 0: off
     spectral_sigma: float = 0.6  # std of the noise the spectral loss's samples are made from
@@ -104,6 +106,10 @@ class WaveGlowConfig:
             problems.append(f"source_filter={self.source_filter!r} must be true or false")
         elif self.source_filter and not self.source:
             problems.append("source_filter=true filters the source's excitation: it needs source=true")
+        if not is_int(self.source_harmonics) or self.source_harmonics < 0:
+            problems.append(f"source_harmonics={self.source_harmonics!r} must be an integer >= 0")
+        elif self.source_harmonics and not self.source:
+            problems.append("source_harmonics makes harmonics of the source's F0: it needs source=true")
         if self.source_phase not in ("recording", "free"):
             problems.append(f"source_phase={self.source_phase!r} must be 'recording' or 'free'")
         if not is_int(self.source_channels) or self.source_channels < 1:
@@ -259,6 +265,9 @@ class WaveGlow(nn.Module):
         # excitation) as its gates; its end conv starts at zero, so it starts as the identity.
         self.filter = WN(config.n_group, n_cond, config.wn_layers, config.wn_channels, config.wn_kernel_size) \
             if config.source_filter else None
+        # The harmonic mean's amplitudes, per frame from the mel; the output conv starts at zero (no mean).
+        self.harmonics = HarmonicAmplitudes(n_mels, config.source_harmonics, config.source_channels) \
+            if config.source_harmonics else None
         self.convinv = nn.ModuleList()
         self.coupling = nn.ModuleList()
         for k in range(config.n_flows):
@@ -270,11 +279,12 @@ class WaveGlow(nn.Module):
 
     # ---------------------------------------------------------------- conditioning
     def condition(self, mel: Tensor, num_samples: int, weight_matrix: Tensor | None = None,
-                  excitation: Tensor | None = None) -> Tensor:
+                  track: SourceTrack | None = None) -> Tensor:
         """mel [B, n_mels, F] -> upsampled, cropped to num_samples and squeezed: [B, n_mels * n_group, T / n_group].
 
         Exactly squeeze(self.upsample(mel)[..., :T]), computed as one matmul (see upsample_squeezed). With a
-        source, the excitation [B, >= T] follows, squeezed like the audio: [B, (n_mels + 1) * n_group, T / n_group].
+        source, the excitation of `track` (None: `source_track(mel)`) follows, squeezed like the audio:
+        [B, (n_mels + 1) * n_group, T / n_group].
         """
         hop, kernel = self.mel_config.hop_length, self.config.upsample_kernel
         if (mel.shape[-1] - 1) * hop + kernel < num_samples:
@@ -283,9 +293,9 @@ class WaveGlow(nn.Module):
                                  num_samples // self.config.n_group, weight_matrix)
         if self.source is None:
             return cond
-        if excitation is None:
-            excitation = self.excitation(self.source_track(mel), num_samples)
-        e = squeeze(excitation[:, None, :num_samples].to(cond.dtype), self.config.n_group)
+        if track is None:
+            track = self.source_track(mel)
+        e = squeeze(self.excitation(track, num_samples)[:, None].to(cond.dtype), self.config.n_group)
         return torch.cat([cond, e], 1)
 
     @property
@@ -294,9 +304,27 @@ class WaveGlow(nn.Module):
         return self.source is not None
 
     def source_track(self, mel: Tensor) -> SourceTrack:
-        """The inference source of a mel [B, n_mels, F]: predicted F0 and voicing, phase running free from 0."""
+        """The inference source of a mel [B, n_mels, F]: predicted F0 and voicing, phase running free from 0, and
+        the harmonic mean's amplitudes."""
         f0, voiced = self.source.predict(mel.to(self.source.inp.weight.dtype))
-        return free_track(f0, voiced, self.mel_config.hop_length, self.mel_config.sample_rate)
+        return self.track_of(f0, voiced, mel)
+
+    def track_of(self, f0: Tensor, voiced: Tensor, mel: Tensor) -> SourceTrack:
+        """The inference source of given F0 and voicing [B, F] (phase running free from 0) for a mel."""
+        return self.with_amplitudes(free_track(f0, voiced, self.mel_config.hop_length, self.mel_config.sample_rate),
+                                    mel)
+
+    def with_amplitudes(self, track: SourceTrack, mel: Tensor) -> SourceTrack:
+        """The track with the harmonic mean's amplitudes of this mel (unchanged without harmonics)."""
+        if self.harmonics is None:
+            return track
+        return track.with_amplitudes(self.harmonics(mel.to(self.harmonics.inp.weight.dtype)))
+
+    def harmonic_mean(self, track: SourceTrack | None, num_samples: int) -> Tensor | None:
+        """The audio's harmonic mean [B, num_samples] from the track's amplitudes (None without harmonics)."""
+        if self.harmonics is None:
+            return None
+        return harmonic_mean(track, self.mel_config.hop_length, self.mel_config.sample_rate, num_samples)
 
     def excitation(self, track: SourceTrack, num_samples: int) -> Tensor:
         """The excitation [B, num_samples] of a track's frames (wavflow.source.excitation)."""
@@ -330,17 +358,24 @@ class WaveGlow(nn.Module):
         return k > 0 and k % self.config.n_early_every == 0
 
     # ---------------------------------------------------------------- density
-    def forward(self, audio: Tensor, mel: Tensor, excitation: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, audio: Tensor, mel: Tensor, track: SourceTrack | None = None) -> tuple[Tensor, Tensor]:
         """audio [B, T], mel [B, n_mels, F] -> (z [B, n_group, T // n_group], logdet [B]).
 
         z holds the early outputs first, in the order they leave, then the last flow's channels (NVIDIA's
         layout). A trailing T mod n_group samples are ignored. logdet = sum log_s + sum G log|det W|.
-        excitation [B, >= T]: the source's, for a model with one (None: made from the mel, `source_track`).
+        track: the source's, for a model with one (None: predicted from the mel, `source_track`); the harmonic
+        mean it describes is taken from the audio before the flows.
         """
         g = self.config.n_group
         t = audio.shape[-1] // g * g
-        cond = self.condition(mel, t, excitation=excitation)
-        x = squeeze(audio[:, None, :t], g)
+        if self.source is not None and track is None:
+            track = self.source_track(mel)
+        cond = self.condition(mel, t, track=track)
+        audio = audio[:, :t]
+        mean = self.harmonic_mean(track, t)
+        if mean is not None:
+            audio = audio - mean.to(audio.dtype)
+        x = squeeze(audio[:, None], g)
         logdet = x.new_zeros(x.shape[0])
         if self.filter is not None:
             mean, log_s = self.filter(cond[:, -g:], cond).chunk(2, 1)
@@ -357,12 +392,16 @@ class WaveGlow(nn.Module):
         outputs.append(x)
         return torch.cat(outputs, 1), logdet
 
-    def inverse(self, z: Tensor, mel: Tensor, excitation: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, mel: Tensor, track: SourceTrack | None = None) -> Tensor:
         """The exact inverse of forward: z [B, n_group, G], mel [B, n_mels, F >= G * n_group / hop] -> audio [B, G * n_group]."""
         cfg = self.config
         t = z.shape[-1] * cfg.n_group
-        cond = self.condition(mel, t, excitation=excitation)
-        return self._inverse(z, lambda k, x: self.coupling[k].inverse(x, cond), cond)
+        if self.source is not None and track is None:
+            track = self.source_track(mel)
+        cond = self.condition(mel, t, track=track)
+        audio = self._inverse(z, lambda k, x: self.coupling[k].inverse(x, cond), cond)
+        mean = self.harmonic_mean(track, t)
+        return audio if mean is None else audio + mean.to(audio.dtype)
 
     def unfilter(self, x: Tensor, cond: Tensor) -> Tensor:
         """Undo the source filter (when there is one): x [B, n_group, G] -> x exp(log_s) + mean."""
@@ -383,14 +422,14 @@ class WaveGlow(nn.Module):
                 x = torch.cat([z[:, j * cfg.n_early_size: (j + 1) * cfg.n_early_size], x], 1)
         return unsqueeze(self.unfilter(x, cond), cfg.n_group)[:, 0]
 
-    def log_likelihood(self, audio: Tensor, mel: Tensor, excitation: Tensor | None = None) -> Tensor:
+    def log_likelihood(self, audio: Tensor, mel: Tensor, track: SourceTrack | None = None) -> Tensor:
         """[B] mean log-density per audio sample in nats (audio in [-1, 1], every constant included, design.md section 2).
 
-        With a source, the density is conditioned on the mel alone: the excitation comes from the predicted
-        pitch with its phase running free, as in sampling, unless `excitation` is given (training's).
+        With a source, the density is conditioned on the mel alone: the source comes from the predicted pitch
+        with its phase running free, as in sampling, unless `track` is given (training's).
         With the energy prior, z ~ N(0, sigma^2 s_g^2) per group g: -log s_g per sample joins the log-density.
         """
-        z, logdet = self(audio, mel, excitation)
+        z, logdet = self(audio, mel, track)
         n = z.shape[1] * z.shape[2]
         var = self.config.sigma**2
         acc = torch.promote_types(z.dtype, torch.float32)  # sum bf16/fp16 activations in float32
@@ -411,7 +450,7 @@ class WaveGlow(nn.Module):
         the training excitation is made from it (phase-locked to the recording with source_phase "recording").
         """
         cfg = self.config
-        excitation = None
+        track = None
         logs: dict[str, float] = {}
         extra = audio.new_zeros(())
         if self.source is not None:
@@ -423,11 +462,11 @@ class WaveGlow(nn.Module):
             with torch.no_grad():
                 track = (locked_track(audio, f0, voiced, hop, rate) if cfg.source_phase == "recording"
                          else free_track(f0, voiced, hop, rate))
-                excitation = self.excitation(track, audio.shape[-1])
+            track = self.with_amplitudes(track, mel)  # with gradients: the likelihood trains them
             pitch_loss, pitch_logs = self.source.loss(mel, f0, voiced)
             extra = extra + cfg.pitch_weight * pitch_loss
             logs.update(pitch_logs)
-        nll = -self.log_likelihood(audio, mel, excitation).mean()
+        nll = -self.log_likelihood(audio, mel, track).mean()
         logs["nll"] = nll.item()
         if cfg.spectral_weight > 0:
             g = cfg.n_group
@@ -436,7 +475,7 @@ class WaveGlow(nn.Module):
             scale = self.prior_scale(mel, t // g)
             if scale is not None:
                 z = z * scale
-            sample = self.inverse(z, mel, excitation)
+            sample = self.inverse(z, mel, track)
             sc, logmag = stft_loss(sample.float(), audio[:, :t].float())
             extra = extra + cfg.spectral_weight * (sc + logmag)
             logs["spectral/sc"], logs["spectral/logmag"] = sc.item(), logmag.item()
@@ -481,12 +520,9 @@ class WaveGlow(nn.Module):
         # fp16 model runs its coupling networks in that dtype, the cheap affine and 1x1 updates in float32, so the
         # state is not rounded to 8 or 11 bits twelve times over.
         state_dtype = torch.promote_types(mel.dtype, torch.float32)
-        exc = None
-        if self.source is not None:
-            if source_track is None:
-                source_track = self.source_track(mel)
-            exc = self.excitation(source_track, t)
-        cond_in = self.condition(mel.to(plan.dtype), t, plan.upsample, excitation=exc)
+        if self.source is not None and source_track is None:
+            source_track = self.source_track(mel)
+        cond_in = self.condition(mel.to(plan.dtype), t, plan.upsample, track=source_track)
         backend = plan.backend_for(mel.device, t // cfg.n_group).backend
         x = torch.empty(shape, device=mel.device, dtype=state_dtype)
         x.copy_(noise).mul_(sigma)  # our own buffer: sampling works in place
@@ -495,7 +531,9 @@ class WaveGlow(nn.Module):
             x.mul_(scale)
         # One utterance at a time: each matmul is already large (G = 2756 columns per second of audio).
         work = _Workspace()
-        return torch.stack([self._sample_one(plan, x[i], cond_in[i], backend, work) for i in range(b)])
+        audio = torch.stack([self._sample_one(plan, x[i], cond_in[i], backend, work) for i in range(b)])
+        mean = self.harmonic_mean(source_track, t)
+        return audio if mean is None else audio.add_(mean.to(audio.dtype))
 
     def sampling_backend(self, num_samples: int, device: torch.device | str = "cpu") -> "BackendChoice":
         """The backend `infer` uses for an utterance of num_samples on `device`, chosen now if it is not yet
