@@ -137,7 +137,7 @@ def figure(out: Path, variants: list[str], results: dict) -> None:
         ax.set_ylabel("mel band")
     axes[-1, 0].set_xlabel(f"time (s): {clip.id}")
     fig.colorbar(im, ax=axes[:, 0].tolist(), label="ln mel", shrink=0.9)
-    fig.savefig(out / "spectrograms.png", dpi=100)
+    fig.savefig(out / "spectrograms.png", dpi=72)  # small enough to keep in docs/
     print(f"wrote {out / 'spectrograms.png'}")
 
 
