@@ -433,3 +433,47 @@ def test_a_source_model_trains_on_crops_with_pitch(ljspeech_root, tmp_path, monk
     assert len(list((tmp_path / "pitch").glob("*.npz"))) == 30  # every training clip tracked once
     model = load(tmp_path / "run" / "last.pt")
     assert model.config.source and isinstance(model.source_track(torch.randn(1, 80, 5)), SourceTrack)
+
+
+@pytest.mark.parametrize("weight_norm", [True, False])
+def test_a_plain_waveglow_grows_a_source_and_vocodes_what_it_did(weight_norm):
+    torch.manual_seed(0)
+    plain = WaveGlow(WaveGlowConfig.tiny())
+    with torch.no_grad():
+        for c in plain.coupling:
+            c.net.end.weight.normal_(0.0, 0.05)
+            c.net.cond_layer.bias.normal_(0.0, 0.1)
+    if not weight_norm:
+        plain.remove_weight_norm()
+    plain.eval()
+    grown = plain.grown(WaveGlowConfig(**{**plain.config.__dict__, "source": True, "source_harmonics": 8,
+                                          "source_filter": True, "source_channels": 8})).eval()
+    assert grown.config.source and grown.harmonics is not None and grown.filter is not None
+    mel = _inputs(20 * HOP, seed=2, dtype=torch.float32)[1][..., :20]
+    noise = plain.draw_noise(1, 20 * HOP, torch.Generator().manual_seed(0))
+    assert torch.equal(grown.infer(mel, noise=noise), plain.infer(mel, noise=noise))
+    assert grown.coupling[0].net.cond_layer.weight.shape[1] == 81 * 8
+    for bad, name in (({"n_flows": 2}, "n_flows"), ({"energy_prior": True}, "energy_prior")):
+        with pytest.raises(WavflowError, match=f"cannot grow .*{name}"):
+            plain.grown(WaveGlowConfig(**{**plain.config.__dict__, "source": True, **bad}))
+    with pytest.raises(WavflowError, match="cannot grow"):  # a source is never taken away
+        grown.grown(plain.config)
+
+
+def test_init_from_a_plain_checkpoint_with_a_source_in_the_config_grows_it(ljspeech_root, tmp_path, monkeypatch):
+    from wavflow.train import train
+
+    monkeypatch.setattr(pitch_module, "track_pitch", _fake_tracker)
+    monkeypatch.setattr(pitch_module, "cache_dir", lambda root: tmp_path / "pitch")
+    torch.manual_seed(0)
+    plain = WaveGlow(WaveGlowConfig(n_flows=2, n_early_every=4, n_early_size=2, wn_layers=2, wn_channels=8,
+                                    upsample_frames=1))
+    save_checkpoint(tmp_path / "plain.pt", model_payload(plain, step=7))
+    trainer = train(REPO / "recipes/ljspeech/conf/waveglow.cpu.yaml", overrides=[
+        f"data.root={ljspeech_root}", "data.n_valid=3", "data.segment_length=2048", "data.batch_size=2",
+        "model_config.n_flows=2", "model_config.wn_layers=2", "model_config.wn_channels=8",
+        "model_config.source=true", "model_config.source_harmonics=4", "model_config.source_channels=8",
+        "train.max_steps=2", "train.valid_every=2", "train.valid_clips=1", "train.valid_max_seconds=0.5",
+        "train.progress=false"], out_dir=tmp_path / "run", init=tmp_path / "plain.pt")
+    assert trainer.model.config.source and trainer.model.config.source_harmonics == 4
+    assert trainer.state.init_from["step"] == 7 and len(trainer.losses) == 2

@@ -580,6 +580,40 @@ class WaveGlow(nn.Module):
             x.copy_(self.unfilter(x[None], cond_in[None].to(self.filter.end.weight.dtype))[0])
         return x.t().reshape(-1)
 
+    # The keys a --init may change: the source's switches and the training objective. A model grown to add a
+    # source (`grown`) computes the same audio as before, until training moves its new weights.
+    GROWABLE: ClassVar[tuple[str, ...]] = ("source", "source_phase", "source_channels", "source_amplitude",
+                                           "source_filter", "source_harmonics", "pitch_weight", "spectral_weight",
+                                           "spectral_sigma")
+
+    def grown(self, config: WaveGlowConfig) -> "WaveGlow":
+        """This model with `config`'s source switches (config may differ from self.config only in GROWABLE keys,
+        and may add a source, never remove one): the same weights, each coupling's conditioning conv widened
+        with zero columns for the excitation, the new parts at their identity start (the harmonic mean and the
+        source filter's end conv at zero), so it vocodes exactly what this model does; the pitch predictor is new.
+        """
+        mine = dataclasses.asdict(self.config)
+        theirs = dataclasses.asdict(config)
+        changed = sorted(k for k in mine if mine[k] != theirs[k])
+        if any(k not in self.GROWABLE for k in changed) or (self.config.source and not config.source) or \
+                (self.config.source and changed and any(k in ("source_channels", "source_filter", "source_harmonics")
+                                                        for k in changed)):
+            raise WavflowError(f"cannot grow this WaveGlow into one that differs in {', '.join(changed)}: only a "
+                               f"source can be added ({', '.join(self.GROWABLE)})")
+        new = WaveGlow(config, self.mel_config).to(next(self.parameters()).device)
+        if not any(parametrize.is_parametrized(m, "weight") for m in self.modules()):
+            new.remove_weight_norm()
+        state = new.state_dict()
+        for key, value in self.state_dict().items():
+            target = state[key]
+            if value.shape != target.shape:  # a conditioning conv: the excitation's columns come last, at zero
+                pad = torch.zeros_like(target)
+                pad[:, : value.shape[1]] = value
+                value = pad
+            state[key] = value
+        new.load_state_dict(state)
+        return new
+
     def remove_weight_norm(self) -> None:
         """Fold weight norm into plain weights for inference (state_dict keys become '.weight')."""
         for m in self.modules():

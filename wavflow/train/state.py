@@ -149,7 +149,8 @@ def read_init(path: str | Path, config: RunConfig) -> tuple[torch.nn.Module, Run
 
     The architecture is the checkpoint's: the model type, every model_config key and the mel settings. A key the
     config sets must agree with it (refused by name otherwise); a key it leaves out takes the checkpoint's value,
-    not the paper default. Nothing else of the checkpoint is used: its optimizer, step, sampler and teacher stay
+    not the paper default. The exception: a config that adds a source to a WaveGlow, or changes its objective
+    (WaveGlow.GROWABLE), grows the checkpoint's model, which starts out vocoding what it did. Nothing else of the checkpoint is used: its optimizer, step, sampler and teacher stay
     behind (a student may be re-distilled from another teacher: the config's teacher is the one used).
     """
     source = str(path)
@@ -175,6 +176,12 @@ def read_init(path: str | Path, config: RunConfig) -> tuple[torch.nn.Module, Run
     except WavflowError as e:
         raise WavflowError(f"--init {source}: {e}") from None
     differ = sorted(k for k in config.model_config if asked[k] != theirs[k])
+    growable = getattr(model, "GROWABLE", ())
+    if differ and all(k in growable for k in differ):
+        # the config adds a source (or changes the objective): the checkpoint's model, grown to the new switches,
+        # vocodes what it did (WaveGlow.grown)
+        model = model.grown(config_from_dict(config_class, asked))
+        theirs, differ = config_to_dict(model.config), []
     if differ:
         shown = ", ".join(f"{k}={asked[k]!r} (checkpoint: {theirs[k]!r})" for k in differ)
         raise WavflowError(f"--init {source}: the config's model_config contradicts the checkpoint's in {shown}; "
