@@ -127,7 +127,7 @@ def figure(out: Path, variants: list[str], results: dict) -> None:
     for name in variants:
         model = wavflow.load(out / name / "last.pt")
         panels.append((name, wavflow.synthesize(mel, model=model, seed=0)[0][: clip.audio.shape[0]]))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.9 * len(panels)), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.5 * len(panels)), sharex=True, squeeze=False)
     seconds = clip.audio.shape[0] / mel_config.sample_rate
     for ax, (name, audio) in zip(axes[:, 0], panels):
         m = mel_spectrogram(torch.as_tensor(audio).float()[None], mel_config)[0].numpy()
@@ -137,7 +137,7 @@ def figure(out: Path, variants: list[str], results: dict) -> None:
         ax.set_ylabel("mel band")
     axes[-1, 0].set_xlabel(f"time (s): {clip.id}")
     fig.colorbar(im, ax=axes[:, 0].tolist(), label="ln mel", shrink=0.9)
-    fig.savefig(out / "spectrograms.png", dpi=72)  # small enough to keep in docs/
+    fig.savefig(out / "spectrograms.png", dpi=60)  # small enough to keep in docs/
     print(f"wrote {out / 'spectrograms.png'}")
 
 
