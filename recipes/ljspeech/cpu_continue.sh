@@ -17,7 +17,10 @@
 #            error (a model with no voiced frame counts as 100%); with --install it replaces the shipped file.
 #            OUT/history.jsonl gets one line per judgement: CPU minutes, steps, samples seen, every figure.
 # Options: --out DIR (default exp/cpu_continue), --data-root DIR (default ../shared/data/LJSpeech-1.1-mini),
-#          --threads N (torch threads, default 2), --judge (skip training), --install, --train-args "K=V ..."
+#          --threads N (torch threads, default 2), --judge (skip training), --install, --train-args "K=V ...",
+#          --shipped FILE (the model to beat and to start from; default checkpoints/waveglow-ljspeech-mini.pt),
+#          --metrics M (evaluate's optional metrics, default dnsmos,pitch; DNSMOS needs wavflow[metrics]: without
+#          it no model counts as better), --judge-args "..." (more evaluate options, e.g. --max-clips 4)
 set -euo pipefail
 
 MINUTES=${1:?usage: cpu_continue.sh MINUTES [--out DIR] [--data-root DIR] [--threads N] [--judge] [--install]}
@@ -28,6 +31,9 @@ THREADS=2
 JUDGE_ONLY=0
 INSTALL=0
 TRAIN_ARGS=""
+SHIPPED=""
+METRICS=dnsmos,pitch
+JUDGE_ARGS=""
 while [ $# -gt 0 ]; do
   case $1 in
     --out) OUT=$2; shift 2 ;;
@@ -36,12 +42,16 @@ while [ $# -gt 0 ]; do
     --judge) JUDGE_ONLY=1; shift ;;
     --install) INSTALL=1; shift ;;
     --train-args) TRAIN_ARGS=$2; shift 2 ;;
+    --shipped) SHIPPED=$2; shift 2 ;;
+    --metrics) METRICS=$2; shift 2 ;;
+    --judge-args) JUDGE_ARGS=$2; shift 2 ;;
     *) echo "cpu_continue.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-SHIPPED=$REPO/checkpoints/waveglow-ljspeech-mini.pt
+SHIPPED=${SHIPPED:-$REPO/checkpoints/waveglow-ljspeech-mini.pt}
+if [ ! -f "$SHIPPED" ]; then echo "cpu_continue.sh: no checkpoint at $SHIPPED" >&2; exit 2; fi
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
 
@@ -61,7 +71,8 @@ yaml.safe_dump(c, open(sys.argv[2], "w"), sort_keys=False)' "$HERE/conf/waveglow
     --max-minutes "$MINUTES" >>"$OUT/train.log" 2>&1
 fi
 echo "stage 2: judge $OUT/last.pt against $SHIPPED"
+# shellcheck disable=SC2086
 nice -n 19 "$PY" -m wavflow.evaluate "$SHIPPED" "$OUT/last.pt" --names shipped,continued --data-root "$DATA" \
-  --metrics dnsmos,pitch --json "$OUT/judge.json" --plot "$OUT/judge.png" >"$OUT/judge.log" 2>&1
+  --metrics "$METRICS" --json "$OUT/judge.json" --plot "$OUT/judge.png" $JUDGE_ARGS >"$OUT/judge.log" 2>&1
 echo "stage 3: decide"
 "$PY" "$HERE/cpu_experiment.py" decide "$OUT" "$OUT/judge.json" "$SHIPPED" "$INSTALL"

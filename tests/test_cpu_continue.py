@@ -1,0 +1,104 @@
+"""recipes/ljspeech/cpu_continue.sh, the CPU continuation of the shipped WaveGlow: the whole script on a tiny
+checkpoint (grown into a source model, two steps, judged on one short clip, resumed), and its ship rule
+(cpu_experiment.py decide: better on BOTH DNSMOS P.808 and gross pitch error, else nothing is written)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from wavflow.checkpoint import file_sha256, model_payload, read_checkpoint, save_checkpoint
+from wavflow.models import build_model
+
+from synth_helpers import LJSPEECH, REPO, TINY_WAVEGLOW
+
+SCRIPT = REPO / "recipes" / "ljspeech" / "cpu_continue.sh"
+ENV = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+# Two optimizer steps of one 2048-sample crop; the grown model's harmonic mean has 4 harmonics.
+TRAIN_ARGS = ("model_config.source=true model_config.source_harmonics=4 train.max_steps={steps} data.batch_size=1 "
+              "data.segment_length=2048 data.n_valid=2 train.progress=false")
+JUDGE_ARGS = "--n-valid 2 --max-clips 1 --max-seconds 0.5 --griffin-lim-iters 0"
+
+
+def _decide():
+    spec = importlib.util.spec_from_file_location("cpu_experiment", REPO / "recipes" / "ljspeech" / "cpu_experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.decide
+
+
+def _run(shipped: Path, out: Path, steps: int, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), "5", "--shipped", str(shipped), "--out", str(out), "--data-root",
+                           str(LJSPEECH), "--threads", "1", "--metrics", "pitch", "--judge-args", JUDGE_ARGS,
+                           "--train-args", TRAIN_ARGS.format(steps=steps), *extra],
+                          env=ENV, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_continues_grows_resumes_and_judges(tmp_path):
+    torch.manual_seed(0)
+    shipped = tmp_path / "waveglow.pt"
+    save_checkpoint(shipped, model_payload(build_model("waveglow", TINY_WAVEGLOW), 0))
+    before = file_sha256(shipped)
+    out = tmp_path / "run"
+    first = _run(shipped, out, 2, tmp_path, "--install")
+    assert first.returncode == 0, first.stdout + first.stderr + (out / "train.log").read_text()[-3000:]
+    assert "--init" in first.stdout and "stage 3: decide" in first.stdout
+    state = read_checkpoint(out / "last.pt")
+    assert state["step"] == 2 and state["model_config"]["source"] is True
+    assert state["model_config"]["source_harmonics"] == 4
+    judged = json.loads((out / "judge.json").read_text())
+    assert [r["name"] for r in judged["systems"] if r["kind"] == "vocoder"] == ["shipped", "continued"]
+    assert all("gpe" in r for r in judged["systems"] if r["kind"] == "vocoder")
+    record = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
+    assert record["steps"] == 2 and record["samples"] == 2 * 2048 and record["cpu_minutes"] >= 0
+    # without DNSMOS nothing counts as better: no candidate, the shipped file untouched despite --install
+    assert record["better"] is False and not (out / "candidate.pt").exists()
+    assert file_sha256(shipped) == before
+
+    second = _run(shipped, out, 3, tmp_path)  # resumes the run (its own config), one more step
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "--resume" in second.stdout
+    assert read_checkpoint(out / "last.pt")["step"] == 3
+    assert len((out / "history.jsonl").read_text().splitlines()) == 2
+
+
+def test_missing_shipped_checkpoint_exits_2(tmp_path):
+    run = subprocess.run(["bash", str(SCRIPT), "1", "--shipped", str(tmp_path / "nothing.pt"), "--out",
+                          str(tmp_path / "run")], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "no checkpoint at" in run.stderr and len(run.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("dnsmos,gpe,ships", [((2.9, 2.8), (0.05, None), True),   # better on both
+                                             ((2.7, 2.8), (0.05, None), False),  # pitch but a lower DNSMOS
+                                             ((2.9, 2.8), (0.30, 0.20), False)])  # DNSMOS up, pitch worse
+def test_ships_only_when_better_on_dnsmos_and_pitch(tmp_path, dnsmos, gpe, ships):
+    torch.manual_seed(0)
+    out = tmp_path / "run"
+    out.mkdir()
+    save_checkpoint(out / "last.pt", model_payload(build_model("waveglow", TINY_WAVEGLOW), 7))
+    shipped = tmp_path / "shipped.pt"
+    shutil.copyfile(out / "last.pt", shipped)
+    before = file_sha256(shipped)
+    (out / "log.jsonl").write_text(json.dumps({"step": 7, "run/samples": 7 * 2048, "run/cpu_seconds": 90.0}) + "\n")
+    judge = out / "judge.json"
+    judge.write_text(json.dumps({"systems": [
+        {"name": "continued", "kind": "vocoder", "dnsmos_p808": dnsmos[0], "gpe": gpe[0]},
+        {"name": "shipped", "kind": "vocoder", "dnsmos_p808": dnsmos[1], "gpe": gpe[1]}]}))
+    assert _decide()(out, judge, shipped, True) is ships
+    record = json.loads((out / "history.jsonl").read_text())
+    assert record["better"] is ships and record["steps"] == 7 and record["cpu_minutes"] == 1.5
+    assert (out / "candidate.pt").exists() is ships
+    if ships:  # installed: the fp16 candidate, which loads as the same model
+        assert file_sha256(shipped) == file_sha256(out / "candidate.pt") != before
+        weights = read_checkpoint(shipped)["state_dict"]
+        assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    else:
+        assert file_sha256(shipped) == before
