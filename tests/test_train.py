@@ -67,6 +67,22 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "wavflow.train", *map(str, args)]
 
 
+# `python -m wavflow.train` whose checkpoint saves hold for 2 s after the temporary file is complete and before it
+# is renamed over the checkpoint (the os.replace of wavflow.fileio.atomic_write): time to SIGKILL a run mid-save.
+SLOW_RENAME = """
+import os, sys, time
+rename = os.replace
+def slow_rename(src, dst, *args, **kwargs):
+    if str(dst).endswith(".pt"):
+        time.sleep(2)
+    return rename(src, dst, *args, **kwargs)
+os.replace = slow_rename
+from wavflow.cli import run_cli
+from wavflow.train import PROG, main
+run_cli(PROG, main)
+"""
+
+
 @pytest.mark.slow
 def test_validation_nll_falls_on_real_speech(two_clips, tmp_path):
     config = load_config(write_config(tmp_path / "c.yaml", two_clips), [
@@ -114,9 +130,8 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(two_clips, tmp_path):
 def test_sigkill_mid_save_keeps_the_previous_checkpoint(two_clips, tmp_path):
     path = write_config(tmp_path / "c.yaml", two_clips, train={"max_steps": 4, "ckpt_every": 2})
     out = tmp_path / "out"
-    # The hook holds every save for 2 s after its temporary file is complete and before the rename.
-    proc = subprocess.Popen(cli(path, "--out-dir", out), env={**ENV, "WAVFLOW_TEST_SAVE_PAUSE": "2"}, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RENAME, str(path), "--out-dir", str(out)], env=ENV,
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     try:
         while not ((out / "last.pt").exists() and list(out.glob(".last.pt.*.tmp"))):  # inside the 2nd save

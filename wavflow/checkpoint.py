@@ -15,7 +15,6 @@ import hashlib
 import os
 import pickle
 import re
-import time
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,17 +45,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     def write(f: BinaryIO) -> None:
         torch.save(payload, f)
         f.flush()
-        _test_pause_before_rename()
 
     atomic_write(path, write, durable=True)
-
-
-def _test_pause_before_rename() -> None:
-    # Crash-safety tests set WAVFLOW_TEST_SAVE_PAUSE=SECONDS to hold a fully written, not yet renamed temporary
-    # file, so they can SIGKILL a training run mid-save and check that the previous checkpoint survives.
-    pause = os.environ.get("WAVFLOW_TEST_SAVE_PAUSE")
-    if pause:
-        time.sleep(float(pause))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class Vocoder(Protocol):
 
     model_type: ClassVar[str]  # the checkpoint's "model_type" (REGISTRY key)
     infer_options: ClassVar[tuple[str, ...]]  # the user-facing keyword options of `infer`, e.g. ("sigma",)
+    needs_teacher: ClassVar[bool]  # trains only with a teacher attached (attach_teacher): the distilled student
     config: Any  # the model's config dataclass
     mel_config: MelConfig
 

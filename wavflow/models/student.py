@@ -177,6 +177,7 @@ class IAFStudent(nn.Module):
 
     model_type: ClassVar[str] = "student"
     infer_options: ClassVar[tuple[str, ...]] = ("temperature",)
+    needs_teacher: ClassVar[bool] = True  # distilled: trains only with attach_teacher
 
     def __init__(self, config: StudentConfig = StudentConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()

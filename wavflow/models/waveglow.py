@@ -248,6 +248,7 @@ class WaveGlow(nn.Module):
 
     model_type: ClassVar[str] = "waveglow"
     infer_options: ClassVar[tuple[str, ...]] = ("sigma",)
+    needs_teacher: ClassVar[bool] = False
 
     def __init__(self, config: WaveGlowConfig = WaveGlowConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()

@@ -118,6 +118,7 @@ class WaveNet(nn.Module):
 
     model_type: ClassVar[str] = "wavenet"
     infer_options: ClassVar[tuple[str, ...]] = ("temperature", "method")
+    needs_teacher: ClassVar[bool] = False
 
     def __init__(self, config: WaveNetConfig = WaveNetConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()

@@ -5,15 +5,22 @@ A run is described by a YAML file (sections model, model_config, mel, teacher, d
 recipes/ljspeech/conf/*.yaml are commented examples). Any key can be overridden on the command line:
 `train.max_steps=100 data.root=/data/LJSpeech-1.1`.
 
-    config.py    the YAML sections (DataConfig, TrainConfig, RunConfig), overrides, value checks
-    runtime.py   the process: its rank under torchrun, its device, its random streams, exit statuses
-    state.py     what the checkpoints hold: last.pt (resume), step-N.pt, best.pt
-    loop.py      the Trainer: build the run, then fit(): steps, logging, validation, checkpoints, signals
-    command.py   the command line, and train() for Python
-    ship.py      `python -m wavflow.train.ship`: a checkpoint as a half-precision inference file for shipping
+    config.py      the YAML sections (DataConfig, TrainConfig, RunConfig), overrides, value checks
+    runtime.py     the process: its rank under torchrun, its device, its random streams, the stop signals, exit
+                   statuses
+    state.py       what the checkpoints hold, last.pt (resume), step-N.pt, best.pt, and their writer
+    loop.py        the Trainer: build the run, then fit(): the loop of steps, logs, validations and saves
+    feed.py        the training data: splits, the sampler's epochs, batches loaded or cut on the device
+    step.py        one optimizer step: autocast, DDP, the processes' agreement, lr schedule, clipping
+    validation.py  the held-out clips, their pooled NLL, TensorBoard's audio samples
+    teacher.py     the teacher a distilled model (needs_teacher) learns from: loaded, hashed, frozen, attached
+    budget.py      the --max-minutes budget on the wall or CPU clock (train.budget_clock), measured durations
+    runlog.py      log.jsonl, TensorBoard, progress on stderr; rates (samples/s) and the run's summary
+    command.py     the command line, and train() for Python
+    ship.py        `python -m wavflow.train.ship`: a checkpoint as a half-precision inference file for shipping
 
 --init CKPT starts a new run (fresh optimizer, step 0) from a checkpoint's weights and architecture; --max-minutes
-M ends the run with a validation and saves before M minutes from process start (loop.py, state.read_init).
+M ends the run with a validation and saves before M minutes from process start (budget.py, state.read_init).
 
 Distributed: launch the same command under torchrun (`torchrun --nproc_per_node 8 -m wavflow.train CONF`);
 each process trains on its own share of every epoch with `data.batch_size` crops, so the global batch is

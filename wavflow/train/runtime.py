@@ -1,4 +1,5 @@
-"""Where a training process runs: its place in a torchrun job, its device, its random streams, its exit status.
+"""Where a training process runs: its place in a torchrun job, its device, its random streams, the signals that
+stop it and its exit status.
 
 A plain `python -m wavflow.train` is a world of one process: every collective below is then a no-op, so the
 trainer calls them unconditionally and reads the same in both cases.
@@ -10,7 +11,7 @@ import random
 import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -90,6 +91,35 @@ class Runtime:
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, obj)
         return gathered
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, while installed (`with`), ask the run to stop after the step in progress: `signum` is the
+    signal received (None until one is; another process's stop may set it too), `announce(signum)` runs on the
+    first, and a second SIGINT aborts at once (KeyboardInterrupt)."""
+
+    def __init__(self, announce: Callable[[int], None]):
+        self.signum: int | None = None
+        self.announce = announce
+        self._pid = os.getpid()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        self._pid = os.getpid()
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in EXIT_SIGNAL}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            return  # a DataLoader worker (forked with this handler): the main process decides when to stop
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: abort now; last.pt is still the previous complete file
+        self.signum = signum
+        self.announce(signum)
 
 
 def pick_device(name: str, runtime: Runtime) -> torch.device:

@@ -6,8 +6,8 @@
     best.pt     the model alone (no optimizer) at the lowest validation NLL so far, with that NLL; its weights
                 in train.best_dtype (fp16/bf16 halve the file; loading upcasts them to float32).
 
-Every file is written by rank 0 alone, atomically (wavflow.checkpoint.save_checkpoint), so a run killed at any
-moment leaves the previous complete last.pt.
+Every file is written by rank 0 alone (CheckpointWriter), atomically (wavflow.checkpoint.save_checkpoint), so a
+run killed at any moment leaves the previous complete last.pt.
 
 A run started with --init (`read_init`) takes the architecture and the weights of another checkpoint, with a
 fresh optimizer and step 0; every file it writes records where it started in "init_from": {"path", "sha256",
@@ -25,12 +25,13 @@ from typing import Any
 import torch
 
 from ..checkpoint import (cast_weights, file_sha256, is_native, model_from_payload, model_payload,
-                          read_checkpoint)
+                          read_checkpoint, save_checkpoint)
 from ..errors import WavflowError
 from ..frontend import MelConfig
-from ..models import config_from_dict, config_to_dict, model_classes
+from ..models import config_from_dict, config_to_dict, model_classes, weights_sha256
 from .config import RunConfig
-from .runtime import PROG, Runtime, seed_process, set_rng_state
+from .runtime import PROG, Runtime, rng_state, seed_process, set_rng_state
+from .teacher import Teacher
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -116,6 +117,40 @@ class RunState:
                       f"{runtime.world_size}; continuing, but not bit-for-bit", file=sys.stderr)
             seed_process(config.train.seed, runtime.rank, self.step)
             self.batches_in_epoch = self.batches_in_epoch * len(states) // runtime.world_size
+
+
+class CheckpointWriter:
+    """Writes the checkpoints of the run in `out_dir`: rank 0 alone writes; every process hands over its random
+    streams and, under torchrun, the hash of its weights, which must agree. A distilled model's `teacher` must
+    still be frozen at every save, and its file's hash goes into every checkpoint."""
+
+    def __init__(self, out_dir: Path, config: RunConfig, runtime: Runtime, teacher: Teacher | None):
+        self.out_dir, self.config, self.runtime, self.teacher = out_dir, config, runtime, teacher
+        self.teacher_sha256 = teacher.sha256 if teacher is not None else None
+        self.saved_at = -1  # the step of the last last.pt
+
+    def save_last(self, state: RunState) -> None:
+        """last.pt, and step-N.pt every train.keep_every steps (a collective: every process calls it)."""
+        runtime = self.runtime
+        gathered = runtime.gather((rng_state(), weights_sha256(state.model) if runtime.distributed else None))
+        weights = [g[1] for g in gathered] if runtime.distributed else []
+        if len(set(weights)) > 1:
+            raise RuntimeError(f"processes hold different weights at step {state.step}: {weights}")
+        if runtime.main:
+            if self.teacher is not None:
+                self.teacher.check_frozen()
+            payload = state.training_payload(self.config, [g[0] for g in gathered], runtime.world_size, weights,
+                                             self.teacher_sha256)
+            save_checkpoint(self.out_dir / LAST, payload)
+            keep = self.config.train.keep_every
+            if keep and state.step % keep == 0:
+                save_checkpoint(self.out_dir / f"step-{state.step}.pt", payload)
+        self.saved_at = state.step
+
+    def save_best(self, state: RunState, nll: float) -> None:
+        """best.pt at validation NLL `nll`."""
+        if self.runtime.main:
+            save_checkpoint(self.out_dir / BEST, state.best_payload(nll, self.config, self.teacher_sha256))
 
 
 def _check_same_run(ck: dict[str, Any], source: str, config: RunConfig, model: torch.nn.Module,
