@@ -9,7 +9,6 @@ real subprocesses too, to show the one-line contract holds for the actual comman
 """
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -21,16 +20,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from wavflow import benchmark, convert, evaluate, export
-from wavflow import mel as mel_cli
-from wavflow import train
+from wavflow.commands import benchmark, convert, evaluate, export, train
+from wavflow.commands import mel as mel_cli
+from wavflow.commands import synthesize as synth_cli
 from wavflow.checkpoint import model_payload
 from wavflow.frontend import MAX_FRAMES, MelConfig
 from wavflow.inference import native_bf16
 
-from synth_helpers import LJSPEECH, REPO, run_in_process, run_module, save_tiny_waveglow, snapshot, tiny_waveglow
-
-synth_cli = importlib.import_module("wavflow.synthesize")  # the CLI module (the attribute is the function)
+from synth_helpers import LJSPEECH, REPO, run_command, run_in_process, save_tiny_waveglow, snapshot, tiny_waveglow
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -598,13 +595,13 @@ EXPORT = [
 ]
 
 CLIS = {
-    "synthesize": (synth_cli._main, synth_cli.PROG, SYNTHESIZE),
-    "mel": (mel_cli.main, mel_cli.PROG, MEL),
-    "evaluate": (evaluate.main, "python -m wavflow.evaluate", EVALUATE),
-    "train": (train.main, train.PROG, TRAIN),
-    "convert": (convert._main, convert.PROG, CONVERT),
-    "benchmark": (benchmark.main, benchmark.PROG, BENCHMARK),
-    "export": (export._main, export.PROG, EXPORT),
+    "synthesize": (synth_cli.run, synth_cli.PROG, SYNTHESIZE),
+    "mel": (mel_cli.run, mel_cli.PROG, MEL),
+    "evaluate": (evaluate.run, evaluate.PROG, EVALUATE),
+    "train": (train.run, train.PROG, TRAIN),
+    "convert": (convert.run, convert.PROG, CONVERT),
+    "benchmark": (benchmark.run, benchmark.PROG, BENCHMARK),
+    "export": (export.run, export.PROG, EXPORT),
 }
 
 
@@ -643,12 +640,12 @@ def test_hostile_input(cli, case, tmp_path, ckpt, capsys, monkeypatch):
                                       ("synthesize", "bands-vs-checkpoint"), ("mel", "absurd-length"),
                                       ("export", "autoregressive-teacher")])
 def test_hostile_input_real_process(cli, case, tmp_path, ckpt):
-    """The same contract through `python -m wavflow.<cli>` in a fresh interpreter."""
+    """The same contract through `python -m wavflow <cli>` (the `wavflow` command) in a fresh interpreter."""
     _, prog, cases = CLIS[cli]
     case = next(c for c in cases if c.id == case)
     argv = case.build(tmp_path, ckpt)
     before = snapshot(tmp_path)
-    r = run_module(cli, *argv, cwd=tmp_path)
+    r = run_command(cli, *argv, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith(f"{prog}: error: ") and case.match in r.stderr
     assert "Traceback" not in r.stderr + r.stdout

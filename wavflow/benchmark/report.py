@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import torch
 
 from .entries import ENTRIES, ENTRY_BY_NAME, REFERENCE
-from .cli import Settings
 from .results import Row
+from .settings import Settings
 
 
 def machine_description(device: torch.device) -> str:

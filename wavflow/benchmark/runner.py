@@ -1,5 +1,5 @@
 """The run: warm every row up, time the rows of one length round-robin, and turn the times into table rows
-(`run`: the whole benchmark; `main`, the command line, prints and writes it with report.py).
+(`run`: the whole benchmark, which wavflow.commands.benchmark prints and writes with report.py).
 
 Protocol (design.md section 6). Weight norm is folded into the weights first, as for any inference. At each
 length every parallel model is warmed up once at that length (allocator and oneDNN/cuDNN plans are
@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import copy
 import statistics
-import sys
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from ..errors import WavflowError
 from ..frontend import MelConfig
-from .cli import PROG, Settings, parse_args
 from .entries import CAST_FAMILIES, REFERENCE, Entry, row_precision
 from .inputs import ModelUnderTest, default_mel, frames_for, load_model, mel_batch
 from .measure import DTYPES, Memory, Peak, count_flops, machine_peak, precision_context, synchronize, time_call
-from .report import add_speedups, machine_description, print_report, waveglow_backends, write_json, write_plot
+from .report import add_speedups, machine_description, waveglow_backends
 from .results import Row
+from .settings import Settings
 
 AR_WARMUP_SECONDS = 0.05  # the one warm-up of each autoregressive generator
 
@@ -303,7 +300,7 @@ def run(settings: Settings, log: Callable[[str], None], command: str) -> tuple[l
     record (`run_meta`; `command` is the command line it records). --threads holds for the run only."""
     threads = torch.get_num_threads()
     if settings.threads is not None:
-        # Here, not in parse_args: checking arguments changes nothing, and the run gives the count back.
+        # Here, not in check_settings: checking arguments changes nothing, and the run gives the count back.
         torch.set_num_threads(settings.threads)
     try:
         runner = Runner(settings, log)
@@ -317,19 +314,3 @@ def run(settings: Settings, log: Callable[[str], None], command: str) -> tuple[l
     finally:
         torch.set_num_threads(threads)
     return rows, meta
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_args(argv)
-    log = (lambda msg: None) if settings.quiet else (lambda msg: print(f"[benchmark] {msg}", file=sys.stderr,
-                                                                       flush=True))
-    for out in (settings.json, settings.plot):  # refuse an unwritable output before minutes of timing
-        if out is not None and Path(out).parent.exists() is False:
-            raise WavflowError(f"{out}: its directory does not exist")
-    rows, meta = run(settings, log, command=" ".join([PROG, *(sys.argv[1:] if argv is None else argv)]))
-    print_report(settings, rows, meta)
-    if settings.json is not None:
-        write_json(settings.json, rows, meta)
-    if settings.plot is not None:
-        write_plot(settings.plot, rows, meta)
-    return 0
