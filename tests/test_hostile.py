@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from wavflow.commands import benchmark, convert, evaluate, export, train
+from wavflow.commands import benchmark, convert, evaluate, export, stream, train
 from wavflow.commands import mel as mel_cli
 from wavflow.commands import synthesize as synth_cli
 from wavflow.checkpoint import model_payload
@@ -594,8 +594,20 @@ EXPORT = [
     Case("opset-not-int", export_args(None, "m.onnx", "--opset", "x"), "--opset: invalid int value"),
 ]
 
+# `wavflow stream` takes one mel: synthesize's cases less those about several inputs, a directory or batching,
+# and its own.
+STREAM = [c for c in SYNTHESIZE if c.id not in {"dir-without-mels", "good-then-bad-mel", "output-wav-for-two-mels",
+                                                "two-inputs-one-output", "batch-size-zero", "no-inputs"}] + [
+    Case("no-input", lambda t, c: ["--checkpoint", c, "-o", t / "o.wav"], "give one mel .npy file or --example"),
+    Case("mel-and-example", lambda t, c: [good_mel(t), "--example", "--checkpoint", c], "give one mel .npy file"),
+    Case("two-mels", lambda t, c: [good_mel(t), good_mel(t, "g2.npy"), "--checkpoint", c, "-o", t / "o.wav"],
+         "unrecognized arguments"),
+    Case("directory-as-mel", lambda t, c: [(t / "mels").mkdir() or t / "mels", "--checkpoint", c], "is a directory"),
+]
+
 CLIS = {
     "synthesize": (synth_cli.run, synth_cli.PROG, SYNTHESIZE),
+    "stream": (stream.run, stream.PROG, STREAM),
     "mel": (mel_cli.run, mel_cli.PROG, MEL),
     "evaluate": (evaluate.run, evaluate.PROG, EVALUATE),
     "train": (train.run, train.PROG, TRAIN),
@@ -638,7 +650,7 @@ def test_hostile_input(cli, case, tmp_path, ckpt, capsys, monkeypatch):
 
 @pytest.mark.parametrize("cli,case", [("synthesize", "pickled-object-npy"), ("synthesize", "checkpoint-runs-code"),
                                       ("synthesize", "bands-vs-checkpoint"), ("mel", "absurd-length"),
-                                      ("export", "autoregressive-teacher")])
+                                      ("export", "autoregressive-teacher"), ("stream", "pickled-object-npy")])
 def test_hostile_input_real_process(cli, case, tmp_path, ckpt):
     """The same contract through `python -m wavflow <cli>` (the `wavflow` command) in a fresh interpreter."""
     _, prog, cases = CLIS[cli]

@@ -3,6 +3,7 @@
 One module per command, each holding its parser and a `main(argv, prog)` that parses and calls the library:
 
     synthesize.py  mel spectrograms (.npy) to WAV files                 library: wavflow.inference, streaming
+    stream.py      one mel, vocoded and written chunk by chunk            library: wavflow.streaming
     mel.py         audio files to mel spectrograms (.npy)                 library: wavflow.mel, frontend
     train.py       training as a YAML recipe describes                    library: wavflow.train
     evaluate.py    held-out likelihood and copy-synthesis quality         library: wavflow.evaluate, metrics
@@ -24,6 +25,7 @@ from typing import NoReturn, Sequence
 # name -> one-line description, in the order `wavflow --help` lists them
 COMMANDS = {
     "synthesize": "vocode mel spectrograms (.npy) to WAV files",
+    "stream": "vocode one mel chunk by chunk, writing the audio as it is made (a WAV file or raw PCM on stdout)",
     "mel": "compute mel spectrograms (.npy) of audio files",
     "train": "train a WaveGlow, WaveNet teacher or IAF student as a YAML recipe describes",
     "evaluate": "held-out likelihood and copy-synthesis quality of checkpoints, Griffin-Lim as the floor",
