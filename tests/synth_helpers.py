@@ -64,6 +64,14 @@ def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float 
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def run_command(command: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m wavflow COMMAND args...` (the `wavflow` console script's dispatcher) in a fresh interpreter."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.pop("WAVFLOW_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "wavflow", command, *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def run_in_process(main: Callable[[Sequence[str] | None], object], argv: Sequence[str], capsys,
                    prog: str = "wavflow") -> tuple[int, str, str]:
     """Run a CLI's main(argv) in this process under run_cli, exactly as `python -m` does, without paying for a

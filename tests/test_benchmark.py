@@ -22,10 +22,14 @@ import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from wavflow.benchmark import PROG, cli, entries, inputs, main, measure, report, runner
+from wavflow.benchmark import entries, inputs, measure, report, runner
+from wavflow.benchmark import settings as bench_settings
 from wavflow.benchmark.reference import nvidia_infer
 from wavflow.cli import run_cli
+from wavflow.commands import benchmark as bench_cmd
 from wavflow.errors import WavflowError
+
+PROG = bench_cmd.PROG
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,7 +49,7 @@ def test_quick_run_writes_every_promised_row(tmp_path):
     rows, meta = report_["rows"], report_["meta"]
 
     # Every default row at every quick length; naive WaveNet at the shortest only (that is its --quick length).
-    lengths = [round(inputs.frames_for(s) * 256 / 22050, 4) for s in cli.QUICK_LENGTHS]
+    lengths = [round(inputs.frames_for(s) * 256 / 22050, 4) for s in bench_settings.QUICK_LENGTHS]
     expected = {(e.name, L) for e in entries.ENTRIES if e.default for L in (lengths[:1] if e.naive else lengths)}
     got = {(r["model"], round(r["length_s"], 4)) for r in rows}
     assert got == expected, f"missing {expected - got}, unexpected {got - expected}"
@@ -123,7 +127,7 @@ def test_flop_count_matches_torch_counter_and_formula():
 
 
 def test_naive_flops_extrapolation_equals_counting_every_step():
-    settings = cli.parse_args(["--quick", "--models", "wavenet_naive", "--quiet"])
+    settings = bench_cmd.parse_args(["--quick", "--models", "wavenet_naive", "--quiet"])
     run = runner.Runner(settings, lambda msg: None)
     entry = entries.ENTRY_BY_NAME["wavenet_naive"]
     mel = run.mel_for(entry, 0.02)  # 2 frames = 512 samples, past the tiny teacher's 61-sample field
@@ -165,7 +169,7 @@ def _known_allocation(nbytes: int) -> entries.Entry:
 
 
 def test_a_rows_peak_memory_covers_what_its_call_allocates():
-    run = runner.Runner(cli.parse_args(["--quick", "--models", "waveglow", "--quiet"]), lambda msg: None)
+    run = runner.Runner(bench_cmd.parse_args(["--quick", "--models", "waveglow", "--quiet"]), lambda msg: None)
     mel = run.mel_for(entries.ENTRY_BY_NAME["waveglow"], 0.05)
     _, _, small = run.time_once(_known_allocation(2**20), mel)
     _, _, large = run.time_once(_known_allocation(64 * 2**20), mel)
@@ -245,7 +249,7 @@ def test_nvidia_algorithm_on_a_source_model_with_filter_and_energy_prior_equals_
 
 
 def test_nvidia_row_vocodes_what_the_waveglow_row_does():
-    run = runner.Runner(cli.parse_args(["--quick", "--models", "waveglow,waveglow_nvidia", "--quiet"]),
+    run = runner.Runner(bench_cmd.parse_args(["--quick", "--models", "waveglow,waveglow_nvidia", "--quiet"]),
                         lambda msg: None)
     mel = run.mel_for(entries.ENTRY_BY_NAME["waveglow"], 0.05)
     ours = run.call(entries.ENTRY_BY_NAME["waveglow"], mel)
@@ -258,21 +262,21 @@ def test_preset_configs_from_classmethods_recipes_and_key_files(tmp_path):
 
     _, WaveGlowConfig = model_classes("waveglow")
     _, StudentConfig = model_classes("student")
-    assert cli.preset_config("waveglow", "paper") == WaveGlowConfig()
-    assert cli.preset_config("student", "parallel_wavenet") == StudentConfig.parallel_wavenet()
+    assert bench_settings.preset_config("waveglow", "paper") == WaveGlowConfig()
+    assert bench_settings.preset_config("student", "parallel_wavenet") == StudentConfig.parallel_wavenet()
     recipe = REPO / "recipes" / "ljspeech" / "conf" / "waveglow.tiny.yaml"
     expected = config_from_dict(WaveGlowConfig, yaml.safe_load(recipe.read_text())["model_config"])
-    assert cli.preset_config("waveglow", str(recipe)) == expected != WaveGlowConfig()
+    assert bench_settings.preset_config("waveglow", str(recipe)) == expected != WaveGlowConfig()
     keys = tmp_path / "keys.yaml"
     keys.write_text("n_flows: 4\nn_early_every: 2\n")
-    assert cli.preset_config("waveglow", str(keys)) == WaveGlowConfig(n_flows=4, n_early_every=2)
+    assert bench_settings.preset_config("waveglow", str(keys)) == WaveGlowConfig(n_flows=4, n_early_every=2)
 
 
 def test_parse_args_leaves_torch_alone_and_main_gives_threads_back(capsys):
     before = torch.get_num_threads()
-    settings = cli.parse_args(["--threads", "3", "--quick"])
+    settings = bench_cmd.parse_args(["--threads", "3", "--quick"])
     assert settings.threads == 3 and torch.get_num_threads() == before
-    assert main(["--quick", "--quiet", "--models", "student", "--lengths", "0.02", "--threads", "2"]) == 0
+    assert bench_cmd.run(["--quick", "--quiet", "--models", "student", "--lengths", "0.02", "--threads", "2"]) == 0
     out = capsys.readouterr().out
     assert "2 torch threads" in out and torch.get_num_threads() == before
 
@@ -308,7 +312,7 @@ def test_row_precision_follows_the_dtype_rules():
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        run_cli(PROG, main, argv)
+        run_cli(PROG, bench_cmd.run, argv)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
@@ -317,7 +321,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when no GPU is present")
 def test_cuda_without_gpu_is_one_line_and_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
-        run_cli(PROG, main, ["--device", "cuda", "--dtype", "fp16"])
+        run_cli(PROG, bench_cmd.run, ["--device", "cuda", "--dtype", "fp16"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "device 'cuda': CUDA is not available" in err
@@ -328,9 +332,9 @@ def test_checkpoint_of_another_family_is_refused(tmp_path, capsys):
     from wavflow.models import build_model
 
     path = tmp_path / "student.pt"
-    save_checkpoint(path, model_payload(build_model("student", cli.preset_config("student", "tiny"))))
+    save_checkpoint(path, model_payload(build_model("student", bench_settings.preset_config("student", "tiny"))))
     with pytest.raises(SystemExit) as e:
-        run_cli(PROG, main, ["--models", "wavenet_cached", "--wavenet", str(path), "--quick"])
+        run_cli(PROG, bench_cmd.run, ["--models", "wavenet_cached", "--wavenet", str(path), "--quick"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds a student model" in err
@@ -338,7 +342,7 @@ def test_checkpoint_of_another_family_is_refused(tmp_path, capsys):
 
 def test_plan_naive_length_and_caps():
     def names(argv):
-        return [(s, [e.name for e in rows]) for s, rows in runner.plan(cli.parse_args(argv))]
+        return [(s, [e.name for e in rows]) for s, rows in runner.plan(bench_cmd.parse_args(argv))]
 
     parallel = ["wavenet_cached", "wavenet_batched", "waveglow", "student", "waveglow_nvidia"]
     assert names(["--lengths", "0.5,1,2", "--cap", "wavenet_batched=1"]) == [
@@ -396,13 +400,13 @@ def test_source_row_times_the_pitch_and_excitation_of_a_source_waveglow(tmp_path
     save_checkpoint(path, model_payload(WaveGlow(WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__,
                                                                   "source": True, "source_channels": 8}))))
     out = tmp_path / "bench.json"
-    assert main(["--quick", "--quiet", "--models", "waveglow,waveglow_source", "--waveglow", str(path),
+    assert bench_cmd.run(["--quick", "--quiet", "--models", "waveglow,waveglow_source", "--waveglow", str(path),
                  "--lengths", "0.05", "--json", str(out)]) == 0
     assert "WaveGlow's source (pitch predictor + excitation) at 0.05 s:" in capsys.readouterr().out
     rows = [_row("waveglow", 1.0, 9000.0), _row("waveglow_source", 1.0, 900000.0)]
     assert report.summary_lines(rows)[-1].endswith("1.0% of the WaveGlow row's time, which includes it")
     with pytest.raises(SystemExit) as e:  # a plain WaveGlow has no source to time
-        run_cli(PROG, main, ["--quick", "--quiet", "--models", "waveglow_source", "--lengths", "0.05"])
+        run_cli(PROG, bench_cmd.run, ["--quick", "--quiet", "--models", "waveglow_source", "--lengths", "0.05"])
     assert e.value.code == 2 and "needs a WaveGlow with a source" in capsys.readouterr().err
 
 
@@ -418,14 +422,14 @@ def test_bf16_is_refused_in_one_line_without_native_bf16(monkeypatch, capsys):
 
     monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
     with pytest.raises(SystemExit) as e:
-        run_cli(PROG, main, ["--quick", "--dtype", "bf16"])
+        run_cli(PROG, bench_cmd.run, ["--quick", "--dtype", "bf16"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--dtype bf16" in err and "avx512_bf16" in err, err
     monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
-    assert cli.parse_args(["--quick", "--dtype", "bf16"]).dtype == "bf16"
+    assert bench_cmd.parse_args(["--quick", "--dtype", "bf16"]).dtype == "bf16"
     monkeypatch.setattr(inference, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
-    assert cli.parse_args(["--quick", "--dtype", "bf16"]).dtype == "bf16"
+    assert bench_cmd.parse_args(["--quick", "--dtype", "bf16"]).dtype == "bf16"
 
 
 def test_bf16_run_holds_waveglow_to_nvidias_fp32(monkeypatch):
@@ -434,7 +438,7 @@ def test_bf16_run_holds_waveglow_to_nvidias_fp32(monkeypatch):
     import wavflow.inference as inference
 
     monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512_bf16"})  # emulated here if the CPU has none
-    run = runner.Runner(cli.parse_args(["--quick", "--models", "waveglow,waveglow_nvidia", "--dtype", "bf16",
+    run = runner.Runner(bench_cmd.parse_args(["--quick", "--models", "waveglow,waveglow_nvidia", "--dtype", "bf16",
                                         "--quiet"]), lambda msg: None)
     ours, theirs = entries.ENTRY_BY_NAME["waveglow"], entries.ENTRY_BY_NAME["waveglow_nvidia"]
     assert run.model(ours).upsample.weight.dtype == torch.bfloat16
@@ -452,7 +456,7 @@ def test_bf16_run_holds_waveglow_to_nvidias_fp32(monkeypatch):
 def test_waveglow_backend_probe_is_not_counted_in_its_flops():
     """The backend probe runs before the counted warm-up call: the row's FLOPs are the call's alone, the same
     at every length (per sample) up to the conditioning's edge."""
-    run = runner.Runner(cli.parse_args(["--quick", "--models", "waveglow", "--quiet"]), lambda msg: None)
+    run = runner.Runner(bench_cmd.parse_args(["--quick", "--models", "waveglow", "--quiet"]), lambda msg: None)
     entry = entries.ENTRY_BY_NAME["waveglow"]
     short, _ = run.warm_up(entry, run.mel_for(entry, 0.05))
     again, _ = run.warm_up(entry, run.mel_for(entry, 0.05))
@@ -464,8 +468,8 @@ def test_onnxruntime_rows_vocode_the_pytorch_rows_audio_and_count_the_exported_g
     same audio (export's tolerance); their FLOPs are the exported graph's, counted in torch. They run only when
     asked for, on the CPU in fp32."""
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
-    settings = cli.parse_args(["--quick", "--models", "waveglow,waveglow_onnx,student,student_onnx", "--quiet"])
-    assert not any(e.name.endswith("_onnx") for e in cli.parse_args(["--quick", "--quiet"]).entries)
+    settings = bench_cmd.parse_args(["--quick", "--models", "waveglow,waveglow_onnx,student,student_onnx", "--quiet"])
+    assert not any(e.name.endswith("_onnx") for e in bench_cmd.parse_args(["--quick", "--quiet"]).entries)
     run = runner.Runner(settings, lambda msg: None)
     for family in ("waveglow", "student"):
         torch_row, onnx_row = entries.ENTRY_BY_NAME[family], entries.ENTRY_BY_NAME[f"{family}_onnx"]
@@ -476,4 +480,4 @@ def test_onnxruntime_rows_vocode_the_pytorch_rows_audio_and_count_the_exported_g
         per_sample, how = run.warm_up(onnx_row, mel)
         assert how == "counted over the exported graph in torch" and per_sample > 0
     with pytest.raises(WavflowError, match="onnxruntime's rows run on the CPU in fp32"):
-        cli.parse_args(["--quick", "--models", "waveglow_onnx", "--dtype", "fp16"])
+        bench_cmd.parse_args(["--quick", "--models", "waveglow_onnx", "--dtype", "fp16"])

@@ -1,6 +1,6 @@
 """Half-precision inference checkpoints: fp16/bf16 weights in the file, float32 weights after loading equal to the
-stored values; every loader takes them; `python -m wavflow.train.ship` writes them and refuses by name what it
-cannot store."""
+stored values; every loader takes them; `wavflow convert --dtype fp16|bf16` writes them and refuses by name what
+it cannot store."""
 from __future__ import annotations
 
 import pytest
@@ -9,9 +9,10 @@ import torch
 import wavflow
 from wavflow.checkpoint import (cast_weights, inference_payload, load_with_step, model_payload, read_checkpoint,
                                 save_checkpoint)
+from wavflow.commands import convert as convert_cmd
+from wavflow.convert import convert
 from wavflow.errors import WavflowError
 from wavflow.evaluate import load_model
-from wavflow.train.ship import PROG, main, ship
 
 from synth_helpers import REPO, run_in_process, save_tiny_waveglow, snapshot, tiny_waveglow
 
@@ -22,7 +23,7 @@ HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_half_round_trip_loads_float32_weights_equal_to_the_stored_values(tmp_path, dtype):
     source = save_tiny_waveglow(tmp_path / "full.pt", seed=3)
-    info = ship(source, tmp_path / "half.pt", dtype)
+    info = convert(source, tmp_path / "half.pt", dtype)
     raw = read_checkpoint(tmp_path / "half.pt")
     assert raw["weights_dtype"] == dtype and info["dtype"] == dtype
     full = read_checkpoint(source)["state_dict"]
@@ -41,7 +42,7 @@ def test_every_loader_takes_a_half_checkpoint(tmp_path):
     from wavflow.inference import synthesize
 
     path = tmp_path / "half.pt"
-    ship(save_tiny_waveglow(tmp_path / "full.pt", seed=4), path, "fp16")
+    convert(save_tiny_waveglow(tmp_path / "full.pt", seed=4), path, "fp16")
     expected = wavflow.load(tmp_path / "full.pt").state_dict()
     model = wavflow.load(path)
     assert all(torch.allclose(model.state_dict()[k], expected[k], rtol=1e-3, atol=1e-4) for k in expected)
@@ -50,8 +51,8 @@ def test_every_loader_takes_a_half_checkpoint(tmp_path):
     mel = torch.from_numpy(__import__("numpy").load(REPO / "examples" / "LJ002-0020.npy"))[:, :20]
     audio = synthesize(mel, checkpoint=path, seed=0)
     assert torch.isfinite(torch.as_tensor(audio)).all()
-    # Re-shipping a half file as fp32 gives float32 tensors holding the half values, exactly.
-    ship(path, tmp_path / "back.pt", "fp32")
+    # Converting a half file back to fp32 gives float32 tensors holding the half values, exactly.
+    convert(path, tmp_path / "back.pt", "fp32")
     back = read_checkpoint(tmp_path / "back.pt")
     assert "weights_dtype" not in back
     assert all(back["state_dict"][k].dtype == torch.float32 for k in back["state_dict"])
@@ -84,20 +85,24 @@ def test_what_cannot_be_stored_or_read_is_refused_by_name(tmp_path, capsys):
         wavflow.load(tmp_path / "bad.pt")
 
     before = snapshot(tmp_path)
-    code, _, err = run_in_process(main, [source, tmp_path / "small.pt", "--max-mib", "0.01"], capsys, PROG)
+    run, prog = convert_cmd.run, convert_cmd.PROG
+    code, _, err = run_in_process(run, [source, tmp_path / "no" / "small.pt", "--max-mib", "0.01"], capsys, prog)
     assert code == 2 and err.count("\n") == 1 and "more than --max-mib 0.01; nothing written" in err
-    code, _, err = run_in_process(main, [tmp_path / "nope.pt", tmp_path / "x.pt"], capsys, PROG)
+    code, _, err = run_in_process(run, [tmp_path / "nope.pt", tmp_path / "x.pt"], capsys, prog)
     assert code == 2 and "nope.pt: no such checkpoint file" in err
-    code, _, err = run_in_process(main, [source, tmp_path / "no" / "dir" / "x.pt"], capsys, PROG)
-    assert code == 2 and "does not exist" in err
-    assert snapshot(tmp_path) == before
+    code, _, err = run_in_process(run, [source, tmp_path / "full.pt" / "x.pt"], capsys, prog)
+    assert code == 2 and "full.pt is not a directory" in err
+    code, _, err = run_in_process(run, [source, tmp_path / "x.pt", "--dtype", "fp8"], capsys, prog)
+    assert code == 2 and "--dtype: invalid choice: 'fp8'" in err
+    assert snapshot(tmp_path) == before  # not even the directory 'no' of the refused --max-mib file
 
-    code, out, _ = run_in_process(main, [source, tmp_path / "ok.pt", "--dtype", "bf16"], capsys, PROG)
-    assert code == 0 and out.startswith(f"{tmp_path / 'ok.pt'}: waveglow, ") and " as bf16, " in out
+    code, out, _ = run_in_process(run, [source, tmp_path / "new" / "ok.pt", "--dtype", "bf16"], capsys, prog)
+    assert code == 0 and out.startswith(f"{tmp_path / 'new' / 'ok.pt'}: waveglow, ") and " as bf16, " in out
+    assert ", step 0, from a wavflow checkpoint, sha256 " in out
 
 
 def test_shipped_checkpoints_fit_16_mib_in_half_precision(tmp_path):
     # What gpu_continue.sh ships: each of the three models in fp16 under the 16 MiB a GPU run can bring back.
     for name in ("waveglow", "wavenet", "student"):
-        info = ship(REPO / "checkpoints" / f"{name}-ljspeech-mini.pt", tmp_path / f"{name}.pt", "fp16", max_mib=16)
+        info = convert(REPO / "checkpoints" / f"{name}-ljspeech-mini.pt", tmp_path / f"{name}.pt", "fp16", max_mib=16)
         assert info["bytes"] < 16 * 2**20 and info["model_type"] == name

@@ -20,8 +20,9 @@ import torch
 from wavflow.audio import load_audio
 from wavflow.checkpoint import file_sha256, model_payload, save_checkpoint
 from wavflow.cli import run_cli
+from wavflow.commands import evaluate as evaluate_cmd
 from wavflow.errors import WavflowError
-from wavflow.evaluate import default_name, main
+from wavflow.evaluate import default_name
 from wavflow.losses import stft_loss
 from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.models import build_model
@@ -32,7 +33,7 @@ from wavflow.pitch import PitchSettings
 from synth_helpers import clip as fixture_clip, snapshot
 from test_report import BROWSER, PROBE, Page
 
-PROG = "python -m wavflow.evaluate"
+PROG = evaluate_cmd.PROG
 SECONDS = 0.5
 CROP = int(SECONDS * 22050) // 256 * 256  # what --max-seconds 0.5 keeps of each clip: whole hops
 ROW_KEYS = {"name", "kind", "nll_nats", "nll_bits", "nll_samples", "logmel_l1", "mrstft", "mrstft_sc",
@@ -54,7 +55,7 @@ def waveglow_ckpt(tmp_path_factory) -> Path:
 
 def _run(argv: list[str]) -> int:
     try:
-        run_cli(PROG, main, argv)
+        run_cli(PROG, evaluate_cmd.run, argv)
     except SystemExit as e:
         return int(e.code or 0)
     raise AssertionError("run_cli returned without SystemExit")
@@ -448,7 +449,7 @@ def test_report_keeps_the_pitch_tracks_it_scored(ljspeech_root, monkeypatch):
     monkeypatch.setattr(ev, "clip_metrics", lambda *args, **kwargs: compared.append(kwargs) or
                         real_clip_metrics(*args, **kwargs))
     clips = ev.load_clips(ljspeech_root, 20, 2, SECONDS, MelConfig())
-    optional = ev.require_metrics(["pitch"])
+    optional = wavflow.metrics.require_metrics(["pitch"])
     pitch = ev.recording_pitch(clips, MelConfig(), optional)
     real, gl = ev.evaluate_references(clips, MelConfig(), optional, 4, 0, pitch)
     assert len(tracked) == 2 * len(clips)  # the recordings, then Griffin-Lim's audio: nothing tracked twice

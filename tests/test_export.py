@@ -3,13 +3,13 @@ WaveGlow and student and on tiny models, at two lengths and two batch sizes (the
 folded and the 1x1 inverses are stored; the file is written atomically."""
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 import pytest
 import torch
 
 from wavflow import export
+from wavflow.commands import export as cli
 from wavflow.checkpoint import load, model_payload, save_checkpoint
 from wavflow.errors import WavflowError
 from wavflow.models import build_model
@@ -185,12 +185,10 @@ def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
     assert (tmp_path / "m.onnx").read_bytes() == b"an older file"
 
 
-cli = importlib.import_module("wavflow.export")
-
 
 def test_cli_exports_and_verifies(tmp_path, capsys):
     save_checkpoint(tmp_path / "tiny.pt", model_payload(_tiny_student()))
-    code, out, err = run_in_process(cli._main, [tmp_path / "tiny.pt", "-o", tmp_path / "s.onnx"], capsys,
+    code, out, err = run_in_process(cli.run, [tmp_path / "tiny.pt", "-o", tmp_path / "s.onnx"], capsys,
                                     prog=cli.PROG)
     assert code == 0, err
     assert out.startswith(f"wrote {tmp_path / 's.onnx'}: student") and "max |diff|" in out
@@ -204,6 +202,6 @@ def test_cli_exports_and_verifies(tmp_path, capsys):
 def test_cli_default_output_name_and_shipped_model(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_checkpoint(tmp_path / "glow.pt", model_payload(tiny_waveglow()))
-    code, out, err = run_in_process(cli._main, ["glow.pt", "--no-verify"], capsys, prog=cli.PROG)
+    code, out, err = run_in_process(cli.run, ["glow.pt", "--no-verify"], capsys, prog=cli.PROG)
     assert code == 0, err
     assert (tmp_path / "glow.onnx").is_file() and "verified" not in out and "diff" not in out

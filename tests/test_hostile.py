@@ -9,7 +9,6 @@ real subprocesses too, to show the one-line contract holds for the actual comman
 """
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -21,16 +20,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from wavflow import benchmark, convert, evaluate, export
-from wavflow import mel as mel_cli
-from wavflow import train
+from wavflow.commands import benchmark, convert, evaluate, export, stream, train
+from wavflow.commands import mel as mel_cli
+from wavflow.commands import synthesize as synth_cli
 from wavflow.checkpoint import model_payload
 from wavflow.frontend import MAX_FRAMES, MelConfig
 from wavflow.inference import native_bf16
 
-from synth_helpers import LJSPEECH, REPO, run_in_process, run_module, save_tiny_waveglow, snapshot, tiny_waveglow
-
-synth_cli = importlib.import_module("wavflow.synthesize")  # the CLI module (the attribute is the function)
+from synth_helpers import LJSPEECH, REPO, run_command, run_in_process, save_tiny_waveglow, snapshot, tiny_waveglow
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -597,14 +594,26 @@ EXPORT = [
     Case("opset-not-int", export_args(None, "m.onnx", "--opset", "x"), "--opset: invalid int value"),
 ]
 
+# `wavflow stream` takes one mel: synthesize's cases less those about several inputs, a directory or batching,
+# and its own.
+STREAM = [c for c in SYNTHESIZE if c.id not in {"dir-without-mels", "good-then-bad-mel", "output-wav-for-two-mels",
+                                                "two-inputs-one-output", "batch-size-zero", "no-inputs"}] + [
+    Case("no-input", lambda t, c: ["--checkpoint", c, "-o", t / "o.wav"], "give one mel .npy file or --example"),
+    Case("mel-and-example", lambda t, c: [good_mel(t), "--example", "--checkpoint", c], "give one mel .npy file"),
+    Case("two-mels", lambda t, c: [good_mel(t), good_mel(t, "g2.npy"), "--checkpoint", c, "-o", t / "o.wav"],
+         "unrecognized arguments"),
+    Case("directory-as-mel", lambda t, c: [(t / "mels").mkdir() or t / "mels", "--checkpoint", c], "is a directory"),
+]
+
 CLIS = {
-    "synthesize": (synth_cli._main, synth_cli.PROG, SYNTHESIZE),
-    "mel": (mel_cli.main, mel_cli.PROG, MEL),
-    "evaluate": (evaluate.main, "python -m wavflow.evaluate", EVALUATE),
-    "train": (train.main, train.PROG, TRAIN),
-    "convert": (convert._main, convert.PROG, CONVERT),
-    "benchmark": (benchmark.main, benchmark.PROG, BENCHMARK),
-    "export": (export._main, export.PROG, EXPORT),
+    "synthesize": (synth_cli.run, synth_cli.PROG, SYNTHESIZE),
+    "stream": (stream.run, stream.PROG, STREAM),
+    "mel": (mel_cli.run, mel_cli.PROG, MEL),
+    "evaluate": (evaluate.run, evaluate.PROG, EVALUATE),
+    "train": (train.run, train.PROG, TRAIN),
+    "convert": (convert.run, convert.PROG, CONVERT),
+    "benchmark": (benchmark.run, benchmark.PROG, BENCHMARK),
+    "export": (export.run, export.PROG, EXPORT),
 }
 
 
@@ -641,14 +650,14 @@ def test_hostile_input(cli, case, tmp_path, ckpt, capsys, monkeypatch):
 
 @pytest.mark.parametrize("cli,case", [("synthesize", "pickled-object-npy"), ("synthesize", "checkpoint-runs-code"),
                                       ("synthesize", "bands-vs-checkpoint"), ("mel", "absurd-length"),
-                                      ("export", "autoregressive-teacher")])
+                                      ("export", "autoregressive-teacher"), ("stream", "pickled-object-npy")])
 def test_hostile_input_real_process(cli, case, tmp_path, ckpt):
-    """The same contract through `python -m wavflow.<cli>` in a fresh interpreter."""
+    """The same contract through `python -m wavflow <cli>` (the `wavflow` command) in a fresh interpreter."""
     _, prog, cases = CLIS[cli]
     case = next(c for c in cases if c.id == case)
     argv = case.build(tmp_path, ckpt)
     before = snapshot(tmp_path)
-    r = run_module(cli, *argv, cwd=tmp_path)
+    r = run_command(cli, *argv, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith(f"{prog}: error: ") and case.match in r.stderr
     assert "Traceback" not in r.stderr + r.stdout

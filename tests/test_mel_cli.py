@@ -5,7 +5,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from wavflow import mel as mel_cli
+from wavflow.commands import mel as mel_cli
 from wavflow.audio import resample
 from wavflow.frontend import mel_spectrogram
 
@@ -13,7 +13,7 @@ from synth_helpers import run_in_process, run_module, snapshot
 
 
 def _main(argv, capsys):
-    return run_in_process(mel_cli.main, argv, capsys, prog=mel_cli.PROG)
+    return run_in_process(mel_cli.run, argv, capsys, prog=mel_cli.PROG)
 
 
 def test_mel_cli_equals_mel_spectrogram(short_clip, tmp_path):

@@ -2,7 +2,6 @@
 held-out DNSMOS figures read from checkpoints/README.md."""
 from __future__ import annotations
 
-import importlib
 import re
 
 import numpy as np
@@ -13,12 +12,12 @@ import torch
 import wavflow
 from wavflow import resources
 from wavflow.checkpoint import load
+from wavflow.commands import export as export_cli
+from wavflow.commands import synthesize as synth_cli
 from wavflow.errors import WavflowError
 
 from synth_helpers import REPO, run_in_process, save_tiny_waveglow, snapshot
 
-synth_cli = importlib.import_module("wavflow.synthesize")  # the CLI module (the attribute is the function)
-export_cli = importlib.import_module("wavflow.export")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -75,12 +74,12 @@ def test_synthesize_model_option_takes_every_name(tmp_path, capsys):
         assert parser.parse_args(["m.npy", "--model", name]).model == name
     mel = np.load(REPO / "examples" / "LJ002-0020.npy")[:, :4]
     np.save(tmp_path / "m.npy", mel)
-    code, _, err = run_in_process(synth_cli._main, [tmp_path / "m.npy", "--model", "student", "-o",
+    code, _, err = run_in_process(synth_cli.run, [tmp_path / "m.npy", "--model", "student", "-o",
                                                     tmp_path / "s.wav", "-q"], capsys, prog=synth_cli.PROG)
     assert code == 0, err
     audio, sr = sf.read(str(tmp_path / "s.wav"))
     assert audio.shape == (4 * 256,) and sr == 22050
-    code, _, err = run_in_process(synth_cli._main, [tmp_path / "m.npy", "--model", "wavglow"], capsys,
+    code, _, err = run_in_process(synth_cli.run, [tmp_path / "m.npy", "--model", "wavglow"], capsys,
                                   prog=synth_cli.PROG)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "wavglow" in err
     assert all(n in err for n in resources.SHIPPED)
@@ -89,9 +88,9 @@ def test_synthesize_model_option_takes_every_name(tmp_path, capsys):
 def test_export_model_option_takes_every_name(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # The teacher is a shipped name export accepts, then refuses by what it is (autoregressive), not by name.
-    code, _, err = run_in_process(export_cli._main, ["--model", "wavenet"], capsys, prog=export_cli.PROG)
+    code, _, err = run_in_process(export_cli.run, ["--model", "wavenet"], capsys, prog=export_cli.PROG)
     assert code == 2 and "WaveNet teacher cannot be exported" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_in_process(export_cli._main, ["--model", "glow"], capsys, prog=export_cli.PROG)
+    code, _, err = run_in_process(export_cli.run, ["--model", "glow"], capsys, prog=export_cli.PROG)
     assert code == 2 and "invalid choice: 'glow'" in err and all(n in err for n in resources.SHIPPED)
     assert snapshot(tmp_path) == set()
 
@@ -102,7 +101,7 @@ def _table_rows(out: str) -> dict[str, list[str]]:
 
 
 def test_list_models(capsys):
-    code, out, err = run_in_process(synth_cli._main, ["--list-models"], capsys, prog=synth_cli.PROG)
+    code, out, err = run_in_process(synth_cli.run, ["--list-models"], capsys, prog=synth_cli.PROG)
     assert code == 0 and err == ""
     header = out.splitlines()[0]
     for column in ("name", "family", "parameters", "sample rate", "held-out DNSMOS P.808"):
@@ -125,7 +124,7 @@ def test_list_models_without_the_files(tmp_path, monkeypatch, capsys):
     (tmp_path / "checkpoints" / "student-ljspeech-mini.pt").write_text("not a checkpoint")
     (tmp_path / "checkpoints" / "README.md").write_text(
         "| run | model | DNSMOS P.808 |\n|---|---|---:|\n| 1 | WaveGlow 5.3M | 2.91 |\n")
-    code, out, _ = run_in_process(synth_cli._main, ["--list-models"], capsys, prog=synth_cli.PROG)
+    code, out, _ = run_in_process(synth_cli.run, ["--list-models"], capsys, prog=synth_cli.PROG)
     assert code == 0
     rows = _table_rows(out)
     assert rows["waveglow"][2:] == ["-", "-", "2.91", "waveglow-ljspeech-mini.pt (not found)"]

@@ -15,9 +15,9 @@ import torch
 import yaml
 from torchaudio.functional import resample as torchaudio_resample
 
-import importlib
 
 from wavflow.checkpoint import read_checkpoint
+from wavflow.commands import synthesize as synth_cli
 from wavflow.errors import WavflowError
 from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.checkpoint import load as load_model
@@ -31,7 +31,6 @@ from wavflow.train import train
 
 from synth_helpers import clip, run_in_process
 
-synth_cli = importlib.import_module("wavflow.synthesize")  # the CLI module (wavflow.synthesize is the function)
 
 # (name, mel settings): ESPnet / ParallelWaveGAN's log10 80-7600 Hz bands at two common rates, and HiFi-GAN's
 # natural-log convention at 44.1 kHz / hop 512.
@@ -166,7 +165,7 @@ def test_each_family_vocodes_exactly_frames_times_hop_at_its_rate(trained, famil
         assert torch.allclose(torch.cat(chunks), audio, atol=1e-5)
     # the command line writes a WAV at the checkpoint's rate
     np.save(tmp_path / "m.npy", mel)
-    code, _, err = run_in_process(synth_cli._main, [tmp_path / "m.npy", "--checkpoint", ckpt, "-o", tmp_path / "a.wav",
+    code, _, err = run_in_process(synth_cli.run, [tmp_path / "m.npy", "--checkpoint", ckpt, "-o", tmp_path / "a.wav",
                                                     "-q"], capsys, prog=synth_cli.PROG)
     assert code == 0 and err == ""
     info = sf.info(tmp_path / "a.wav")
@@ -187,11 +186,11 @@ def test_a_mel_of_the_other_log_base_is_refused_or_warned_about(trained, tmp_pat
     cli = ["--checkpoint", ckpt, "-o", tmp_path / "out"]
     if mc.log_base == "e":  # a natural-log checkpoint given log10 features, then values far below its floor
         np.save(tmp_path / "log10.npy", mel_spectrogram(y, dataclasses.replace(mc, log_base="10"))[0].numpy())
-        code, _, err = run_in_process(synth_cli._main, [tmp_path / "log10.npy", *cli, "-q"], capsys,
+        code, _, err = run_in_process(synth_cli.run, [tmp_path / "log10.npy", *cli, "-q"], capsys,
                                       prog=synth_cli.PROG)
         assert code == 0 and err.count("\n") == 1 and "is it log10 or normalised?" in err
         np.save(tmp_path / "low.npy", np.full((80, 20), -30, np.float32))
-        code, _, err = run_in_process(synth_cli._main, [tmp_path / "low.npy", *cli], capsys, prog=synth_cli.PROG)
+        code, _, err = run_in_process(synth_cli.run, [tmp_path / "low.npy", *cli], capsys, prog=synth_cli.PROG)
         assert code == 2 and "below this checkpoint's silence floor -11.51" in err
         assert not (tmp_path / "out" / "low.wav").exists()
         return
@@ -202,14 +201,14 @@ def test_a_mel_of_the_other_log_base_is_refused_or_warned_about(trained, tmp_pat
     assert np.percentile(speech, 1) < -8 and silent.min() < -11.5
     np.save(tmp_path / "speech.npy", speech)
     np.save(tmp_path / "silent.npy", silent)
-    code, _, err = run_in_process(synth_cli._main, [tmp_path / "silent.npy", *cli], capsys, prog=synth_cli.PROG)
+    code, _, err = run_in_process(synth_cli.run, [tmp_path / "silent.npy", *cli], capsys, prog=synth_cli.PROG)
     assert code == 2 and err.count("\n") == 1 and "below this checkpoint's silence floor -10.00" in err
     assert not (tmp_path / "out").exists()
-    code, _, err = run_in_process(synth_cli._main, [tmp_path / "speech.npy", *cli, "-q"], capsys, prog=synth_cli.PROG)
+    code, _, err = run_in_process(synth_cli.run, [tmp_path / "speech.npy", *cli, "-q"], capsys, prog=synth_cli.PROG)
     assert code == 0 and err.count("\n") == 1 and "warning" in err and "is it natural-log?" in err
     # the same speech in the checkpoint's own convention passes silently
     np.save(tmp_path / "own.npy", mel_spectrogram(y, mc)[0].numpy())
-    code, _, err = run_in_process(synth_cli._main, [tmp_path / "own.npy", *cli, "-q"], capsys, prog=synth_cli.PROG)
+    code, _, err = run_in_process(synth_cli.run, [tmp_path / "own.npy", *cli, "-q"], capsys, prog=synth_cli.PROG)
     assert code == 0 and err == ""
 
 
@@ -219,7 +218,7 @@ def test_the_length_limit_is_ten_minutes_at_the_checkpoints_rate(trained, tmp_pa
     mc = load_model(ckpt).mel_config
     limit = 600 * mc.sample_rate // mc.hop_length  # 48,000 frames at 16 and 24 kHz, not the default's 51,679
     np.save(tmp_path / "long.npy", np.full((80, limit + 1), -5, np.float32))
-    code, _, err = run_in_process(synth_cli._main, [tmp_path / "long.npy", "--checkpoint", ckpt, "-o",
+    code, _, err = run_in_process(synth_cli.run, [tmp_path / "long.npy", "--checkpoint", ckpt, "-o",
                                                     tmp_path / "out"], capsys, prog=synth_cli.PROG)
     assert code == 2 and f"mel has {limit + 1} frames, more than the limit of {limit}" in err, err
     assert not (tmp_path / "out").exists()

@@ -6,7 +6,6 @@ only come out right if the state (student, teacher) or the window (WaveGlow) rea
 """
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch
 
 from wavflow import inference, streaming
 from wavflow.audio import to_int16
+from wavflow.commands import synthesize as synth_cli
 from wavflow.errors import WavflowError
 from wavflow.inference import ItemNoise, item_seed, synthesize
 from wavflow.models import build_model
@@ -27,7 +27,6 @@ from synth_helpers import REPO, run_in_process, save_tiny_waveglow, snapshot
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-synth_cli = importlib.import_module("wavflow.synthesize")
 EXAMPLE = REPO / "examples" / "LJ002-0020.npy"
 HOP = 256
 # Chunks in seconds -> frames at 22,050 Hz / hop 256: 1 frame (shorter than every receptive field below), 3,
@@ -262,7 +261,7 @@ def ckpt(tmp_path_factory):
 
 
 def _cli(argv, capsys):
-    return run_in_process(synth_cli._main, argv, capsys, prog=synth_cli.PROG)
+    return run_in_process(synth_cli.run, argv, capsys, prog=synth_cli.PROG)
 
 
 def test_cli_chunk_seconds_writes_the_unstreamed_audio(ckpt, tmp_path, example_mel, capsys):

@@ -1,7 +1,6 @@
 """Synthesis: `python -m wavflow.synthesize` and `wavflow.synthesize()` with tiny random-weight checkpoints."""
 from __future__ import annotations
 
-import importlib
 import numpy as np
 import pytest
 import soundfile as sf
@@ -9,12 +8,12 @@ import torch
 
 from wavflow import inference, resources
 from wavflow.audio import to_int16
+from wavflow.commands import synthesize as synth_cli
 from wavflow.errors import WavflowError
 from wavflow.inference import synthesize
 
 from synth_helpers import REPO, run_in_process, run_module, save_tiny_waveglow, tail_samples, tiny_waveglow
 
-synth_cli = importlib.import_module("wavflow.synthesize")  # the CLI module (the attribute is the function)
 
 EXAMPLE = REPO / "examples" / "LJ002-0020.npy"
 
@@ -35,7 +34,7 @@ def example_mel():
 
 
 def _main(argv, capsys):
-    return run_in_process(synth_cli._main, argv, capsys, prog=synth_cli.PROG)
+    return run_in_process(synth_cli.run, argv, capsys, prog=synth_cli.PROG)
 
 
 def test_cli_vocodes_the_example_mel_end_to_end(ckpt, tmp_path, example_mel):

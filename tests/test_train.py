@@ -23,7 +23,8 @@ from wavflow.checkpoint import read_checkpoint
 from wavflow.cli import run_cli
 from wavflow.models import build_model
 from wavflow.models.waveglow import WaveGlow
-from wavflow.train import PROG, Trainer, load_config, main, seed_everything, train, weights_sha256
+from wavflow.commands.train import run as main
+from wavflow.train import PROG, Trainer, load_config, seed_everything, train, weights_sha256
 
 from synth_helpers import clip
 

@@ -23,7 +23,8 @@ from wavflow.data import CropSampler, DeviceCrops, LJSpeech
 from wavflow.errors import WavflowError
 from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.models import config_to_dict
-from wavflow.train import PROG, Trainer, load_config, main, train
+from wavflow.commands.train import run as main
+from wavflow.train import PROG, Trainer, load_config, train
 
 from synth_helpers import clip
 from test_train import ENV, cli, log_records, write_config

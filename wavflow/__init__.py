@@ -9,6 +9,9 @@
         ...
 
 Names are imported on first use, so `import wavflow` stays cheap and `python -m wavflow.X` runs cleanly.
+
+From a shell, one command: `wavflow synthesize|stream|mel|train|evaluate|benchmark|export|convert ...` (also
+`python -m wavflow ...`; `wavflow --help`), one module per subcommand in wavflow/commands/.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""`python -m wavflow.export CHECKPOINT -o model.onnx`: WaveGlow or the IAF student as an ONNX graph, to run
-outside PyTorch (onnxruntime, TensorRT, ...).
+"""`wavflow export CHECKPOINT -o model.onnx`: WaveGlow or the IAF student as an ONNX graph, to run outside
+PyTorch (onnxruntime, TensorRT, ...). The command line is wavflow.commands.export (also `python -m wavflow.export`).
 
-    python -m wavflow.export checkpoints/waveglow-ljspeech-mini.pt -o waveglow.onnx
-    python -m wavflow.export --model student -o student.onnx
+    wavflow export checkpoints/waveglow-ljspeech-mini.pt -o waveglow.onnx
+    wavflow export --model student -o student.onnx
 
 The graph is the model's sampling pass with the noise as an input, so a caller controls the randomness and
 the graph holds no random op:
@@ -29,17 +29,16 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cli import ArgumentParser, check_writable_dir, run_cli
+from .cli import check_writable_dir
 from .errors import WavflowError
 from .fileio import atomic_write
 
-PROG = "python -m wavflow.export"
 EXPORTABLE = ("waveglow", "student")
 OPSET = 17
 
@@ -292,47 +291,7 @@ def _check_output(path: Path) -> None:
     check_writable_dir(path.parent)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-
-def _main(argv: Sequence[str] | None) -> None:
-    from .checkpoint import load
-    from .resources import SHIPPED, shipped_checkpoint
-
-    p = ArgumentParser(prog=PROG, description="Export a WaveGlow or IAF student checkpoint to ONNX (weight norm "
-                                              "folded, 1x1 inverses precomputed; inputs mel, z and sigma or "
-                                              "temperature; output audio; dynamic batch and length).")
-    p.add_argument("checkpoint", nargs="?", help="a wavflow checkpoint or an NVIDIA WaveGlow file")
-    p.add_argument("--model", choices=SHIPPED, metavar="NAME",
-                   help=f"a shipped model by name instead: {', '.join(SHIPPED)} (the WaveNet teacher, autoregressive, "
-                        "does not export)")
-    p.add_argument("-o", "--output", metavar="OUT", help="the .onnx file to write (default: CHECKPOINT's name "
-                                                         "with .onnx, in the current directory)")
-    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the check that onnxruntime's audio equals PyTorch's (run when onnxruntime is installed)")
-    args = p.parse_args(argv)
-    if (args.checkpoint is None) == (args.model is None):
-        p.error("give a checkpoint file or --model NAME (one of them)")
-    source = Path(args.checkpoint) if args.checkpoint is not None else shipped_checkpoint(args.model)
-    out = Path(args.output) if args.output is not None else Path(source.stem + ".onnx")
-    if not 7 <= args.opset <= 23:
-        raise WavflowError(f"--opset {args.opset}: expected an ONNX opset from 7 to 23")
-    _check_output(out)
-    model = load(source)  # one line for a missing, truncated, code-carrying or foreign file
-    check_exportable(model)
-    _import_onnx()
-    size = export_onnx(model, out, args.opset)
-    diff = None if args.no_verify else verify(out, model)
-    check = ("" if args.no_verify else " (onnxruntime not installed: not verified)" if diff is None
-             else f"; onnxruntime vs PyTorch, same z, 7 and 23 frames: max |diff| {diff:.2g}")
-    params = sum(t.numel() for t in model.parameters())
-    print(f"wrote {out}: {model.model_type}, {params:,} parameters, {size / 2**20:.1f} MiB{check}")
-
-
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    run_cli(PROG, _main, argv)
-
-
 if __name__ == "__main__":
-    main()
+    from wavflow.commands.export import main
+
+    main(prog="python -m wavflow.export")  # help and errors name the command as it was typed

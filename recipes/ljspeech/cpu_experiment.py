@@ -146,7 +146,7 @@ def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
     import datetime
     import shutil
 
-    from wavflow.train.ship import ship
+    from wavflow.convert import convert
 
     rows = {r["name"]: r for r in json.loads(judge.read_text())["systems"]}
     old, new = rows["shipped"], rows["continued"]
@@ -162,7 +162,7 @@ def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
           f"GPE {_pct(new.get('gpe'))} (shipped {_pct(old.get('gpe'))}), after {cpu / 60:.0f} CPU-minutes in all, "
           f"step {steps}: {'better' if better else 'not better'}")
     if better:
-        info = ship(out / "last.pt", out / "candidate.pt", "fp16")
+        info = convert(out / "last.pt", out / "candidate.pt", dtype="fp16")
         print(f"wrote {info['path']} ({info['bytes'] / 2**20:.1f} MiB, sha256 {info['sha256'][:12]})")
         if install:
             shutil.copyfile(out / "candidate.pt", shipped.with_name(f".{shipped.name}.tmp"))

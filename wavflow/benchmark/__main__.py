@@ -1,5 +1,4 @@
-"""`python -m wavflow.benchmark`: bad input is one line and exit status 2 (wavflow.cli.run_cli)."""
-from ..cli import run_cli
-from . import PROG, main
+"""`python -m wavflow.benchmark`: the `wavflow benchmark` command (wavflow.commands.benchmark)."""
+from ..commands.benchmark import main
 
-run_cli(PROG, main)
+main(prog="python -m wavflow.benchmark")  # help and errors name the command as it was typed

@@ -10,7 +10,7 @@ import torch
 from .. import resources
 from ..errors import WavflowError
 from ..frontend import MelConfig
-from .cli import Settings
+from .settings import Settings
 from .entries import CAST_FAMILIES
 from .measure import DTYPES
 

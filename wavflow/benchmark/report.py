@@ -22,10 +22,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .cli import PROG, Settings
 from .entries import ENTRIES, ENTRY_BY_NAME, REFERENCE
-from .measure import Peak
-from .runner import Row, Runner
+from .results import Row
+from .settings import Settings
 
 
 def machine_description(device: torch.device) -> str:
@@ -123,29 +122,6 @@ def waveglow_backends() -> dict[str, dict]:
     from ..models.waveglow_sampling import sampling_backend_choices
 
     return {k: dataclasses.asdict(v) for k, v in sampling_backend_choices().items()}
-
-
-def run_meta(settings: Settings, runner: Runner, peaks: dict[str, Peak], argv: Sequence[str] | None) -> dict:
-    """The run's settings and machine, as the JSON's "meta" (read before the run hands back --threads)."""
-    return {
-        "machine": machine_description(settings.device),
-        "device": str(settings.device),
-        "dtype": settings.dtype,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if settings.device.type == "cuda" else None,
-        "peak_gflops": peaks[settings.dtype].gflops,
-        "peak_gflops_by_dtype": {k: p.gflops for k, p in peaks.items()},
-        "peak_gflops_by_backend": {k: p.by_backend for k, p in peaks.items()},
-        "waveglow_backends": waveglow_backends(),
-        "repeats": settings.repeats,
-        "lengths_s": list(settings.lengths),
-        "mel": runner.mel_source,
-        "models": {f: {"source": m.source, "parameters": m.parameters} for f, m in runner.models.items()},
-        "memory": runner.memory.kind,
-        "quick": settings.quick,
-        "command": " ".join([PROG, *(sys.argv[1:] if argv is None else argv)]),
-    }
 
 
 def print_report(settings: Settings, rows: Sequence[Row], meta: dict[str, Any]) -> None:

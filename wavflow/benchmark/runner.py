@@ -1,4 +1,5 @@
-"""The run: warm every row up, time the rows of one length round-robin, and turn the times into table rows.
+"""The run: warm every row up, time the rows of one length round-robin, and turn the times into table rows
+(`run`: the whole benchmark, which wavflow.commands.benchmark prints and writes with report.py).
 
 Protocol (design.md section 6). Weight norm is folded into the weights first, as for any inference. At each
 length every parallel model is warmed up once at that length (allocator and oneDNN/cuDNN plans are
@@ -17,51 +18,20 @@ from __future__ import annotations
 
 import copy
 import statistics
-import sys
 from contextlib import nullcontext
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from ..errors import WavflowError
 from ..frontend import MelConfig
-from .cli import Settings, parse_args
 from .entries import CAST_FAMILIES, REFERENCE, Entry, row_precision
 from .inputs import ModelUnderTest, default_mel, frames_for, load_model, mel_batch
 from .measure import DTYPES, Memory, Peak, count_flops, machine_peak, precision_context, synchronize, time_call
+from .report import add_speedups, machine_description, waveglow_backends
+from .results import Row
+from .settings import Settings
 
 AR_WARMUP_SECONDS = 0.05  # the one warm-up of each autoregressive generator
-
-
-@dataclass
-class Row:
-    model: str
-    label: str
-    family: str
-    source: str
-    parameters: int
-    length_s: float               # per utterance
-    batch: int
-    samples: int                  # produced per call (all utterances)
-    times_s: list[float]
-    median_s: float
-    samples_per_s: float
-    cpu_times_s: list[float]      # process CPU seconds of the same calls as times_s
-    samples_per_cpu_s: float      # samples / median CPU seconds
-    rtf: float                    # wall s / audio s produced
-    x_real_time: float
-    speedup_vs_cached: float | None
-    speedup_ref_length_s: float | None    # length of the cached row divided by (differs where it was capped)
-    flops_per_sample: float
-    flops_method: str
-    gflops: float
-    pct_peak: float               # of peak_gflops
-    peak_gflops: float            # the machine's measured peak (best backend) in the precision this row computes in
-    peak_mem_bytes: int
-    dtype: str
-    note: str = ""
 
 
 class Runner:
@@ -302,18 +272,35 @@ def machine_peaks(settings: Settings) -> dict[str, Peak]:
     return peaks
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .report import add_speedups, print_report, run_meta, write_json, write_plot
+def run_meta(settings: Settings, runner: Runner, peaks: dict[str, Peak], command: str) -> dict:
+    """The run's settings and machine, as the JSON's "meta" (read before the run hands back --threads)."""
+    return {
+        "machine": machine_description(settings.device),
+        "device": str(settings.device),
+        "dtype": settings.dtype,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if settings.device.type == "cuda" else None,
+        "peak_gflops": peaks[settings.dtype].gflops,
+        "peak_gflops_by_dtype": {k: p.gflops for k, p in peaks.items()},
+        "peak_gflops_by_backend": {k: p.by_backend for k, p in peaks.items()},
+        "waveglow_backends": waveglow_backends(),
+        "repeats": settings.repeats,
+        "lengths_s": list(settings.lengths),
+        "mel": runner.mel_source,
+        "models": {f: {"source": m.source, "parameters": m.parameters} for f, m in runner.models.items()},
+        "memory": runner.memory.kind,
+        "quick": settings.quick,
+        "command": command,
+    }
 
-    settings = parse_args(argv)
-    log = (lambda msg: None) if settings.quiet else (lambda msg: print(f"[benchmark] {msg}", file=sys.stderr,
-                                                                       flush=True))
-    for out in (settings.json, settings.plot):  # refuse an unwritable output before minutes of timing
-        if out is not None and Path(out).parent.exists() is False:
-            raise WavflowError(f"{out}: its directory does not exist")
+
+def run(settings: Settings, log: Callable[[str], None], command: str) -> tuple[list[Row], dict]:
+    """The whole benchmark: every row of `plan(settings)` at its lengths, with the speed-up column, and the run's
+    record (`run_meta`; `command` is the command line it records). --threads holds for the run only."""
     threads = torch.get_num_threads()
     if settings.threads is not None:
-        # Here, not in parse_args: checking arguments changes nothing, and the run gives the count back.
+        # Here, not in check_settings: checking arguments changes nothing, and the run gives the count back.
         torch.set_num_threads(settings.threads)
     try:
         runner = Runner(settings, log)
@@ -323,12 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seconds, entries in plan(settings):
             rows += runner.run_length(seconds, entries, peaks)
         add_speedups(rows)
-        meta = run_meta(settings, runner, peaks, argv)
+        meta = run_meta(settings, runner, peaks, command)
     finally:
         torch.set_num_threads(threads)
-    print_report(settings, rows, meta)
-    if settings.json is not None:
-        write_json(settings.json, rows, meta)
-    if settings.plot is not None:
-        write_plot(settings.plot, rows, meta)
-    return 0
+    return rows, meta

@@ -1,5 +1,5 @@
-"""Training for every wavflow model: `python -m wavflow.train CONFIG.yaml [--out-dir DIR] [--resume | --init CKPT]
-[--max-minutes M] [key=value ...]`.
+"""Training for every wavflow model: `wavflow train CONFIG.yaml [--out-dir DIR] [--resume | --init CKPT]
+[--max-minutes M] [key=value ...]` (also `python -m wavflow.train`; the command line is wavflow.commands.train).
 
 A run is described by a YAML file (sections model, model_config, mel, teacher, data, train: config.py;
 recipes/ljspeech/conf/*.yaml are commented examples). Any key can be overridden on the command line:
@@ -16,8 +16,8 @@ recipes/ljspeech/conf/*.yaml are commented examples). Any key can be overridden 
     teacher.py     the teacher a distilled model (needs_teacher) learns from: loaded, hashed, frozen, attached
     budget.py      the --max-minutes budget on the wall or CPU clock (train.budget_clock), measured durations
     runlog.py      log.jsonl, TensorBoard, progress on stderr; rates (samples/s) and the run's summary
-    command.py     the command line, and train() for Python
-    ship.py        `python -m wavflow.train.ship`: a checkpoint as a half-precision inference file for shipping
+    command.py     train() for Python, and the process start time --max-minutes counts from
+    ship.py        deprecated `python -m wavflow.train.ship`: now `wavflow convert --dtype fp16` (wavflow.convert)
 
 --init CKPT starts a new run (fresh optimizer, step 0) from a checkpoint's weights and architecture; --max-minutes
 M ends the run with a validation and saves before M minutes from process start (budget.py, state.read_init).
@@ -44,10 +44,10 @@ SIGTERM: the step in progress is finished and a checkpoint saved before exiting,
 A second SIGINT aborts at once (last.pt is still the previous complete checkpoint: saves are atomic).
 """
 from ..models import weights_sha256
-from .command import main, train
+from .command import train
 from .config import DataConfig, RunConfig, TrainConfig, load_config
 from .loop import Trainer, TrainingDiverged
 from .runtime import PROG, Runtime, seed_everything
 
 __all__ = ["PROG", "DataConfig", "RunConfig", "Runtime", "TrainConfig", "Trainer", "TrainingDiverged",
-           "load_config", "main", "seed_everything", "train", "weights_sha256"]
+           "load_config", "seed_everything", "train", "weights_sha256"]

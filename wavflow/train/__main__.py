@@ -1,6 +1,5 @@
-"""`python -m wavflow.train` and `torchrun -m wavflow.train`."""
-from ..cli import run_cli
-from .command import main
-from .runtime import PROG
+"""`python -m wavflow.train` and `torchrun -m wavflow.train`: the `wavflow train` command (wavflow.commands.train),
+under the trainer's own name."""
+from ..commands.train import main
 
-run_cli(PROG, main)
+main()

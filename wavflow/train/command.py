@@ -1,19 +1,16 @@
-"""`python -m wavflow.train CONFIG.yaml [--out-dir DIR] [--resume | --init CKPT] [--max-minutes M] [key=value ...]`,
-and `train()` for Python."""
+"""`train()`, training for Python, and what the command line (`wavflow train`, wavflow.commands.train) shares with
+it: the process start time --max-minutes counts from."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..cli import ArgumentParser, number
 from .config import RunConfig, default_out_dir, load_config
-from .loop import Trainer, TrainingDiverged
-from .runtime import EXIT_DIVERGED, PROG, Runtime
+from .loop import Trainer
 
 IMPORTED_AT = time.time()
 
@@ -53,45 +50,3 @@ def train(config: RunConfig | str | os.PathLike, out_dir: str | os.PathLike | No
     code = trainer.fit()
     trainer.exit_code = code
     return trainer
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = ArgumentParser(prog=PROG, description="Train a wavflow model (WaveGlow, WaveNet teacher, IAF "
-                            "student) as a YAML file describes; under torchrun, on every process.",
-                            epilog="Overrides: section.key=value (e.g. train.max_steps=100 data.root=PATH "
-                                   "model_config.n_flows=8); values are read as YAML. Exit status: 0 done (or the "
-                                   "--max-minutes budget ended the run), 1 loss "
-                                   "became NaN/inf, 2 bad config or data, 130/143 stopped by SIGINT/SIGTERM "
-                                   "after saving.")
-    parser.add_argument("config", help="YAML run description (recipes/ljspeech/conf/*.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value settings applied over the file")
-    parser.add_argument("--out-dir", help="output directory (default: train.out_dir, else exp/<config name>)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in the output directory from its last.pt (starts afresh if none)")
-    parser.add_argument("--init", metavar="CHECKPOINT",
-                        help="start from this checkpoint's weights (a shipped model, best.pt, last.pt, an NVIDIA "
-                             "WaveGlow file) with a fresh optimizer at step 0; its architecture and mel settings "
-                             "are used, and a config that contradicts them is refused")
-    parser.add_argument("--max-minutes", type=number(float, above=0, name="--max-minutes"), metavar="M",
-                        help="wall-clock budget from process start (start-up, compilation, validation included); "
-                             "the run validates, saves best.pt and last.pt, and exits 0 before it ends "
-                             "(sets train.max_minutes)")
-    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
-    started = process_start_time()
-    overrides = list(args.overrides) + ([f"train.max_minutes={args.max_minutes!r}"] if args.max_minutes else [])
-    config = load_config(args.config, overrides)
-    out = Path(args.out_dir or config.train.out_dir or default_out_dir(args.config))
-    runtime = Runtime.from_env()
-    runtime.start(config.train.device)
-    try:
-        trainer = Trainer(config, out, resume=args.resume, runtime=runtime, init=args.init, started_at=started)
-        try:
-            return trainer.fit()
-        except TrainingDiverged as e:
-            where = (f"last good checkpoint: {trainer.last_path}" if trainer.last_path.exists()
-                     else "no checkpoint was written")
-            sys.stderr.write(f"{PROG}: error: {e}; stopped without saving ({where}); try a lower train.lr, "
-                             f"train.grad_clip, or train.precision=fp32\n")
-            return EXIT_DIVERGED
-    finally:
-        runtime.stop()

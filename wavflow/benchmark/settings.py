@@ -1,6 +1,8 @@
-"""The benchmark's command line: its arguments, checked into one `Settings` before any model is built."""
+"""The benchmark's settings: the command line's arguments (parsed by wavflow.commands.benchmark) checked into one
+`Settings` before any model is built."""
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,12 +10,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..cli import ArgumentParser, resolve_device
+from ..cli import resolve_device
 from ..errors import WavflowError
-from .entries import BATCH, ENTRIES, ENTRY_BY_NAME, FAMILIES, ONNX_ROWS, Entry
-from .measure import DTYPES
-
-PROG = "python -m wavflow.benchmark"
+from .entries import ENTRIES, ENTRY_BY_NAME, FAMILIES, ONNX_ROWS, Entry
 
 DEFAULT_LENGTHS = (0.5, 1.0, 2.0, 4.0)
 QUICK_LENGTHS = (0.05, 0.25)
@@ -46,59 +45,6 @@ def parse_family_pairs(pairs: Sequence[str], flag: str) -> dict[str, str]:
     return out
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog=PROG, description="Time WaveNet (naive, cached, batched), WaveGlow and the IAF student "
-                       "on one mel across audio lengths (design.md section 6).")
-    p.add_argument("--lengths", default=None, help="comma-separated audio lengths in seconds "
-                   f"(default {','.join(f'{v:g}' for v in DEFAULT_LENGTHS)}; --quick: "
-                   f"{','.join(f'{v:g}' for v in QUICK_LENGTHS)})")
-    p.add_argument("--models", default=None, help="comma-separated rows to run (default: all): "
-                   + ", ".join(e.name for e in ENTRIES))
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="precision: with bf16/fp16, WaveGlow "
-                   "and the student are cast to it (weights and mel; WaveGlow keeps its flow state in fp32) and the "
-                   "WaveNet rows run under torch.autocast; the cached WaveNet's compiled CPU loop always computes "
-                   "in fp32, and so does NVIDIA's algorithm on a CPU. bf16 is refused on a device without native "
-                   "bf16 (a CPU needs avx512_bf16 or amx_bf16)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's); the cached "
-                   "WaveNet splits a batch over as many worker threads")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per row after the warm-up; the median is "
-                   "quoted (at least 3)")
-    p.add_argument("--cpu-time", action="store_true", help="add a samples/CPU-s column: samples per second of "
-                   "the process's CPU time (all threads), which a shared machine's load disturbs less than the "
-                   "wall clock (the JSON always has it)")
-    p.add_argument("--checkpoint", nargs="+", default=[], metavar="FAMILY=PATH",
-                   help="benchmark trained models: waveglow=PATH wavenet=PATH student=PATH (any subset)")
-    for family in FAMILIES:
-        p.add_argument(f"--{family}", metavar="PATH", default=None, help=f"{family} checkpoint (same as "
-                       f"--checkpoint {family}=PATH)")
-    p.add_argument("--config", nargs="+", default=[], metavar="PRESET|FAMILY=PRESET",
-                   help="configs for models without a checkpoint (random weights): 'paper' (default) or 'tiny' "
-                   "for all, or FAMILY=NAME where NAME is paper, another preset of the config class (e.g. "
-                   "student=parallel_wavenet), or a YAML file: a training recipe or a mapping of config keys")
-    p.add_argument("--mel", default=None, help="mel .npy (80 x F) or an audio file to take the mel from "
-                   "(default: the example mel that ships with wavflow, LJ002-0020)")
-    p.add_argument("--naive-length", type=float, default=None, metavar="SECONDS",
-                   help=f"the one length naive WaveNet runs at, with the cached WaveNet beside it (default "
-                   f"{NAIVE_LENGTH:g} s; --quick: the shortest length): it costs O(T * receptive field)")
-    p.add_argument("--naive-all", action="store_true", help="also run naive WaveNet at every length of the sweep "
-                   "(slow: minutes per second of audio at paper size on a CPU)")
-    p.add_argument("--ar-max", type=float, default=None, metavar="SECONDS",
-                   help="run the cached and batched WaveNet rows only at lengths up to this (default: every "
-                   "length); on a GPU their per-sample kernel launches make long lengths take minutes")
-    p.add_argument("--cap", nargs="+", default=[], metavar="MODEL=SECONDS",
-                   help="run a row only at lengths up to SECONDS, e.g. --cap wavenet_batched=1 (16 utterances of "
-                   "4 s take minutes per run on 2 CPU cores)")
-    p.add_argument("--batch", type=int, default=BATCH, help=f"utterances in the batched WaveNet row (default {BATCH})")
-    p.add_argument("--quick", action="store_true", help="tiny configs, short lengths, smaller matmul probe: "
-                   "under a minute on 2 CPU cores (what CI runs)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of the sampling noise")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the rows (and the run's settings) as JSON")
-    p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG: wall time vs audio length, log-log")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    return p
-
-
 @dataclass
 class Settings:
     lengths: tuple[float, ...]
@@ -123,9 +69,9 @@ class Settings:
     quiet: bool
 
 
-def parse_args(argv: Sequence[str] | None) -> Settings:
-    """Check every argument and build the configs; no side effect on torch (the run applies --threads)."""
-    args = build_parser().parse_args(argv)
+def check_settings(args: argparse.Namespace) -> Settings:
+    """Check every argument of the command line (wavflow.commands.benchmark.build_parser) and build the configs;
+    no side effect on torch (the run applies --threads)."""
     lengths = parse_lengths(args.lengths) if args.lengths is not None else (QUICK_LENGTHS if args.quick
                                                                             else DEFAULT_LENGTHS)
     if args.repeats < 3:
