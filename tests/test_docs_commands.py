@@ -8,9 +8,8 @@ split into their commands, `# comments` dropped, environment prefixes (`OMP_NUM_
 `mel.npy`, `$VARS`, `...`) are positional values and are not checked; `[--opt X]` brackets are stripped. Only
 the option names are checked, not their values or the positional arguments.
 
-`wavflow X` is the console script's form of `python -m wavflow.X`; its module comes from SUBCOMMANDS. A form
-whose module does not exist in this checkout is skipped with the reason (the subcommand is documented before its
-module lands); a subcommand missing from the table, or a `python -m` module that does not exist, fails.
+`wavflow X` is the console script (`python -m wavflow X`): its options are checked against `python -m wavflow X
+--help`; a subcommand the dispatcher does not know, or a `python -m` module that does not exist, fails.
 """
 from __future__ import annotations
 
@@ -25,20 +24,12 @@ from pathlib import Path
 
 import pytest
 
+from wavflow import commands as dispatcher
+
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
-# `wavflow X` -> the module `python -m` runs for it
-SUBCOMMANDS = {
-    "synthesize": "wavflow.synthesize",
-    "mel": "wavflow.mel",
-    "train": "wavflow.train",
-    "evaluate": "wavflow.evaluate",
-    "benchmark": "wavflow.benchmark",
-    "export": "wavflow.export",
-    "convert": "wavflow.convert",
-    "stream": "wavflow.stream",
-}
+SUBCOMMANDS = tuple(dispatcher.COMMANDS)  # `wavflow X`: the console script, i.e. `python -m wavflow X`
 
 SHELL_FENCES = {"", "bash", "sh", "shell", "console", "zsh"}
 SEPARATORS = {"|", "||", "&&", ";", "&"}
@@ -177,11 +168,12 @@ def module_exists(module: str) -> bool:
 
 @functools.cache
 def help_of(module: str) -> tuple[int, str]:
-    """`python -m MODULE --help` from the repository: its exit status and output (once per module)."""
+    """`python -m MODULE --help` from the repository (MODULE may be "wavflow X", the dispatcher and its
+    subcommand): its exit status and output (once per module)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200",
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     env.pop("WAVFLOW_DEBUG", None)
-    run = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, env=env, capture_output=True,
+    run = subprocess.run([sys.executable, "-m", *module.split(), "--help"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=300, check=False)
     return run.returncode, run.stdout + run.stderr
 
@@ -192,14 +184,10 @@ def resolve(command: Command) -> tuple[str | None, str | None, str | None]:
         if not module_exists(command.module):
             return None, None, f"{command.where}: `{command.text}`: there is no module {command.module}"
         return command.module, None, None
-    module = SUBCOMMANDS.get(command.subcommand)
-    if module is None:
+    if command.subcommand not in SUBCOMMANDS:
         return None, None, (f"{command.where}: `{command.text}`: `wavflow {command.subcommand}` is not a "
                             f"subcommand (known: {', '.join(SUBCOMMANDS)})")
-    if not module_exists(module):
-        return None, (f"{command.where}: `wavflow {command.subcommand}` runs {module}, which this checkout "
-                      "does not have yet"), None
-    return module, None, None
+    return f"wavflow {command.subcommand}", None, None
 
 
 def problems(command: Command, help_runner=help_of) -> list[str]:
@@ -286,13 +274,11 @@ def test_checker_finds_a_wrong_option():
                               "0.6 --no-such-option 3` is not in `python -m wavflow.synthesize --help`")]
 
 
-def test_checker_reports_missing_modules_and_subcommands(monkeypatch):
-    monkeypatch.setitem(SUBCOMMANDS, "frobnicate", "wavflow.frobnicate")
-    missing_module, unknown, planned = extract(
-        "`python -m wavflow.nonexistent --x` `wavflow nosuch --y` `wavflow frobnicate --z`", "p.md")
+def test_checker_reports_missing_modules_and_subcommands():
+    missing_module, unknown, known = extract(
+        "`python -m wavflow.nonexistent --x` `wavflow nosuch --y` `wavflow stream --no-such-option`", "p.md")
     assert problems(missing_module) == [("p.md:1: `python -m wavflow.nonexistent --x`: there is no module "
                                          "wavflow.nonexistent")]
     assert "`wavflow nosuch` is not a subcommand" in problems(unknown)[0]
-    assert resolve(planned)[1] == ("p.md:1: `wavflow frobnicate` runs wavflow.frobnicate, which this checkout "
-                                   "does not have yet")
-    assert problems(planned, help_runner=lambda module: pytest.fail("no help for a skipped form")) == []
+    assert problems(known) == [("p.md:1: option --no-such-option of `wavflow stream --no-such-option` is not in "
+                                "`python -m wavflow stream --help`")]
