@@ -25,8 +25,9 @@ from wavflow import benchmark, convert, evaluate, export
 from wavflow import mel as mel_cli
 from wavflow import train
 from wavflow.checkpoint import model_payload
-from wavflow.frontend import MAX_FRAMES, MelConfig
-from wavflow.inference import native_bf16
+from wavflow.device import native_bf16
+from wavflow.frontend import MelConfig
+from wavflow.melinput import MAX_FRAMES
 
 from synth_helpers import LJSPEECH, REPO, run_in_process, run_module, save_tiny_waveglow, snapshot, tiny_waveglow
 

@@ -33,7 +33,8 @@ from .audio import load_audio
 from .cli import ArgumentParser, check_writable_dir, expand_inputs, number, output_paths, run_cli
 from .errors import WavflowError
 from .fileio import check_input_file
-from .frontend import PRESETS, MelConfig, load_stats, mel_spectrogram, save_mel
+from .frontend import PRESETS, MelConfig, mel_spectrogram
+from .melinput import load_stats, save_mel
 
 PROG = "python -m wavflow.mel"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")

@@ -28,7 +28,8 @@ from .measure import Peak
 from .runner import Row, Runner
 
 
-def machine_description(device: torch.device) -> str:
+def device_description(device: torch.device) -> str:
+    """The device a run timed: the GPU's name, or the CPU's model name and its logical CPUs."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -128,7 +129,7 @@ def waveglow_backends() -> dict[str, dict]:
 def run_meta(settings: Settings, runner: Runner, peaks: dict[str, Peak], argv: Sequence[str] | None) -> dict:
     """The run's settings and machine, as the JSON's "meta" (read before the run hands back --threads)."""
     return {
-        "machine": machine_description(settings.device),
+        "machine": device_description(settings.device),
         "device": str(settings.device),
         "dtype": settings.dtype,
         "torch_threads": torch.get_num_threads(),
