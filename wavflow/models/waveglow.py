@@ -43,7 +43,7 @@ from . import ExportSpec, NoiseSpan, Streamer, Vocoder, noise_device, refuse_opt
 from .waveglow_config import WaveGlowConfig
 from .waveglow_export import WaveGlowGraph
 from .waveglow_growth import GROWABLE, grow
-from .waveglow_sampling import BackendChoice, _CouplingPlan, _SamplingPlan, _Workspace
+from .waveglow_sampling import BackendChoice, _CouplingPlan, _SamplingPlan, _Workspace, check_backend
 from .waveglow_streaming import WaveGlowStreamer
 
 # The energy prior (design.md section 9): ln(frame RMS) - ln(RMS mel magnitude) had median -0.39 over 40
@@ -136,7 +136,7 @@ class WaveGlow(nn.Module, Vocoder):
     """WaveGlow vocoder, a `wavflow.models.Vocoder`. See the module docstring for the flow and the likelihood."""
 
     model_type: ClassVar[str] = "waveglow"
-    infer_options: ClassVar[tuple[str, ...]] = ("sigma",)
+    infer_options: ClassVar[tuple[str, ...]] = ("sigma", "backend")
 
     def __init__(self, config: WaveGlowConfig = WaveGlowConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()
@@ -165,6 +165,7 @@ class WaveGlow(nn.Module, Vocoder):
             self.coupling.append(AffineCoupling(WN(c // 2, n_cond, config.wn_layers,
                                                    config.wn_channels, config.wn_kernel_size)))
         self._plan: tuple[tuple, _SamplingPlan] | None = None  # folded weights for `infer`, see _sampling_plan
+        self.backend: str | None = None  # infer's sampling backend when a call names none (None: measured)
 
     # ---------------------------------------------------------------- conditioning
     def condition(self, mel: Tensor, num_samples: int, weight_matrix: Tensor | None = None,
@@ -381,7 +382,7 @@ class WaveGlow(nn.Module, Vocoder):
 
     @torch.no_grad()
     def infer(self, mel: Tensor, *, noise: Tensor | None = None, generator: torch.Generator | None = None,
-              frames: Sequence[int] | Tensor | None = None, sigma: float | None = None,
+              frames: Sequence[int] | Tensor | None = None, sigma: float | None = None, backend: str | None = None,
               source_track: SourceTrack | None = None, **unknown: Any) -> Tensor:
         """mel [B, n_mels, F] -> audio [B, F * hop]; every item is made to the batch's length (frames is ignored).
 
@@ -392,9 +393,10 @@ class WaveGlow(nn.Module, Vocoder):
         first, so NVIDIA's draws map onto z one-to-one (tests/test_nvidia.py checks equal audio).
         source_track: the source of these frames, for a model with one (None: `source_track(mel)`); a streamer
         passes the whole utterance's track cut to its window, so the excitation's phase runs on across windows.
-        Runs on a cached, folded copy of the weights (see _CouplingPlan) on the backend measured fastest for
-        this machine and shape (`sampling_backend`); `inverse` is the plain reference. With bf16 or fp16
-        weights the coupling networks compute in that dtype and the flow state in float32: the audio is float32.
+        Runs on a cached, folded copy of the weights (see _CouplingPlan) on `backend` ("mm", "mm_t" or "conv";
+        None: the model's own, `set_backend`, else the one measured fastest for this machine and shape:
+        `sampling_backend`); `inverse` is the plain reference. With bf16 or fp16 weights the coupling networks
+        compute in that dtype and the flow state in float32: the audio is float32.
         """
         refuse_options(self, unknown)
         cfg = self.config
@@ -414,7 +416,7 @@ class WaveGlow(nn.Module, Vocoder):
         if self.source is not None and source_track is None:
             source_track = self.source_track(mel)
         cond_in = self.condition(mel.to(plan.dtype), t, plan.upsample, track=source_track)
-        backend = plan.backend_for(mel.device, t // cfg.n_group).backend
+        backend = plan.backend_for(mel.device, t // cfg.n_group, check_backend(backend) or self.backend).backend
         x = torch.empty(shape, device=mel.device, dtype=state_dtype)
         x.copy_(noise).mul_(sigma)  # our own buffer: sampling works in place
         scale = self.prior_scale(mel, shape[-1])
@@ -426,11 +428,19 @@ class WaveGlow(nn.Module, Vocoder):
         mean = self.harmonic_mean(source_track, t)
         return audio if mean is None else audio.add_(mean.to(audio.dtype))
 
-    def sampling_backend(self, num_samples: int, device: torch.device | str = "cpu") -> "BackendChoice":
-        """The backend `infer` uses for an utterance of num_samples on `device`, chosen now if it is not yet
-        (the module comment on fast sampling): lets a caller pay for the choice outside a timed or counted call."""
+    def sampling_backend(self, num_samples: int, device: torch.device | str = "cpu",
+                         backend: str | None = None) -> "BackendChoice":
+        """The backend `infer` uses for an utterance of num_samples on `device` (given `backend`, as infer's),
+        chosen now if it is not yet (waveglow_sampling's comment on fast sampling): lets a caller pay for the choice
+        outside a timed or counted call."""
         with torch.no_grad():
-            return self._sampling_plan().backend_for(torch.device(device), num_samples // self.config.n_group)
+            return self._sampling_plan().backend_for(torch.device(device), num_samples // self.config.n_group,
+                                                     check_backend(backend) or self.backend)
+
+    def set_backend(self, backend: str | None) -> None:
+        """`infer`'s backend when a call names none: "mm", "mm_t" or "conv" (None: measure); a one-line
+        WavflowError names the choices otherwise."""
+        self.backend = check_backend(backend)
 
     def prepare_sampling(self, num_samples: int, device: torch.device | str) -> None:
         """Choose the sampling backend for this length and device now (`sampling_backend`), outside timed calls."""
