@@ -67,7 +67,7 @@ def waveglow_noise(model, mel: torch.Tensor, generator: torch.Generator) -> torc
 
 
 def _waveglow_source(model, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    if getattr(model, "source", None) is None:
+    if model.source is None:
         raise WavflowError("the waveglow_source row needs a WaveGlow with a source (model_config.source: true)")
     track, samples = model.source_track(mel), mel.shape[-1] * model.mel_config.hop_length
     excitation, mean = model.excitation(track, samples), model.harmonic_mean(track, samples)

@@ -442,6 +442,46 @@ class WaveGlow(nn.Module, Vocoder):
         WavflowError names the choices otherwise."""
         self.backend = check_backend(backend)
 
+    def _sampling_plan(self) -> "_SamplingPlan":
+        """The weights `infer` multiplies with, folded and laid out for plain matmuls, cached.
+
+        The cache is keyed on every parameter's storage address and version counter, which every in-place
+        update through autograd-visible ops bumps (optimizer steps, load_state_dict, .to(), .copy_()); only
+        edits through `.data` bypass it, and those bypass autograd's own checks too.
+        """
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        if self._plan is None or self._plan[0] != key:
+            self._plan = None  # free the old plan before building the new one
+            dtype = self.upsample.weight.dtype
+            state_dtype = torch.promote_types(dtype, torch.float32)
+            with torch.inference_mode(False), torch.no_grad():
+                plan = _SamplingPlan(
+                    dtype=dtype,
+                    upsample=upsample_matrix(self.upsample.weight, self.mel_config.hop_length),
+                    couplings=[_CouplingPlan.fold(c.net, dtype) for c in self.coupling],
+                    inverses=[torch.linalg.inv(c.weight.detach().double()).to(state_dtype) for c in self.convinv])
+            self._plan = (key, plan)
+        return self._plan[1]
+
+    def _sample_one(self, plan: "_SamplingPlan", x: Tensor, cond_in: Tensor, backend: str = "mm",
+                    work: "_Workspace | None" = None) -> Tensor:
+        """Run the flows backwards on one utterance, in place: x [n_group, G] (sigma * z, overwritten),
+        cond_in [n_mels * n_group, G] in the plan's dtype -> audio [G * n_group] in x's dtype."""
+        cfg = self.config
+        start = sum(self._is_exit(k) for k in range(cfg.n_flows)) * cfg.n_early_size
+        for k in reversed(range(cfg.n_flows)):
+            h = x[start:]  # this flow's channels; the rows above are early noise, waiting to join
+            n_a = h.shape[0] // 2
+            shift, log_s = plan.couplings[k].run(h[:n_a].to(plan.dtype), cond_in, backend, work)
+            h[n_a:].sub_(shift).mul_(log_s.to(x.dtype).neg_().exp_())
+            h.copy_(torch.mm(plan.inverses[k], h))
+            if self._is_exit(k):
+                start -= cfg.n_early_size
+        if self.filter is not None:
+            x.copy_(self.unfilter(x[None], cond_in[None].to(self.filter.end.weight.dtype))[0])
+        return x.t().reshape(-1)
+
+    # ---------------------------------------------------------------- the family as a Vocoder
     def prepare_sampling(self, num_samples: int, device: torch.device | str) -> None:
         """Choose the sampling backend for this length and device now (`sampling_backend`), outside timed calls."""
         self.sampling_backend(num_samples, device)
@@ -482,45 +522,6 @@ class WaveGlow(nn.Module, Vocoder):
         if not torch.equal(voiced.cpu(), torch.from_numpy(outputs[2]).float()):
             return 1.0
         return float(((torch.from_numpy(outputs[1]) - f0.cpu()).abs() / f0.cpu().clamp_min(1)).max())
-
-    def _sampling_plan(self) -> "_SamplingPlan":
-        """The weights `infer` multiplies with, folded and laid out for plain matmuls, cached.
-
-        The cache is keyed on every parameter's storage address and version counter, which every in-place
-        update through autograd-visible ops bumps (optimizer steps, load_state_dict, .to(), .copy_()); only
-        edits through `.data` bypass it, and those bypass autograd's own checks too.
-        """
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
-        if self._plan is None or self._plan[0] != key:
-            self._plan = None  # free the old plan before building the new one
-            dtype = self.upsample.weight.dtype
-            state_dtype = torch.promote_types(dtype, torch.float32)
-            with torch.inference_mode(False), torch.no_grad():
-                plan = _SamplingPlan(
-                    dtype=dtype,
-                    upsample=upsample_matrix(self.upsample.weight, self.mel_config.hop_length),
-                    couplings=[_CouplingPlan.fold(c.net, dtype) for c in self.coupling],
-                    inverses=[torch.linalg.inv(c.weight.detach().double()).to(state_dtype) for c in self.convinv])
-            self._plan = (key, plan)
-        return self._plan[1]
-
-    def _sample_one(self, plan: "_SamplingPlan", x: Tensor, cond_in: Tensor, backend: str = "mm",
-                    work: "_Workspace | None" = None) -> Tensor:
-        """Run the flows backwards on one utterance, in place: x [n_group, G] (sigma * z, overwritten),
-        cond_in [n_mels * n_group, G] in the plan's dtype -> audio [G * n_group] in x's dtype."""
-        cfg = self.config
-        start = sum(self._is_exit(k) for k in range(cfg.n_flows)) * cfg.n_early_size
-        for k in reversed(range(cfg.n_flows)):
-            h = x[start:]  # this flow's channels; the rows above are early noise, waiting to join
-            n_a = h.shape[0] // 2
-            shift, log_s = plan.couplings[k].run(h[:n_a].to(plan.dtype), cond_in, backend, work)
-            h[n_a:].sub_(shift).mul_(log_s.to(x.dtype).neg_().exp_())
-            h.copy_(torch.mm(plan.inverses[k], h))
-            if self._is_exit(k):
-                start -= cfg.n_early_size
-        if self.filter is not None:
-            x.copy_(self.unfilter(x[None], cond_in[None].to(self.filter.end.weight.dtype))[0])
-        return x.t().reshape(-1)
 
     # The config keys a --init may change (wavflow.models.waveglow_growth): the source's switches and the objective.
     GROWABLE: ClassVar[tuple[str, ...]] = GROWABLE
