@@ -35,7 +35,7 @@ import torch
 
 from . import resources
 from .checkpoint import load as read_model  # a model as the file holds it (wavflow.checkpoint.load)
-# native_bf16 (wavflow.train.loop) and input_stats (the synthesize command line) are imported from here too.
+# Imported from here too: native_bf16 (by wavflow.train.loop), MelFile and input_stats (by the synthesize command).
 from .device import SYNTHESIS_DTYPES, check_dtype, native_bf16, resolve_device  # noqa: F401
 from .errors import WavflowError
 from .melinput import MelFile, as_mel_list, conform_mels, input_stats

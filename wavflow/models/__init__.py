@@ -77,8 +77,8 @@ class Vocoder(Protocol):
         ...
 
     # ------------------------------------------------------------------------------------------------------------
-    # What the library asks of a family instead of switching on model_type. The defaults are the common case; a
-    # family overrides what it does differently.
+    # What the library asks of a family instead of switching on model_type. Model classes subclass Vocoder and so
+    # inherit these defaults, the common case; a family overrides what it does differently.
 
     # Its log_likelihood of real audio runs one sample at a time (the IAF student inverts its flows step by step),
     # so evaluation scores only the first seconds of each clip (wavflow.evaluate --nll-max-seconds).
