@@ -418,26 +418,26 @@ def test_machine_peak_is_the_best_backend_and_each_is_measured():
 
 
 def test_bf16_is_refused_in_one_line_without_native_bf16(monkeypatch, capsys):
-    import wavflow.inference as inference
+    import wavflow.device as device_module
 
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: {"avx2", "fma"})
     with pytest.raises(SystemExit) as e:
         run_cli(PROG, bench_cmd.run, ["--quick", "--dtype", "bf16"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--dtype bf16" in err and "avx512_bf16" in err, err
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
     assert bench_cmd.parse_args(["--quick", "--dtype", "bf16"]).dtype == "bf16"
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: {"amx_bf16", "amx_tile"})
     assert bench_cmd.parse_args(["--quick", "--dtype", "bf16"]).dtype == "bf16"
 
 
 def test_bf16_run_holds_waveglow_to_nvidias_fp32(monkeypatch):
     """In a bf16 CPU run WaveGlow computes in bf16 and the NVIDIA row in fp32 on a float32 copy of the same
     weights; both vocode the same noise to nearly the same audio, and the summary names both precisions."""
-    import wavflow.inference as inference
+    import wavflow.device as device_module
 
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512_bf16"})  # emulated here if the CPU has none
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: {"avx512_bf16"})  # emulated here if the CPU has none
     run = runner.Runner(bench_cmd.parse_args(["--quick", "--models", "waveglow,waveglow_nvidia", "--dtype", "bf16",
                                         "--quiet"]), lambda msg: None)
     ours, theirs = entries.ENTRY_BY_NAME["waveglow"], entries.ENTRY_BY_NAME["waveglow_nvidia"]

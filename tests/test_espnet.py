@@ -7,8 +7,9 @@ import soundfile as sf
 import torch
 
 from wavflow.errors import WavflowError
-from wavflow.espnet import Vocoder
-from wavflow.frontend import MelConfig, convention_problem, mel_spectrogram, renormalise
+from wavflow.espnet import EspnetVocoder
+from wavflow.frontend import MelConfig, mel_spectrogram
+from wavflow.melinput import convention_problem, renormalise
 from wavflow.inference import synthesize
 
 from synth_helpers import save_tiny_waveglow
@@ -22,7 +23,7 @@ def ckpt(tmp_path_factory):
 def test_called_as_espnet_text2speech_calls_its_vocoder(ckpt, short_clip):
     """espnet2's Text2Speech does `wav = self.vocoder(feat_gen_denorm)` with features [T, odim] and reads the
     vocoder's `fs`: exactly that, on a tensor."""
-    vocoder = Vocoder(ckpt, seed=3)
+    vocoder = EspnetVocoder(ckpt, seed=3)
     assert isinstance(vocoder, torch.nn.Module) and vocoder.fs == 22050
     y, _ = sf.read(short_clip, dtype="float32")
     feats = mel_spectrogram(torch.from_numpy(y))[0].T.contiguous()  # [T, 80]
@@ -41,8 +42,8 @@ def test_normalised_features_are_denormalised_with_stats(ckpt, short_clip, tmp_p
     np.save(tmp_path / "stats.npy", np.stack([mean, scale]))
     normed = (logmel - mean[:, None]) / scale[:, None]
     # sigma 0: no noise, whose seed hashes the mel's bytes and so changes with the last bit of any feature
-    plain = Vocoder(ckpt, sigma=0.0)(torch.from_numpy(logmel.T.copy()))
-    via_stats = Vocoder(ckpt, sigma=0.0, stats=tmp_path / "stats.npy")(torch.from_numpy(normed.T.copy()))
+    plain = EspnetVocoder(ckpt, sigma=0.0)(torch.from_numpy(logmel.T.copy()))
+    via_stats = EspnetVocoder(ckpt, sigma=0.0, stats=tmp_path / "stats.npy")(torch.from_numpy(normed.T.copy()))
     # the denormalised features differ from the originals by float32 rounding only
     assert (via_stats - plain).abs().max() < 1e-3
     np.testing.assert_allclose(renormalise(normed, MelConfig(), (mean, scale)), logmel, atol=1e-5)
@@ -89,7 +90,7 @@ def test_synthesize_and_stream_take_the_tts_models_stats_and_warn_about_another_
 
 def test_espnet_feats_stats_npz_gives_the_same_normalisation(ckpt, short_clip, tmp_path):
     """ESPnet2's GlobalMVN statistics (count, sum, sum_square over frames) read as per-band mean and std."""
-    from wavflow.frontend import load_stats
+    from wavflow.melinput import load_stats
 
     y, _ = sf.read(short_clip, dtype="float32")
     frames = mel_spectrogram(torch.from_numpy(y))[0].numpy().T.astype(np.float64)  # [T, 80], ESPnet's layout

@@ -24,8 +24,9 @@ from wavflow.commands import benchmark, convert, evaluate, export, stream, train
 from wavflow.commands import mel as mel_cli
 from wavflow.commands import synthesize as synth_cli
 from wavflow.checkpoint import model_payload
-from wavflow.frontend import MAX_FRAMES, MelConfig
-from wavflow.inference import native_bf16
+from wavflow.device import native_bf16
+from wavflow.frontend import MelConfig
+from wavflow.melinput import MAX_FRAMES
 
 from synth_helpers import LJSPEECH, REPO, run_command, run_in_process, save_tiny_waveglow, snapshot, tiny_waveglow
 

@@ -23,7 +23,8 @@ from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.checkpoint import load as load_model
 from wavflow.models import config_to_dict, upsample_factors
 from wavflow.models.student import StudentConfig
-from wavflow.models.waveglow import WaveGlow, WaveGlowConfig, group_size
+from wavflow.models.waveglow import WaveGlow, WaveGlowConfig
+from wavflow.models.waveglow_config import group_size
 from wavflow.models.wavenet import WaveNetConfig
 from wavflow.inference import synthesize
 from wavflow.streaming import stream
@@ -171,8 +172,8 @@ def test_each_family_vocodes_exactly_frames_times_hop_at_its_rate(trained, famil
     info = sf.info(tmp_path / "a.wav")
     assert info.samplerate == mc.sample_rate and info.frames == frames * mc.hop_length
     # ESPnet's call: feats [T, n_mels] -> wav [T * hop], fs the checkpoint's rate
-    from wavflow.espnet import Vocoder
-    vocoder = Vocoder(ckpt, seed=3)
+    from wavflow.espnet import EspnetVocoder
+    vocoder = EspnetVocoder(ckpt, seed=3)
     assert vocoder.fs == mc.sample_rate
     assert vocoder(torch.from_numpy(mel.T.copy())).shape == (frames * mc.hop_length,)
 

@@ -12,15 +12,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from wavflow import inference, streaming
+from wavflow import noise as noise_module
+from wavflow import streaming
 from wavflow.audio import to_int16
 from wavflow.commands import synthesize as synth_cli
 from wavflow.errors import WavflowError
-from wavflow.inference import ItemNoise, item_seed, synthesize
+from wavflow.inference import synthesize
 from wavflow.models import build_model
+from wavflow.models import waveglow_streaming
 from wavflow.models.student import StudentConfig
+from wavflow.models.student_sampling import StudentStreamer
 from wavflow.models.waveglow import WaveGlowConfig
 from wavflow.models.wavenet import WaveNetConfig
+from wavflow.noise import ItemNoise, item_seed
 from wavflow.streaming import stream
 
 from synth_helpers import REPO, run_in_process, save_tiny_waveglow, snapshot
@@ -48,7 +52,7 @@ def _perturbed(model: torch.nn.Module, scale: float) -> torch.nn.Module:
 def models():
     torch.manual_seed(0)
     # WaveGlow: 4 couplings of WN 4 layers reach 4 x 15 x 8 = 480 samples either side, and the 1024-sample
-    # upsampler kernel 768 more before a window: 5 frames before a chunk, 2 after (waveglow_margins).
+    # upsampler kernel 768 more before a window: 5 frames before a chunk, 2 after (stream_margins).
     waveglow = _perturbed(build_model("waveglow", WaveGlowConfig(
         n_flows=4, n_group=8, n_early_every=2, n_early_size=2, wn_layers=4, wn_channels=16,
         upsample_kernel=1024)), 0.05)
@@ -132,8 +136,8 @@ def test_waveglow_windows_need_their_margins(models, example_mel, monkeypatch):
     """The equality above is not luck: without WaveGlow's margins, chunk edges show."""
     mel = example_mel[:, 20:63]
     whole = synthesize(mel, model=models["waveglow"], seed=5)
-    assert streaming.waveglow_margins(models["waveglow"]) == (5, 2)
-    monkeypatch.setattr(streaming, "waveglow_margins", lambda model: (0, 0))
+    assert waveglow_streaming.stream_margins(models["waveglow"]) == (5, 2)
+    monkeypatch.setattr(waveglow_streaming, "stream_margins", lambda model: (0, 0))
     assert (_streamed(mel, 0.035, model=models["waveglow"], seed=5) - whole).abs().max() > 1e-2
 
 
@@ -143,13 +147,13 @@ def test_student_state_must_carry(models, example_mel, monkeypatch):
     student = models["student"]
     whole = synthesize(mel, model=student, seed=5)
     torch.testing.assert_close(_streamed(mel, 0.035, model=student, seed=5), whole, rtol=0, atol=1e-5)
-    chunk = streaming._StudentStreamer.chunk
+    chunk = StudentStreamer.chunk
 
     def forgetful(self, f0, f1):
         self.flows = student.flow_stream(1)
         return chunk(self, f0, f1)
 
-    monkeypatch.setattr(streaming._StudentStreamer, "chunk", forgetful)
+    monkeypatch.setattr(StudentStreamer, "chunk", forgetful)
     assert (_streamed(mel, 0.035, model=student, seed=5) - whole).abs().max() > 1e-3
 
 
@@ -173,14 +177,14 @@ def test_mel_upsampler_window_equals_the_whole_mel(models, example_mel):
 @pytest.mark.parametrize("family", ["waveglow", "student", "wavenet"])
 def test_noise_depends_on_the_position_only(family, models):
     model = models[family]
-    block = inference.NOISE_BLOCK_FRAMES * HOP
+    block = noise_module.NOISE_BLOCK_FRAMES * HOP
     whole = ItemNoise(model, 77).span(0, 3 * block + 5 * HOP)
     steps = whole.shape[-1] / (3 * block + 5 * HOP)
     noise = ItemNoise(model, 77)
     for a, b in [(0, 1), (63, 65), (64, 128), (100, 197), (150, 197), (1, 2)]:  # frames
         span = noise.span(a * HOP, b * HOP)
         torch.testing.assert_close(span, whole[..., int(a * HOP * steps): int(b * HOP * steps)], rtol=0, atol=0)
-        assert len(noise._blocks) <= -(-(b - a) // inference.NOISE_BLOCK_FRAMES) + 1  # only the span's blocks
+        assert len(noise._blocks) <= -(-(b - a) // noise_module.NOISE_BLOCK_FRAMES) + 1  # only the span's blocks
     assert not torch.equal(ItemNoise(model, 78).span(0, HOP), whole[..., : int(HOP * steps)])
 
 
@@ -307,7 +311,7 @@ def test_cli_stream_failure_leaves_no_file(ckpt, tmp_path, example_mel, capsys, 
             raise WavflowError("simulated failure after the first chunk")
         return torch.zeros((f1 - f0) * HOP)
 
-    monkeypatch.setattr(streaming._WaveGlowStreamer, "chunk", broken)
+    monkeypatch.setattr(waveglow_streaming.WaveGlowStreamer, "chunk", broken)
     before = snapshot(tmp_path)
     code, _, err = _cli([tmp_path / "m.npy", "--checkpoint", ckpt, "--chunk-seconds", "0.05", "-o",
                          tmp_path / "m.wav", "-q"], capsys)

@@ -6,6 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from wavflow import device as device_module
 from wavflow import inference, resources
 from wavflow.audio import to_int16
 from wavflow.commands import synthesize as synth_cli
@@ -297,8 +298,8 @@ def test_student_batch_noise_is_per_item(example_mel):
 # --dtype bf16
 
 def test_bf16_is_refused_in_one_line_where_the_cpu_lacks_it(monkeypatch, tmp_path, ckpt, capsys, example_mel):
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"sse2", "avx2", "avx512f"})
-    assert not inference.native_bf16("cpu")
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: {"sse2", "avx2", "avx512f"})
+    assert not device_module.native_bf16("cpu")
     out = tmp_path / "out"
     code, _, err = _main([EXAMPLE, "--checkpoint", ckpt, "--dtype", "bf16", "-o", out], capsys)
     assert code == 2 and len(err.splitlines()) == 1, err
@@ -312,10 +313,10 @@ def test_bf16_is_refused_in_one_line_where_the_cpu_lacks_it(monkeypatch, tmp_pat
 
 def test_native_bf16_reads_the_cpu_flags(monkeypatch):
     for flags, expected in [({"avx512_bf16"}, True), ({"amx_bf16", "amx_tile"}, True), ({"avx512f"}, False)]:
-        monkeypatch.setattr(inference, "cpu_flags", lambda flags=flags: flags)
-        assert inference.native_bf16("cpu") is expected
-    monkeypatch.setattr(inference, "cpu_flags", lambda: None)  # no /proc: torch's probe answers
-    assert inference.native_bf16("cpu") == bool(torch.cpu._is_avx512_bf16_supported()
+        monkeypatch.setattr(device_module, "cpu_flags", lambda flags=flags: flags)
+        assert device_module.native_bf16("cpu") is expected
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: None)  # no /proc: torch's probe answers
+    assert device_module.native_bf16("cpu") == bool(torch.cpu._is_avx512_bf16_supported()
                                                  or torch.cpu._is_amx_tile_supported())
 
 
@@ -325,7 +326,7 @@ def test_bf16_synthesis_is_close_to_fp32(monkeypatch, tmp_path, ckpt, capsys, ex
     and the command line; the WaveNet teacher is refused."""
     from wavflow.metrics import logmel_l1
 
-    monkeypatch.setattr(inference, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: {"avx512_bf16"})
     mel = example_mel[:, :40]
     full = synthesize(mel, ckpt, seed=3)
     half = synthesize(mel, ckpt, seed=3, dtype="bf16")

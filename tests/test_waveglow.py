@@ -1,12 +1,14 @@
 """WaveGlow: exact inverse, log-determinant against the autograd Jacobian, likelihood scale, sampling, size."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from wavflow.errors import WavflowError
 from wavflow.frontend import MelConfig
 from wavflow.models import build_model
+from wavflow.models.student import StudentConfig
 from wavflow.models.waveglow import WN, WaveGlow, WaveGlowConfig
 
 HOP = 256
@@ -256,12 +258,12 @@ def _perturbed(cfg: WaveGlowConfig, seed: int = 5) -> WaveGlow:
 
 @pytest.mark.parametrize("backend", sampling_module.SAMPLING_BACKENDS)
 @pytest.mark.parametrize("kernel_size", [3, 5])
-def test_every_sampling_backend_equals_plain_inverse(backend, kernel_size, monkeypatch):
+def test_every_sampling_backend_equals_plain_inverse(backend, kernel_size):
     """Each backend (BLAS channels-first, BLAS time-major, oneDNN convolutions) computes the flow's inverse,
     with dilations reaching past the utterance (frames=1) and a batch of 2."""
-    monkeypatch.setenv(sampling_module.BACKEND_ENV, backend)
     model = _perturbed(WaveGlowConfig(n_flows=5, n_group=8, n_early_every=2, n_early_size=2, wn_layers=4,
                                       wn_channels=24, wn_kernel_size=kernel_size))
+    model.set_backend(backend)
     for frames in (1, 6):
         mel = torch.randn(2, 80, frames)
         z = torch.randn(2, 8, frames * HOP // 8)
@@ -299,7 +301,6 @@ def test_backend_is_measured_once_per_shape_class_and_can_be_forced(monkeypatch)
 
     monkeypatch.setattr(sampling_module, "_measure_backends", counting)
     monkeypatch.setattr(sampling_module, "_backend_choices", {})
-    monkeypatch.delenv(sampling_module.BACKEND_ENV, raising=False)
     model = tiny_model(dtype=torch.float32).eval()
     for frames in (3, 3, 4, 40, 50):
         model.infer(torch.randn(1, 80, frames))
@@ -310,11 +311,45 @@ def test_backend_is_measured_once_per_shape_class_and_can_be_forced(monkeypatch)
     for c in choices.values():
         assert set(c.seconds) == set(sampling_module.SAMPLING_BACKENDS)
         assert c.backend == min(c.seconds, key=c.seconds.get)
-    monkeypatch.setenv(sampling_module.BACKEND_ENV, "conv")
-    assert model.sampling_backend(3 * HOP).backend == "conv" and len(calls) == 2
-    monkeypatch.setenv(sampling_module.BACKEND_ENV, "blas")
-    with pytest.raises(WavflowError, match="WAVFLOW_WAVEGLOW_BACKEND='blas'"):
-        model.infer(torch.randn(1, 80, 3))
+    # a backend the caller names is used as it is, never measured: per call, or as the model's default
+    assert model.sampling_backend(3 * HOP, backend="conv").backend == "conv" and len(calls) == 2
+    assert model.sampling_backend(3 * HOP, backend="conv").how == "chosen by the caller"
+    model.set_backend("mm_t")
+    assert model.sampling_backend(3 * HOP).backend == "mm_t" and len(calls) == 2
+    assert model.sampling_backend(3 * HOP, backend="mm").backend == "mm"  # the call's own wins
+    for bad in (lambda: model.infer(torch.randn(1, 80, 3), backend="blas"), lambda: model.set_backend("blas")):
+        with pytest.raises(WavflowError, match="^WaveGlow sampling backend 'blas': expected one of mm, mm_t, conv$"):
+            bad()
+    assert model.backend == "mm_t"  # a refused backend leaves the model's own
+
+
+def test_backend_is_an_argument_of_the_api(tmp_path):
+    """wavflow.load and wavflow.synthesize take the backend (the synthesize command line calls load_vocoder and
+    vocode, which take it too); each backend's audio is the plain inverse's to float rounding, and a family whose
+    infer takes no backend refuses it in one line."""
+    import wavflow
+    from wavflow import inference
+    from wavflow.checkpoint import model_payload, save_checkpoint
+
+    model = _perturbed(WaveGlowConfig(n_flows=4, n_group=8, n_early_every=2, n_early_size=2, wn_layers=2,
+                                      wn_channels=16))
+    path = tmp_path / "glow.pt"
+    save_checkpoint(path, model_payload(model, step=0))
+    assert wavflow.load(path, backend="conv").backend == "conv" and wavflow.load(path).backend is None
+    assert inference.load_vocoder(path, backend="mm_t").backend == "mm_t"
+    mel = np.random.default_rng(0).normal(-6, 2, (80, 7)).clip(-11.5, 1).astype(np.float32)  # a log-mel's range
+    outs = {b: wavflow.synthesize(mel, path, seed=1, backend=b) for b in sampling_module.SAMPLING_BACKENDS}
+    for b in ("mm_t", "conv"):
+        torch.testing.assert_close(outs[b], outs["mm"], atol=1e-5, rtol=1e-5)
+    loaded = inference.load_vocoder(path)
+    assert torch.equal(next(iter(inference.vocode(loaded, [mel], seed=1, backend="conv")))[1], outs["conv"])
+    with pytest.raises(WavflowError, match="^WaveGlow sampling backend 'blas': expected one of mm, mm_t, conv$"):
+        wavflow.synthesize(mel, path, backend="blas")
+    student = build_model("student", StudentConfig.tiny())
+    with pytest.raises(WavflowError, match="^option 'backend' does not apply to a student model"):
+        wavflow.synthesize(mel, model=student, backend="mm")
+    with pytest.raises(WavflowError, match="^option 'backend' does not apply to a student model"):
+        student.set_backend("mm")
 
 
 def test_bf16_infer_is_close_to_fp32_and_keeps_a_float32_state():
@@ -338,7 +373,6 @@ def test_bf16_infer_is_close_to_fp32_and_keeps_a_float32_state():
 def test_time_major_blocks_equal_the_plain_inverse(block, monkeypatch):
     """mm_t runs each layer in blocks of time rows: any block size, edges and dilations across block
     boundaries included, gives the flow's inverse."""
-    monkeypatch.setenv(sampling_module.BACKEND_ENV, "mm_t")
     monkeypatch.setattr(sampling_module._CouplingPlan, "BLOCK", block)
     model = _perturbed(WaveGlowConfig(n_flows=4, n_group=8, n_early_every=2, n_early_size=2, wn_layers=4,
                                       wn_channels=16))
@@ -346,4 +380,4 @@ def test_time_major_blocks_equal_the_plain_inverse(block, monkeypatch):
     z = torch.randn(1, 8, 3 * HOP // 8)
     with torch.no_grad():
         plain = model.inverse(0.6 * z, mel)
-    torch.testing.assert_close(model.infer(mel, noise=z), plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.infer(mel, noise=z, backend="mm_t"), plain, atol=1e-5, rtol=1e-5)

@@ -12,6 +12,17 @@ Names are imported on first use, so `import wavflow` stays cheap and `python -m 
 
 From a shell, one command: `wavflow synthesize|stream|mel|train|evaluate|benchmark|export|convert ...` (also
 `python -m wavflow ...`; `wavflow --help`), one module per subcommand in wavflow/commands/.
+
+Where things live:
+    inference.py   the synthesis API: synthesize, load (its load_checkpoint), load_vocoder, vocode
+    streaming.py   stream: chunk by chunk, through each model's streamer
+    melinput.py    mels coming in: .npy files and layouts, statistics files, the convention checks
+    frontend.py    MelConfig and the mel computation itself (mel_spectrogram)
+    noise.py       per-mel seeds and the noise drawn per absolute position (docs/design.md section 6a)
+    device.py      devices ("auto") and whether bf16 runs natively
+    models/        the families and the Vocoder interface through which everything else calls them
+    export.py, evaluate.py, denoiser.py, espnet.py, benchmark/: ONNX, evaluation, NVIDIA's denoiser, ESPnet, speed
+    cli.py         what the command lines share (one-line errors, exit status 2); only command-line code uses it
 """
 from __future__ import annotations
 
@@ -25,10 +36,10 @@ _EXPORTS = {
     "MelConfig": "wavflow.frontend",
     "MelSpectrogram": "wavflow.frontend",
     "mel_spectrogram": "wavflow.frontend",
-    "load_mel": "wavflow.frontend",
+    "load_mel": "wavflow.melinput",
     "load_audio": "wavflow.audio",
     "save_wav": "wavflow.audio",
-    "load": "wavflow.checkpoint",
+    "load": "wavflow.inference:load_checkpoint",
     "save_checkpoint": "wavflow.checkpoint",
     "build_model": "wavflow.models",
     "WaveGlow": "wavflow.models.waveglow",
@@ -51,7 +62,8 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        module, _, attribute = _EXPORTS[name].partition(":")  # "module:attribute" where the names differ
+        value = getattr(importlib.import_module(module), attribute or name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'wavflow' has no attribute '{name}'")

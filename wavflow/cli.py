@@ -1,11 +1,12 @@
-"""What every `python -m wavflow.X` command shares: one-line errors and exit status 2 for bad input."""
+"""What every `python -m wavflow.X` command shares: one-line errors and exit status 2 for bad input.
+
+Only command lines import this module."""
 from __future__ import annotations
 
 import argparse
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -44,27 +45,6 @@ def number(kind: type, *, minimum: float | None = None, above: float | None = No
         name = bound + {int: "integer", float: "float"}.get(kind, kind.__name__)
     parse.__name__ = name
     return parse
-
-
-def resolve_device(name: "str | torch.device") -> "torch.device":
-    """'auto' -> cuda when available, else cpu; refuse a device this machine does not have."""
-    import torch
-
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise WavflowError(f"device '{name}': not a device (cpu, cuda, cuda:N, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise WavflowError(f"device '{name}': CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise WavflowError(f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise WavflowError(f"device '{name}': only cpu and cuda are supported")
-    return device
 
 
 def fail(prog: str, message: str) -> NoReturn:
@@ -144,24 +124,3 @@ def output_paths(inputs: Sequence[Path], out: str | os.PathLike | None, suffix: 
             raise WavflowError(f"{seen[key]} and {src} would both be written to {dst}")
         seen[key] = src
     return targets
-
-
-def check_writable_dir(directory: str | os.PathLike) -> None:
-    """Refuse, before any work is done, a directory that cannot take new files.
-
-    The directory need not exist yet: its nearest existing ancestor must be a directory in which a file can
-    be created. The check creates and removes a temporary file, the only test that holds for root and for
-    read-only file systems alike.
-    """
-    directory = Path(directory)
-    d = directory
-    while not d.exists() and d != d.parent:
-        d = d.parent
-    if not d.is_dir():
-        raise WavflowError(f"{directory}: cannot write there: {d} is not a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".wavflow-write-test.", dir=d)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise WavflowError(f"{directory}: cannot write there ({e.strerror or e})") from None

@@ -28,7 +28,7 @@ import torch
 
 from .checkpoint import (WEIGHT_DTYPES, file_sha256, inference_payload, is_native, model_from_payload,
                          model_payload, read_checkpoint, save_checkpoint)
-from .cli import check_writable_dir
+from .fileio import check_writable_dir
 from .errors import WavflowError
 
 

@@ -1,7 +1,8 @@
 """NVIDIA's WaveGlow denoiser: subtract the vocoder's own bias spectrum from its output.
 
 A WaveGlow (or any vocoder) leaves a faint, stationary hiss/hum that depends only on its weights. Vocoding an
-all-zero mel at sigma 0 isolates it; the first STFT frame's magnitude is that bias. Denoising subtracts
+all-zero mel without noise (`Vocoder.bias_audio`: WaveGlow at sigma 0) isolates it; the first STFT frame's
+magnitude is that bias. Denoising subtracts
 strength * bias from every frame's magnitude (clamped at 0) and resynthesises with the original phase
 (design.md section 3; NVIDIA/waveglow denoiser.py). Typical strengths: 0.01 (light) to 0.1 (strong).
 
@@ -13,21 +14,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .models import Vocoder
+
 
 class Denoiser(nn.Module):
-    """Bias-spectrum subtraction for a vocoder with `infer(mel, sigma=...)` (WaveGlow).
+    """Bias-spectrum subtraction for a vocoder with a noise-free output (`bias_audio`; a family without one refuses
+    in one line).
 
     STFT settings follow the model's mel config (n_fft 1024, hop 256, win 1024 for the default, as NVIDIA's).
     """
 
-    def __init__(self, model: nn.Module, bias_frames: int = 88):
+    def __init__(self, model: Vocoder, bias_frames: int = 88):
         super().__init__()
         mel_config = model.mel_config
         self.n_fft, self.hop_length, self.win_length = mel_config.n_fft, mel_config.hop_length, mel_config.win_length
         param = next(model.parameters())
         mel = torch.zeros(1, mel_config.n_mels, bias_frames, device=param.device, dtype=param.dtype)
         with torch.no_grad():
-            bias_audio = model.infer(mel, sigma=0.0).float()
+            bias_audio = model.bias_audio(mel).float()
         self.register_buffer("window", torch.hann_window(self.win_length, periodic=True, device=param.device))
         self.register_buffer("bias_spec", self._stft(bias_audio).abs()[0, :, 0])  # [n_fft // 2 + 1]
 

@@ -4,13 +4,16 @@ ESPnet's `Text2Speech` holds its vocoder as a module with a sample rate `fs` and
 denormalised features, time first: `wav = vocoder(feats)` with feats [T, n_mels] and wav [T * hop]. This
 module gives any wavflow checkpoint that interface:
 
-    from wavflow.espnet import Vocoder
-    vocoder = Vocoder("exp/waveglow/best.pt")        # or Vocoder(model="waveglow") for the shipped one
+    from wavflow.espnet import EspnetVocoder
+    vocoder = EspnetVocoder("exp/waveglow/best.pt")  # or EspnetVocoder(model="waveglow") for the shipped one
     wav = vocoder(feats)                             # feats [T, n_mels] -> wav [T * hop], on feats' device
 
 The features must be in the checkpoint's mel convention (docs/design.md sections 1 and 8): a vocoder trained
 on the `parallel_wavegan` preset reads ESPnet's log10 features; the shipped models read Tacotron 2's natural-log
 mel. Features normalised with dataset statistics are denormalised first when `stats` names the file.
+
+ESPnet takes the vocoder object itself, never its class by name, so the class is called EspnetVocoder (not
+Vocoder, which names the model interface of wavflow.models) and has no other name.
 """
 from __future__ import annotations
 
@@ -20,11 +23,11 @@ from typing import Any
 import torch
 
 from .errors import WavflowError
-from .frontend import load_stats
 from .inference import load_vocoder, synthesize
+from .melinput import load_stats
 
 
-class Vocoder(torch.nn.Module):
+class EspnetVocoder(torch.nn.Module):
     """ESPnet's vocoder interface over a wavflow model: `fs`, and `forward(feats [T, n_mels]) -> wav [T * hop]`.
 
     checkpoint / model: a checkpoint path, or a shipped model name ("waveglow", "wavenet", "student").

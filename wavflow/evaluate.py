@@ -60,10 +60,6 @@ from .frontend import MelConfig, mel_spectrogram
 from .metrics import METRIC_KEYS, clip_metrics, griffin_lim, pooled_nll
 from .pitch import PitchSettings, PitchTrack
 
-# Model types whose likelihood of real audio runs step by step: --nll-max-seconds caps the audio they score.
-SEQUENTIAL_LIKELIHOOD = ("student",)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Validation clips
 
@@ -155,7 +151,8 @@ def evaluate_checkpoint(checkpoint: Checkpoint, clips: list[Clip], *, device: to
     })
     if not skip_nll:
         t0 = time.perf_counter()
-        cap = nll_cap if model.model_type in SEQUENTIAL_LIKELIHOOD else None
+        # a likelihood of real audio that runs step by step (Vocoder.sequential_likelihood) scores the clips' starts
+        cap = nll_cap if model.sequential_likelihood else None
         total, samples = pooled_nll(model, [c.audio for c in clips], max_samples=cap, device=device,
                                     labels=[c.path for c in clips])
         result.nll_nats, result.nll_samples = total / samples, samples
@@ -239,14 +236,14 @@ def evaluate_references(clips: list[Clip], metric_mel: MelConfig, optional: dict
 # ----------------------------------------------------------------------------------------------------------------
 # Report: markdown table, JSON, figure
 
-COLUMNS = (("nll_nats", "NLL (nats)", "{:.3f}"), ("logmel_l1", "log-mel L1", "{:.3f}"), ("mrstft", "MR-STFT", "{:.3f}"),
+MARKDOWN_COLUMNS = (("nll_nats", "NLL (nats)", "{:.3f}"), ("logmel_l1", "log-mel L1", "{:.3f}"), ("mrstft", "MR-STFT", "{:.3f}"),
            ("pesq_wb", "PESQ-WB", "{:.2f}"), ("stoi", "STOI", "{:.3f}"), ("dnsmos_ovrl", "DNSMOS OVRL", "{:.2f}"),
            ("dnsmos_p808", "DNSMOS P.808", "{:.2f}"), ("gpe", "GPE", "{:.3f}"), ("vde", "VDE", "{:.3f}"),
            ("f0_rmse_cents", "F0 RMSE (cents)", "{:.1f}"), ("rtf", "RTF", "{:.3g}"))
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    cols = [c for c in MARKDOWN_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     lines = ["| system | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for r in rows:
         cells = []

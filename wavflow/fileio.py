@@ -1,10 +1,13 @@
-"""Atomic file writes: a reader (or a crash) never sees half a file under the final name."""
+"""Files in and out: atomic writes (a reader, or a crash, never sees half a file under the final name) and the checks
+that a path can be read from or written to, made before any work."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+from .errors import WavflowError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, durable: bool = False) -> None:
@@ -45,11 +48,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, 
 def check_input_file(path: Path, what: str) -> None:
     """Refuse, by name, a path that is not a regular file to read `what` from (a directory, a FIFO that could
     block forever, a device, nothing at all)."""
-    from .errors import WavflowError
-
     if not path.exists():
         raise WavflowError(f"{path}: no such file")
     if path.is_dir():
         raise WavflowError(f"{path}: is a directory, expected {what}")
     if not path.is_file():
         raise WavflowError(f"{path}: not a regular file, expected {what}")
+
+
+def check_writable_dir(directory: str | os.PathLike) -> None:
+    """Refuse, before any work is done, a directory that cannot take new files.
+
+    The directory need not exist yet: its nearest existing ancestor must be a directory in which a file can
+    be created. The check creates and removes a temporary file, the only test that holds for root and for
+    read-only file systems alike.
+    """
+    directory = Path(directory)
+    d = directory
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    if not d.is_dir():
+        raise WavflowError(f"{directory}: cannot write there: {d} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".wavflow-write-test.", dir=d)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise WavflowError(f"{directory}: cannot write there ({e.strerror or e})") from None

@@ -342,7 +342,7 @@ def cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out,
 
 
 @numba.njit(cache=True, nogil=True)
-def _pick(probs, n, u):
+def _pick_index(probs, n, u):
     """Inverse CDF: first index whose running sum of probs exceeds u (the torch sampler's rule)."""
     acc = np.float32(0.0)
     for i in range(n):
@@ -369,7 +369,7 @@ def _sample(p, noise, kind, temperature, log_scale_min, table, probs):
             tot += probs[i]
         for i in range(K):
             probs[i] = probs[i] / tot
-        c = _pick(probs, K, noise[0])
+        c = _pick_index(probs, K, noise[0])
         ls = max(p[2 * K + c], log_scale_min)
         u = noise[1]
         x = p[K + c] + math.exp(ls) * temperature * (math.log(u) - math.log1p(-u))
@@ -388,7 +388,7 @@ def _sample(p, noise, kind, temperature, log_scale_min, table, probs):
             tot += probs[i]
         for i in range(n):
             probs[i] = probs[i] / tot
-        return table[_pick(probs, n, noise[0])]
+        return table[_pick_index(probs, n, noise[0])]
     return min(max(x, -1.0), 1.0)
 
 

@@ -32,7 +32,8 @@ import torch
 from .audio import load_audio
 from .errors import WavflowError
 from .fileio import check_input_file
-from .frontend import MelConfig, mel_spectrogram, save_mel
+from .frontend import MelConfig, mel_spectrogram
+from .melinput import save_mel
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")  # what a directory of audio stands for
 

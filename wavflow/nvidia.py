@@ -107,7 +107,7 @@ _LEGACY_GLOBALS: dict[str, Any] = {
     **_STAND_INS,
     **{f"torch.{name}": _StorageType(dtype) for name, dtype in _LEGACY_STORAGES.items()},
 }
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
 
 class _LegacyUnpickler(pickle.Unpickler):
@@ -156,7 +156,7 @@ def load_legacy(path: str | Path) -> Any:
             return _LegacyUnpickler(f, {}).load()
 
         try:
-            if restricted() != _LEGACY_MAGIC or restricted() != 1001:
+            if restricted() != _LEGACY_MAGIC_NUMBER or restricted() != 1001:
                 raise ValueError("not a torch legacy-format file")
             sys_info = restricted()
             if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):

@@ -48,7 +48,7 @@ from .frontend import MelConfig, mel_spectrogram
 from .metrics import METRIC_KEYS
 from .pitch import FMAX, FMIN, PitchTrack
 
-REFERENCE = "real"  # evaluate's name of the recordings row, the one a pitch contour is drawn over
+RECORDINGS_ROW = "real"  # evaluate's name of the recordings row, the one a pitch contour is drawn over
 F0_TICKS = (50, 70, 100, 140, 200, 280, 400, 560, 800)  # Hz, half an octave apart
 SHA_PREFIX = 12  # hex digits of a checkpoint's sha256 in the table: enough to tell files apart, short to read
 
@@ -457,7 +457,7 @@ def _clip_section(directory: Path, clip_id: str, clip_stem: str, entries: list[_
     """Write one clip's files (FLAC, spectrograms, contours) and return its section of the page."""
     colour_range = clip_colour_range([e.mel for e in entries], mel_config)
     seconds = max(e.audio.shape[0] for e in entries) / sample_rate  # one time axis for every row of the clip
-    reference = pitch.get(REFERENCE, {}).get(clip_id)
+    reference = pitch.get(RECORDINGS_ROW, {}).get(clip_id)
     tracks = {e.system: pitch[e.system][clip_id] for e in entries if e.pitch_png is not None}
     f0_range = pitch_range([*tracks.values(), *([reference] if reference is not None else [])])
     frame_seconds = mel_config.hop_length / sample_rate
@@ -477,7 +477,7 @@ def _clip_section(directory: Path, clip_id: str, clip_stem: str, entries: list[_
                  f'data-vmin="{colour_range[0]!r}" data-vmax="{colour_range[1]!r}"></td>']
         if tracks:
             if e.pitch_png is not None:
-                plot_pitch(directory / e.pitch_png, tracks[e.system], None if e.system == REFERENCE else reference,
+                plot_pitch(directory / e.pitch_png, tracks[e.system], None if e.system == RECORDINGS_ROW else reference,
                            frame_seconds, seconds, f0_range)
                 cells.append(f'<td><img src="{_href(e.pitch_png)}" alt="F0 contour: {name}, {_e(clip_id)}"></td>')
             else:

@@ -7,11 +7,11 @@
 
 The chunks are exact: their concatenation is the whole-utterance output for the same arguments, because
 
-- the noise at every absolute sample position is fixed by the mel's seed alone (inference.ItemNoise draws it
+- the noise at every absolute sample position is fixed by the mel's seed alone (noise.ItemNoise draws it
   in blocks, each from its own generator), so a chunk draws only the blocks it touches;
 - WaveGlow's couplings are non-causal, so each chunk is vocoded inside a window that reaches past it by the
-  model's receptive field, computed from its config (`waveglow_margins`), and cropped: past that reach the
-  window's edges cannot be seen;
+  model's receptive field, computed from its config (models.waveglow_streaming.stream_margins), and cropped:
+  past that reach the window's edges cannot be seen;
 - the IAF student's flows are causal: each layer keeps its last (k - 1) x dilation inputs between chunks
   (models.student_sampling.FlowStream) and nothing is recomputed;
 - the WaveNet teacher keeps its generation state between chunks (the compiled loop's queues,
@@ -20,6 +20,9 @@ The chunks are exact: their concatenation is the whole-utterance output for the 
   conditioning comes from the frames within its reach (layers.MelUpsampler.window);
 - NVIDIA's denoiser (STFT magnitude subtraction) is applied in windows that reach n_fft samples past the
   chunk, so each chunk is emitted once the audio n_fft beyond it exists.
+
+Each family's way of streaming is its model's `streamer` (wavflow.models.Vocoder), in the family's own modules
+(models.waveglow_streaming, models.student_sampling, models.wavenet_generation); this module runs any of them.
 
 `python -m wavflow.synthesize --chunk-seconds S` writes WAV files this way (`write_wav`), and streams long mels
 by default. `measure_latency` times the first chunk and the steady state.
@@ -36,9 +39,10 @@ import torch
 
 from .errors import WavflowError
 from .fileio import atomic_write
-from .inference import (ItemNoise, as_mel_list, check_options, conform_mels, input_stats, item_seed, make_denoiser,
-                        vocoder_for)
-from .models import Vocoder
+from .inference import audio_progress_bar, check_options, make_denoiser, vocoder_for
+from .melinput import as_mel_list, conform_mels, input_stats
+from .models import Streamer, Vocoder
+from .noise import ItemNoise, item_seed, run_seed
 
 DEFAULT_CHUNK_SECONDS = 1.0  # `stream`'s chunk: about the latency a listener waits for with a real-time model
 CLI_CHUNK_SECONDS = 10.0  # the command line's chunk for long mels: WaveGlow's overlap then costs little
@@ -72,19 +76,16 @@ def stream(mel: Any, chunk_seconds: float = DEFAULT_CHUNK_SECONDS, checkpoint: s
 
 def stream_mel(model: Vocoder, mel: np.ndarray, *, chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
                seed: int | None = None, denoise: float = 0.0, **options: Any) -> Iterator[torch.Tensor]:
-    """`stream` for a loaded model and a checked float32 [n_mels, F] mel (inference.as_mel_list)."""
+    """`stream` for a loaded model and a checked float32 [n_mels, F] mel (melinput.as_mel_list)."""
     options = check_options(model, options)
     frames = chunk_frames(model, chunk_seconds)
     if denoise < 0:
         raise WavflowError(f"denoise strength must be >= 0, got {denoise}")
     denoiser = make_denoiser(model) if denoise > 0 else None
-    if model.model_type not in STREAMERS:
-        raise WavflowError(f"a {model.model_type} model cannot be streamed (streamed: {', '.join(STREAMERS)})")
-    if seed is None:  # as vocode: torch's global generator decides
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    seed = run_seed(seed)  # as vocode: with None, torch's global generator decides
     param = next(iter(model.parameters()))  # a bf16 model (dtype="bf16") takes its mel in bf16, as in vocode
     mel_t = torch.from_numpy(np.ascontiguousarray(mel, np.float32))[None].to(param.device, param.dtype)
-    streamer = STREAMERS[model.model_type](model, mel_t, ItemNoise(model, item_seed(seed, mel)), options)
+    streamer = model.streamer(mel_t, ItemNoise(model, item_seed(seed, mel)), options)
     chunks = _chunks(streamer, mel.shape[1], frames)
     if denoiser is not None:
         chunks = _denoised(chunks, lambda a: denoiser(a, strength=denoise), denoiser.n_fft,
@@ -101,7 +102,7 @@ def chunk_frames(model: Vocoder, chunk_seconds: float) -> int:
     return max(1, round(chunk_seconds * mc.sample_rate / mc.hop_length))
 
 
-def _chunks(streamer: "_Streamer", frames: int, step: int) -> Iterator[torch.Tensor]:
+def _chunks(streamer: Streamer, frames: int, step: int) -> Iterator[torch.Tensor]:
     try:
         for f0 in range(0, frames, step):
             with torch.no_grad():
@@ -138,104 +139,6 @@ def _denoised(raw: Iterator[torch.Tensor], denoise: Callable[[torch.Tensor], tor
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# One streamer per family: chunk(f0, f1) -> audio of frames [f0, f1), called for consecutive chunks in order.
-
-class _Streamer:
-    def __init__(self, model: Any, mel: torch.Tensor, noise: ItemNoise, options: dict[str, Any]):
-        self.model, self.mel, self.noise, self.options = model, mel, noise, options
-        self.hop = model.mel_config.hop_length
-        self.frames = mel.shape[-1]
-
-    def chunk(self, f0: int, f1: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-def waveglow_margins(model: Any) -> tuple[int, int]:
-    """Mel frames a WaveGlow window must reach (before, after) a chunk for the chunk's audio to equal the whole
-    utterance's.
-
-    Running the flows backwards, each coupling's WN sees (k - 1) / 2 x sum(dilations) groups either side, and
-    the flows compose: n_flows x that x n_group samples (24,480 = 1.11 s for the paper config, 960 for the
-    shipped one). The conditioning of a window's first upsample_kernel - hop samples misses the frames before
-    the window (the transposed conv spreads each frame over upsample_kernel samples), which adds to the reach
-    before the chunk only; the energy prior adds a frame after it. A source's excitation comes from the whole
-    utterance's track (its pitch predictor runs once on the whole mel), so it adds no reach; a source filter is one
-    more coupling network's.
-    """
-    cfg, hop = model.config, model.mel_config.hop_length
-    per_coupling = (cfg.wn_kernel_size - 1) // 2 * (2 ** cfg.wn_layers - 1)
-    couplings = (cfg.n_flows + (1 if cfg.source_filter else 0)) * per_coupling * cfg.n_group
-    before = couplings + cfg.upsample_kernel - hop
-    # The energy prior's scale at a window's last half frame interpolates towards the frame after the window,
-    # which the window lacks: one frame more keeps that edge out of reach too.
-    return -(-before // hop), -(-couplings // hop) + (1 if cfg.energy_prior else 0)
-
-
-class _WaveGlowStreamer(_Streamer):
-    """Non-causal: each chunk is vocoded by `infer` in a window `waveglow_margins` wider, then cropped."""
-
-    def __init__(self, *args: Any):
-        super().__init__(*args)
-        self.before, self.after = waveglow_margins(self.model)
-        # A model with a source: the pitch of every frame (a small frame-rate pass) and the phase at each frame
-        # centre are worked out once, so each window's excitation continues the whole utterance's.
-        self.track = self.model.source_track(self.mel) if self.model.source is not None else None
-
-    def chunk(self, f0: int, f1: int) -> torch.Tensor:
-        w0, w1 = max(0, f0 - self.before), min(self.frames, f1 + self.after)
-        mel = self.mel[..., w0:w1]
-        z = self.noise.span(w0 * self.hop, w1 * self.hop).to(mel.device)  # float32, as vocode passes it
-        options = dict(self.options)
-        if self.track is not None:
-            options["source_track"] = self.track.frames(w0, w1)
-        audio = self.model.infer(mel, noise=z, frames=[w1 - w0], **options)
-        return audio[0, (f0 - w0) * self.hop: (f1 - w0) * self.hop]
-
-
-class _StudentStreamer(_Streamer):
-    """Causal flows: one FlowStream carries every layer's context from chunk to chunk."""
-
-    def __init__(self, *args: Any):
-        super().__init__(*args)
-        self.temperature = float(self.options.get("temperature", 1.0))
-        self.flows = self.model.flow_stream(1, self.mel.dtype, self.mel.device)
-
-    def chunk(self, f0: int, f1: int) -> torch.Tensor:
-        cond = self.model.upsampler.window(self.mel, f0, f1)
-        z = self.noise.span(f0 * self.hop, f1 * self.hop).to(cond.device, cond.dtype)
-        x, _, _ = self.flows.run(z * self.temperature, cond)
-        return x[0].clamp(-1.0, 1.0)
-
-
-class _WaveNetStreamer(_Streamer):
-    """Autoregressive: the generation state (queues, or the naive method's receptive field) carries over."""
-
-    def __init__(self, *args: Any):
-        super().__init__(*args)
-        self.gen = self.model.generation_stream(self.frames * self.hop, method=self.options.get("method", "cached"),
-                                                temperature=float(self.options.get("temperature", 1.0)),
-                                                device=self.mel.device)
-
-    def chunk(self, f0: int, f1: int) -> torch.Tensor:
-        cond = self.model.upsampler.window(self.mel, f0, f1)
-        noise = self.noise.span(f0 * self.hop, f1 * self.hop).to(cond.device)
-        return self.gen.run(cond, noise)[0]
-
-    def close(self) -> None:
-        self.gen.close()
-
-
-STREAMERS: dict[str, type[_Streamer]] = {
-    "waveglow": _WaveGlowStreamer,
-    "student": _StudentStreamer,
-    "wavenet": _WaveNetStreamer,
-}
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # WAV files written as the chunks come
 
 def write_wav(path: str | os.PathLike, chunks: Iterator[torch.Tensor], sample_rate: int) -> int:
@@ -264,15 +167,13 @@ def write_wav(path: str | os.PathLike, chunks: Iterator[torch.Tensor], sample_ra
 
 def stream_to_wavs(model: Vocoder, jobs: Sequence[tuple[Any, str | os.PathLike]], *, chunk_seconds: float,
                    seed: int | None = None, denoise: float = 0.0, progress: bool = False, **options: Any) -> float:
-    """Stream each (inference.MelFile, WAV path) of `jobs` to its file with `write_wav`, one after another, each
+    """Stream each (melinput.MelFile, WAV path) of `jobs` to its file with `write_wav`, one after another, each
     mel read only when its turn comes; one progress bar (seconds of audio and RTF) over them all. Returns the
     seconds of audio written. `python -m wavflow.synthesize` runs long mels through this."""
-    from .inference import _progress_bar
-
     if not jobs:
         return 0.0
     sr, hop = model.mel_config.sample_rate, model.mel_config.hop_length
-    bar = _progress_bar(sum(m.frames for m, _ in jobs) * hop / sr, enabled=progress)
+    bar = audio_progress_bar(sum(m.frames for m, _ in jobs) * hop / sr, enabled=progress)
     t0, done = time.perf_counter(), 0.0
 
     def counted(chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:

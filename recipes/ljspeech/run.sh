@@ -344,7 +344,7 @@ vocode() {
 import sys
 from pathlib import Path
 from wavflow.checkpoint import load
-from wavflow.frontend import save_mel
+from wavflow.melinput import save_mel
 from wavflow.mel import audio_to_mel
 
 listing, ckpt, dst = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])

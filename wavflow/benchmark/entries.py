@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import WavflowError
+from ..models import model_classes
 from .reference import nvidia_infer
 
 WAVEGLOW_SIGMA = 0.6     # design.md section 3: the inference default
@@ -66,7 +67,7 @@ def waveglow_noise(model, mel: torch.Tensor, generator: torch.Generator) -> torc
 
 
 def _waveglow_source(model, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    if getattr(model, "source", None) is None:
+    if model.source is None:
         raise WavflowError("the waveglow_source row needs a WaveGlow with a source (model_config.source: true)")
     track, samples = model.source_track(mel), mel.shape[-1] * model.mel_config.hop_length
     excitation, mean = model.excitation(track, samples), model.harmonic_mean(track, samples)
@@ -98,6 +99,15 @@ class Entry:
                                # "graph" (the exported PyTorch graph, for onnxruntime rows)
     default: bool = True       # run without --models
 
+    @property
+    def half_by_cast(self) -> bool:
+        """Whether a bf16/fp16 run casts the row's model and mel to that dtype (its family's `half_by_cast`: the
+        parallel models, natively in it, the way NVIDIA runs its fp16 WaveGlow) rather than running it in float32
+        under torch.autocast (WaveNet: its generators keep fp32 sample buffers and queues between the matmuls).
+        wavflow's 1x1 inverses are computed in float64 and then cast, NVIDIA's in float32; the fast sampling paths
+        accumulate with in-place matmuls, which torch.autocast leaves alone."""
+        return model_classes(self.family)[0].half_by_cast
+
 
 ENTRIES: tuple[Entry, ...] = (
     Entry("wavenet_naive", "wavenet", "WaveNet naive", _wavenet_naive, autoregressive=True, naive=True,
@@ -116,14 +126,8 @@ ENTRIES: tuple[Entry, ...] = (
 )
 ONNX_ROWS = ("waveglow_onnx", "student_onnx")  # CPU, fp32, need the onnx extra (onnx_rows.py)
 ENTRY_BY_NAME = {e.name: e for e in ENTRIES}
-FAMILIES = ("wavenet", "waveglow", "student")
+FAMILIES = tuple(dict.fromkeys(e.family for e in ENTRIES))  # the model types the rows run, in the rows' order
 REFERENCE = "wavenet_cached"  # the speed-up column divides by this row's samples/s
-
-# How --dtype bf16/fp16 is applied. The parallel models run natively in that dtype: weights and mel cast, the
-# way NVIDIA runs its fp16 WaveGlow (wavflow's 1x1 inverses are computed in float64 and then cast, NVIDIA's in
-# float32); their fast sampling paths accumulate with in-place matmuls, which torch.autocast leaves alone.
-# WaveNet runs under torch.autocast: its generators keep fp32 sample buffers and queues between the matmuls.
-CAST_FAMILIES = ("waveglow", "student")
 
 
 def row_precision(entry: Entry, device: torch.device, dtype: str) -> str:
@@ -132,6 +136,6 @@ def row_precision(entry: Entry, device: torch.device, dtype: str) -> str:
         return "fp32 (numba loop)"  # the compiled loop has no half-precision path
     if entry.name == "waveglow_nvidia" and device.type == "cpu":
         return "fp32"  # the yardstick as NVIDIA runs it on a CPU
-    if dtype == "fp32" or entry.family in CAST_FAMILIES:
+    if dtype == "fp32" or entry.half_by_cast:
         return dtype
     return f"{dtype} autocast"

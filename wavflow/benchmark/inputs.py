@@ -11,7 +11,6 @@ from .. import resources
 from ..errors import WavflowError
 from ..frontend import MelConfig
 from .settings import Settings
-from .entries import CAST_FAMILIES
 from .measure import DTYPES
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -19,7 +18,8 @@ from .measure import DTYPES
 
 def default_mel(path: str | None) -> tuple[np.ndarray, str]:
     """The one mel every row vocodes, [80, F] float32, and where it came from."""
-    from ..frontend import load_mel, mel_spectrogram
+    from ..frontend import mel_spectrogram
+    from ..melinput import load_mel
 
     if path is not None:
         p = Path(path)
@@ -61,15 +61,15 @@ class ModelUnderTest:
     parameters: int          # as defined (weight norm counted), before folding it for inference
 
 
-def load_model(family: str, settings: Settings) -> ModelUnderTest:
+def load_model_under_test(family: str, settings: Settings) -> ModelUnderTest:
     from ..checkpoint import load
     from ..models import build_model
 
     if family in settings.checkpoints:
         path = settings.checkpoints[family]
         model = load(path, "cpu")
-        if getattr(model, "model_type", None) != family:
-            raise WavflowError(f"{path}: holds a {getattr(model, 'model_type', 'unknown')} model, "
+        if model.model_type != family:
+            raise WavflowError(f"{path}: holds a {model.model_type} model, "
                                f"passed as --checkpoint {family}")
         source = path
     else:
@@ -84,10 +84,9 @@ def load_model(family: str, settings: Settings) -> ModelUnderTest:
                 if p.dim() > 1 and not torch.any(p):
                     p.normal_(0.0, 1e-3)
     parameters = sum(p.numel() for p in model.parameters())
-    if hasattr(model, "remove_weight_norm"):
-        model.remove_weight_norm()
+    model.remove_weight_norm()
     model = model.to(settings.device).eval()
-    if family in CAST_FAMILIES and settings.dtype != "fp32":
+    if model.half_by_cast and settings.dtype != "fp32":
         model = model.to(DTYPES[settings.dtype])
     for p in model.parameters():
         p.requires_grad_(False)

@@ -38,7 +38,7 @@ def nvidia_infer(model, mel: Tensor, noise: Tensor, sigma: float) -> Tensor:
     n_samples = mel.shape[-1] * hop
     cond = _grouped_conditioning(model.upsample, mel, n_samples, cfg.n_group)
     track = None
-    if getattr(model, "source", None) is not None:
+    if model.source is not None:
         # NVIDIA's WaveGlow has no source: its excitation (wavflow's, the same in both rows) joins the grouped
         # conditioning as the coupling networks expect, so the row still times NVIDIA's flow algorithm.
         track = model.source_track(mel)
@@ -60,7 +60,7 @@ def nvidia_infer(model, mel: Tensor, noise: Tensor, sigma: float) -> Tensor:
         if k in exits:  # this flow's early block rejoins, in front of the channels it left from
             j = exits.index(k)
             x = torch.cat((sigma * noise[:, j * early:(j + 1) * early], x), 1)
-    if getattr(model, "filter", None) is not None:  # wavflow's source filter, the same in both rows
+    if model.filter is not None:  # wavflow's source filter, the same in both rows
         x = model.unfilter(x, cond)
     # [B, n_group, G] -> [B, G * n_group]: sample g * n_group + i is channel i of group g.
     audio = x.transpose(1, 2).reshape(x.shape[0], -1)

@@ -27,7 +27,8 @@ from .results import Row
 from .settings import Settings
 
 
-def machine_description(device: torch.device) -> str:
+def device_description(device: torch.device) -> str:
+    """The device a run timed: the GPU's name, or the CPU's model name and its logical CPUs."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:

@@ -24,10 +24,10 @@ from typing import Callable, Sequence
 import torch
 
 from ..frontend import MelConfig
-from .entries import CAST_FAMILIES, REFERENCE, Entry, row_precision
-from .inputs import ModelUnderTest, default_mel, frames_for, load_model, mel_batch
+from .entries import REFERENCE, Entry, row_precision
+from .inputs import ModelUnderTest, default_mel, frames_for, load_model_under_test, mel_batch
 from .measure import DTYPES, Memory, Peak, count_flops, machine_peak, precision_context, synchronize, time_call
-from .report import add_speedups, machine_description, waveglow_backends
+from .report import add_speedups, device_description, waveglow_backends
 from .results import Row
 from .settings import Settings
 
@@ -45,7 +45,8 @@ class Runner:
         self.mel, self.mel_source = default_mel(settings.mel)
         self.models: dict[str, ModelUnderTest] = {}
         for family in dict.fromkeys(e.family for e in settings.entries):
-            self.models[family] = load_model(family, settings)  # a bad checkpoint fails here, before any output
+            # a bad checkpoint fails here, before any output
+            self.models[family] = load_model_under_test(family, settings)
         for family, m in self.models.items():
             log(f"{family}: {m.source}, {m.parameters:,} parameters")
         self.warm: set[str] = set()
@@ -53,28 +54,28 @@ class Runner:
 
     def cast(self, entry: Entry) -> bool:
         """Whether the row runs on weights and mel cast to --dtype (rather than fp32, or fp32 under autocast)."""
-        return (entry.family in CAST_FAMILIES and self.s.dtype != "fp32"
+        return (entry.half_by_cast and self.s.dtype != "fp32"
                 and row_precision(entry, self.device, self.s.dtype) == self.s.dtype)
 
     def model(self, entry: Entry) -> torch.nn.Module:
         """The row's model: the family's, or for a row that computes in fp32 in a half run (NVIDIA's algorithm
         on a CPU) a float32 copy of the same weights, made once."""
         model = self.models[entry.family].model
-        if entry.family in CAST_FAMILIES and self.s.dtype != "fp32" and not self.cast(entry):
+        if entry.half_by_cast and self.s.dtype != "fp32" and not self.cast(entry):
             if entry.family not in self._fp32_copies:
                 self._fp32_copies[entry.family] = copy.deepcopy(model).float()
             model = self._fp32_copies[entry.family]
         return model
 
     def precision(self, entry: Entry | None = None):
-        if entry is not None and entry.family in CAST_FAMILIES:
-            return nullcontext()  # weights already in the dtype they compute in (load_model, `model`)
+        if entry is not None and entry.half_by_cast:
+            return nullcontext()  # weights already in the dtype they compute in (load_model_under_test, `model`)
         return precision_context(self.device, self.s.dtype)
 
     def generator(self, entry: Entry | None = None) -> torch.Generator:
-        # The same noise on every run: each timed call does exactly the same work. WaveNet draws its noise on the
-        # CPU whatever the device (so a GPU reproduces CPU output), which needs a CPU generator.
-        device = "cpu" if entry is not None and entry.family == "wavenet" else self.device
+        # The same noise on every run: each timed call does exactly the same work. A family that draws its noise
+        # on the CPU whatever the device (Vocoder.cpu_noise, so a GPU reproduces CPU output) needs a CPU generator.
+        device = "cpu" if entry is not None and self.models[entry.family].model.cpu_noise else self.device
         return torch.Generator(device=device).manual_seed(self.s.seed)
 
     def batch(self, entry: Entry) -> int:
@@ -99,8 +100,8 @@ class Runner:
     def warm_up(self, entry: Entry, mel: torch.Tensor) -> tuple[float, str]:
         """Warm the row up and return its FLOPs per sample and how they were counted (module docstring)."""
         model = self.model(entry)
-        if hasattr(model, "sampling_backend"):  # WaveGlow times its backends once per shape class: not counted
-            model.sampling_backend(mel.shape[-1] * model.mel_config.hop_length, mel.device)
+        # one-off costs of the first call (WaveGlow times its backends once per shape class) are not counted
+        model.prepare_sampling(mel.shape[-1] * model.mel_config.hop_length, mel.device)
         if entry.flops == "call":
             audio, flops = count_flops(lambda: self.call(entry, mel))
             synchronize(self.device)
@@ -275,7 +276,7 @@ def machine_peaks(settings: Settings) -> dict[str, Peak]:
 def run_meta(settings: Settings, runner: Runner, peaks: dict[str, Peak], command: str) -> dict:
     """The run's settings and machine, as the JSON's "meta" (read before the run hands back --threads)."""
     return {
-        "machine": machine_description(settings.device),
+        "machine": device_description(settings.device),
         "device": str(settings.device),
         "dtype": settings.dtype,
         "torch_threads": torch.get_num_threads(),

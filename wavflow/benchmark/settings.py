@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..cli import resolve_device
+from ..device import resolve_device
 from ..errors import WavflowError
 from .entries import ENTRIES, ENTRY_BY_NAME, FAMILIES, ONNX_ROWS, Entry
 
@@ -142,7 +142,7 @@ def check_settings(args: argparse.Namespace) -> Settings:
             raise WavflowError(f"--models {onnx_rows[0]}: onnxruntime's rows run on the CPU in fp32 (drop "
                                f"--device/--dtype, or run them separately)")
     if args.dtype == "bf16":
-        from ..inference import check_dtype
+        from ..device import check_dtype
 
         check_dtype(args.dtype, device)  # emulated bf16 would time the emulation
     return Settings(lengths=lengths, entries=tuple(sorted(entries, key=ENTRIES.index)),

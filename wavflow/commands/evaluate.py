@@ -20,7 +20,9 @@ from typing import NoReturn, Sequence
 
 import torch
 
-from ..cli import ArgumentParser, check_writable_dir, number, resolve_device, run_cli
+from ..cli import ArgumentParser, number, run_cli
+from ..device import resolve_device
+from ..fileio import check_writable_dir
 from ..errors import WavflowError
 from ..evaluate import (_json_safe, evaluate_checkpoint, evaluate_references, load_clips, load_model,
                         markdown_table, plot_spectrograms, recording_pitch)

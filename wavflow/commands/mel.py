@@ -10,9 +10,11 @@ import argparse
 import dataclasses
 from typing import NoReturn, Sequence
 
-from ..cli import ArgumentParser, check_writable_dir, expand_inputs, number, output_paths, run_cli
+from ..cli import ArgumentParser, expand_inputs, number, output_paths, run_cli
+from ..fileio import check_writable_dir
 from ..errors import WavflowError
-from ..frontend import PRESETS, MelConfig, load_stats
+from ..frontend import PRESETS, MelConfig
+from ..melinput import load_stats
 from ..mel import AUDIO_SUFFIXES, check_audio_file, write_mels
 
 PROG = "wavflow mel"

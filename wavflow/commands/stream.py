@@ -22,10 +22,12 @@ import torch
 
 from .. import resources
 from ..audio import to_int16
-from ..cli import ArgumentParser, check_writable_dir, number, output_paths, resolve_device, run_cli
+from ..cli import ArgumentParser, number, output_paths, run_cli
+from ..device import resolve_device
+from ..fileio import check_writable_dir
 from ..errors import WavflowError
-from ..frontend import conform_mel, load_mel
-from ..inference import SHIPPED, input_stats, load_vocoder
+from ..inference import SHIPPED, load_vocoder
+from ..melinput import conform_mel, input_stats, load_mel
 from ..streaming import DEFAULT_CHUNK_SECONDS, stream_mel, write_wav
 
 PROG = "wavflow stream"

@@ -13,11 +13,12 @@ from typing import NoReturn, Sequence
 
 from .. import resources
 from ..audio import save_wav
-from ..cli import ArgumentParser, check_writable_dir, expand_inputs, number, output_paths, resolve_device, run_cli
+from ..cli import ArgumentParser, expand_inputs, number, output_paths, run_cli
+from ..device import resolve_device
+from ..fileio import check_writable_dir
 from ..errors import WavflowError
-from ..frontend import conform_mel, load_mel
-from ..inference import (DEFAULT_BATCH_SIZE, SHIPPED, MelFile, check_options, input_stats, load_vocoder,
-                         make_denoiser, vocode)
+from ..inference import DEFAULT_BATCH_SIZE, SHIPPED, check_options, load_vocoder, make_denoiser, vocode
+from ..melinput import MelFile, conform_mel, input_stats, load_mel
 from ..streaming import CLI_CHUNK_SECONDS, STREAM_ABOVE_SECONDS, stream_to_wavs
 
 PROG = "wavflow synthesize"

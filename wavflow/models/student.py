@@ -35,9 +35,9 @@ from ..frontend import MelConfig
 from ..layers import MelUpsampler, WaveNetStack, flatten_stack
 from ..losses import (STFT_RESOLUTIONS, base_entropy, base_log_prob, gaussian_cross_entropy, gaussian_reverse_kl,
                       log_scale_regularizer, log_spectral_distance, mixture_reverse_kl, sample_base, stft_loss)
-from . import (check_mel, upsample_factors, int_tuple, is_int, is_real, noise_device, one_thread, progress_bar,
-               refuse_options, weights_sha256)
-from .student_sampling import FlowStream
+from . import (ExportSpec, NoiseSpan, Streamer, Vocoder, int_tuple, is_int, is_real, noise_device, one_thread,
+               progress_bar, refuse_options, upsample_factors, validate_mel, weights_sha256)
+from .student_sampling import FlowStream, StudentGraph, StudentStreamer
 
 
 @dataclass(frozen=True)
@@ -172,12 +172,14 @@ class IAFFlow(nn.Module):
         return h[:, 0], torch.clamp(h[:, 1], min=self.log_scale_min)
 
 
-class IAFStudent(nn.Module):
+class IAFStudent(nn.Module, Vocoder):
     """K inverse autoregressive flows with a shared mel upsampler; see the module docstring."""
 
     model_type: ClassVar[str] = "student"
     infer_options: ClassVar[tuple[str, ...]] = ("temperature",)
     needs_teacher: ClassVar[bool] = True  # distilled: trains only with attach_teacher
+    # Real audio goes back through the flows one sample at a time (`invert`): evaluation scores its first seconds.
+    sequential_likelihood: ClassVar[bool] = True
 
     def __init__(self, config: StudentConfig = StudentConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()
@@ -197,7 +199,7 @@ class IAFStudent(nn.Module):
 
     def conditioning(self, mel: torch.Tensor, length: int) -> torch.Tensor:
         """mel [B, n_mels, F] -> audio-rate conditioning [B, C, length], computed once and shared by every flow."""
-        check_mel(mel, self.mel_config, length)
+        validate_mel(mel, self.mel_config, length)
         return self.upsampler(mel)[..., :length]
 
     def flow(self, z: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -298,6 +300,17 @@ class IAFStudent(nn.Module):
 
     def remove_weight_norm(self) -> None:
         """No weight norm in the student: nothing to fold."""
+
+    def streamer(self, mel: torch.Tensor, noise: NoiseSpan, options: dict[str, Any]) -> Streamer:
+        """Causal flows whose context carries from chunk to chunk (student_sampling.StudentStreamer)."""
+        return StudentStreamer(self, mel, noise, options)
+
+    def export_spec(self) -> ExportSpec:
+        """Inputs mel, the base noise z [B, T] and the temperature (default 1)."""
+        return ExportSpec("temperature", 1.0, 1, metadata={"base_noise": self.config.base})
+
+    def export_graph(self) -> nn.Module:
+        return StudentGraph(self)
 
     # ------------------------------------------------------------------------------------------------------------
     # Step-by-step evaluation: the exact inverse x -> z, and a reference for the parallel pass

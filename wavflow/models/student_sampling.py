@@ -1,18 +1,22 @@
 """The IAF student's fast sampling path (design.md section 5): its flows folded into time-major matrices
 (`fold_flow`) and run blocked, layer by layer, with each causal layer's left context carried between blocks and
 between calls (`FlowStream`), so an utterance goes through the flows whole (`IAFStudent.fast_flow`) or a chunk
-at a time (`IAFStudent.flow_stream`, wavflow.streaming) with the same result. `IAFStudent.flow` is the
-reference it is tested against.
+at a time (`IAFStudent.flow_stream`, `StudentStreamer` for wavflow.streaming) with the same result.
+`IAFStudent.flow` is the reference it is tested against. `StudentGraph` is the parallel pass as ONNX traces it
+(wavflow.export).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from ..layers import RES_SCALE, flatten_stack
+from . import NoiseSpan, Streamer, folded_copy
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: student.py imports this module
     from .student import IAFFlow, IAFStudent
 
 
@@ -123,3 +127,44 @@ class FlowStream:
                 x = x_next
             x_all[b] = x
         return x_all, mean_all, log_scale_all
+
+
+class StudentStreamer(Streamer):
+    """Causal flows: one FlowStream carries every layer's context from chunk to chunk, so nothing is recomputed."""
+
+    def __init__(self, model: "IAFStudent", mel: Tensor, noise: NoiseSpan, options: dict[str, Any]):
+        super().__init__(model, mel, noise, options)
+        self.temperature = float(options.get("temperature", 1.0))
+        self.flows = model.flow_stream(1, mel.dtype, mel.device)
+
+    def chunk(self, f0: int, f1: int) -> Tensor:
+        cond = self.model.upsampler.window(self.mel, f0, f1)
+        z = self.noise.span(f0 * self.hop, f1 * self.hop).to(cond.device, cond.dtype)
+        x, _, _ = self.flows.run(z * self.temperature, cond)
+        return x[0].clamp(-1.0, 1.0)
+
+
+class StudentGraph(nn.Module):
+    """The IAF student's parallel pass (IAFStudent.infer) for export:
+    (mel [B, n_mels, F], z [B, T], temperature []) -> audio [B, T] in [-1, 1], T = F * hop."""
+
+    def __init__(self, model: "IAFStudent"):
+        super().__init__()
+        model = folded_copy(model)
+        self.upsampler, self.flows = model.upsampler, model.flows
+        self.log_scale_min = float(model.config.log_scale_min)
+
+    def forward(self, mel: Tensor, z: Tensor, temperature: Tensor) -> Tensor:
+        up = self.upsampler  # MelUpsampler.forward, with the nearest-neighbour stretch as expand + reshape
+        h = F.leaky_relu(up.context(mel), 0.4)
+        for factor, conv in zip(up.factors, up.smooth):
+            b, c = h.shape[0], h.shape[1]
+            h = h.unsqueeze(-1).expand(-1, -1, -1, factor).reshape(b, c, -1)
+            h = F.leaky_relu(conv(h), 0.4)
+        x = z * temperature
+        for flow in self.flows:  # IAFFlow.forward, the one-step shift as a concatenation
+            shifted = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1).unsqueeze(1)
+            out = flow.out(F.relu(flow.hidden(F.relu(flow.stack(shifted, h)))))
+            log_s = torch.clamp(out[:, 1], min=self.log_scale_min)
+            x = x * torch.exp(log_s) + out[:, 0]
+        return x.clamp(-1.0, 1.0)

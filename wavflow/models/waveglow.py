@@ -7,21 +7,25 @@
         x <- [x_a, exp(log_s) x_b + b]           affine coupling, (b, log_s) = WN_k(x_a, mel)
     z = [early outputs..., x] ~ N(0, sigma^2)
 
-Log-density per audio sample (design.md section 2): log p(audio) / T = (-|z|^2 / (2 sigma^2) + sum log_s + sum G log|det W|) / T
-- 0.5 ln(2 pi sigma^2). Sampling runs the flows backwards from z ~ N(0, sigma_infer^2), all samples in parallel.
+Log-density per audio sample (design.md section 2):
+    log p(audio) / T = (-|z|^2 / (2 sigma^2) + sum log_s + sum G log|det W|) / T - 0.5 ln(2 pi sigma^2).
+Sampling runs the flows backwards from z ~ N(0, sigma_infer^2), all samples in parallel.
 
 Defaults reproduce NVIDIA's released model (87,879,272 parameters with weight norm), and the module names map
 one-to-one onto NVIDIA's (wavflow.nvidia imports their checkpoints):
     upsample                         <- upsample
     convinv.{k}.weight [C, C]        <- convinv.{k}.conv.weight [C, C, 1]
     coupling.{k}.net.<layer>         <- WN.{k}.<layer>   (start, in_layers.{i}, res_skip_layers.{i}, cond_layer, end)
+
+Around the model: its config is waveglow_config.py, its fast sampling plan waveglow_sampling.py, its streamer
+waveglow_streaming.py, its ONNX graph waveglow_export.py and growing it a source waveglow_growth.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -35,132 +39,17 @@ from ..frontend import MelConfig
 from ..losses import stft_loss
 from ..source import HarmonicAmplitudes, PitchPredictor, SourceTrack, free_track, harmonic_mean, locked_track
 from ..source import excitation as make_excitation
-from . import is_int, is_real, noise_device, refuse_options
-from .waveglow_sampling import BackendChoice, _CouplingPlan, _SamplingPlan, _Workspace
+from . import ExportSpec, NoiseSpan, Streamer, Vocoder, noise_device, refuse_options
+from .waveglow_config import WaveGlowConfig
+from .waveglow_export import WaveGlowGraph
+from .waveglow_growth import GROWABLE, grow
+from .waveglow_sampling import BackendChoice, _CouplingPlan, _SamplingPlan, _Workspace, check_backend
+from .waveglow_streaming import WaveGlowStreamer
 
 # The energy prior (design.md section 9): ln(frame RMS) - ln(RMS mel magnitude) had median -0.39 over 40
 # LJSpeech clips (frames above -40 dBFS); -60 dBFS is below LJSpeech's room noise.
 ENERGY_OFFSET = -0.39
 ENERGY_FLOOR = 1e-3
-
-
-@dataclass(frozen=True)
-class WaveGlowConfig:
-    n_flows: int = 12  # flow steps, each an invertible 1x1 conv then an affine coupling
-    n_group: int | None = None  # samples squeezed into one time step; None: 8 where it divides the hop (see group_size)
-    n_early_every: int = 4  # every this many flows, n_early_size channels go straight to z ...
-    n_early_size: int = 2  # ... so the flows see 8, 6, 4 channels (the later ones are cheaper)
-    wn_layers: int = 8  # dilated conv layers in each coupling network (dilations 1, 2, 4, ..., 2^(layers-1))
-    wn_channels: int = 256  # residual channels of the coupling network (the paper's best model has 512)
-    wn_kernel_size: int = 3  # non-causal: the coupling sees past and future groups
-    upsample_kernel: int | None = None  # ConvTranspose1d mel upsampler, stride = hop; None: upsample_frames * hop
-    upsample_frames: int | None = None  # ... the same kernel in frames (None: 4, NVIDIA's 1024 at hop 256)
-    sigma: float = 1.0  # std of the Gaussian prior on z while training and scoring
-    infer_sigma: float = 0.6  # default std of z when sampling (lower = cleaner but flatter speech)
-    # Source and objective (design.md section 9); the defaults are NVIDIA's plain WaveGlow.
-    source: bool = False  # condition every coupling on a harmonic excitation at F0 predicted from the mel
-    source_phase: str = "recording"  # training excitation: phase-locked to the recording, or "free" (from 0)
-    source_channels: int = 64  # width of the pitch predictor (4 conv layers, kernel 5, on the mel frames)
-    source_amplitude: float = 0.1  # RMS of the excitation where voiced
-    source_filter: bool = False  # with a source: a WN filters the excitation into the audio's mean and scale,
-                                 # an affine step before the flows (the source in the signal path, as NSF)
-    source_harmonics: int = 0  # with a source: the audio's mean is harmonics 1..K of F0 with cosine and sine
-                               # amplitudes per frame from the mel; the flows model the rest (0: none)
-    pitch_weight: float = 1.0  # training adds this x the pitch predictor's loss (voicing BCE + octaves L1)
-    spectral_weight: float = 0.0  # training adds this x MR-STFT(inverse of spectral_sigma noise, recording); 0: off
-    spectral_sigma: float = 0.6  # std of the noise the spectral loss's samples are made from
-    energy_prior: bool = False  # the prior's std follows the mel's energy frame by frame (PriorGrad-like)
-
-    def __post_init__(self) -> None:
-        # Every value that cannot build a model is refused here, by name and value, before any layer exists
-        # (the trainer's CLI turns the WavflowError into one line). Checks that need the mel (n_group and
-        # upsample_kernel against the hop length) are `resolved`'s.
-        problems = []
-        for name in ("n_flows", "n_early_every", "wn_layers", "wn_channels", "upsample_kernel", "upsample_frames"):
-            value = getattr(self, name)
-            if (value is not None or not name.startswith("upsample")) and (not is_int(value) or value < 1):
-                problems.append(f"{name}={value!r} must be an integer >= 1")
-        if self.n_group is not None and (not is_int(self.n_group) or self.n_group < 2 or self.n_group % 2):
-            problems.append(f"n_group={self.n_group!r} must be an even integer >= 2 (each coupling splits the "
-                            f"channels in halves)")
-        if not is_int(self.n_early_size) or self.n_early_size < 0 or self.n_early_size % 2:
-            problems.append(f"n_early_size={self.n_early_size!r} must be an even integer >= 0 (the channels left "
-                            f"must split in halves)")
-        if not is_int(self.wn_kernel_size) or self.wn_kernel_size < 1 or self.wn_kernel_size % 2 == 0:
-            problems.append(f"wn_kernel_size={self.wn_kernel_size!r} must be an odd integer >= 1 (a centred, "
-                            f"non-causal conv)")
-        if not problems and self.n_group is not None:
-            last = self.remaining_channels(self.n_flows - 1)
-            if last < 2:
-                problems.append(f"n_early_every={self.n_early_every} and n_early_size={self.n_early_size} leave "
-                                f"fewer than 2 channels for the last flows (flow {self.n_flows - 1} of "
-                                f"n_flows={self.n_flows} would get {last} of n_group={self.n_group})")
-        if not is_real(self.sigma) or not self.sigma > 0:
-            problems.append(f"sigma={self.sigma!r} must be a finite number > 0")
-        if not is_real(self.infer_sigma) or not self.infer_sigma >= 0:
-            problems.append(f"infer_sigma={self.infer_sigma!r} must be a finite number >= 0")
-        for name in ("source", "energy_prior"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name}={getattr(self, name)!r} must be true or false")
-        if not isinstance(self.source_filter, bool):
-            problems.append(f"source_filter={self.source_filter!r} must be true or false")
-        elif self.source_filter and not self.source:
-            problems.append("source_filter=true filters the source's excitation: it needs source=true")
-        if not is_int(self.source_harmonics) or self.source_harmonics < 0:
-            problems.append(f"source_harmonics={self.source_harmonics!r} must be an integer >= 0")
-        elif self.source_harmonics and not self.source:
-            problems.append("source_harmonics makes harmonics of the source's F0: it needs source=true")
-        if self.source_phase not in ("recording", "free"):
-            problems.append(f"source_phase={self.source_phase!r} must be 'recording' or 'free'")
-        if not is_int(self.source_channels) or self.source_channels < 1:
-            problems.append(f"source_channels={self.source_channels!r} must be an integer >= 1")
-        for name in ("source_amplitude", "spectral_sigma"):
-            if not is_real(getattr(self, name)) or not getattr(self, name) > 0:
-                problems.append(f"{name}={getattr(self, name)!r} must be a finite number > 0")
-        for name in ("pitch_weight", "spectral_weight"):
-            if not is_real(getattr(self, name)) or not getattr(self, name) >= 0:
-                problems.append(f"{name}={getattr(self, name)!r} must be a finite number >= 0")
-        if problems:
-            raise WavflowError(f"invalid WaveGlowConfig: {'; '.join(problems)}")
-
-    def remaining_channels(self, k: int) -> int:
-        """Channels flow k works on (n_group minus the early outputs taken before it)."""
-        return self.n_group - (k // self.n_early_every) * self.n_early_size
-
-    def resolved(self, hop: int) -> "WaveGlowConfig":
-        """This config for a mel hop: n_group, upsample_kernel and upsample_frames filled in where left out and
-        checked against the hop (a WavflowError naming the problem where the hop cannot take them)."""
-        n_group = self.n_group if self.n_group is not None else group_size(hop)
-        if hop % n_group:
-            raise WavflowError(f"invalid WaveGlowConfig: n_group {n_group} must divide the hop length {hop} "
-                               f"(leave n_group out to derive it from the hop)")
-        kernel, frames = self.upsample_kernel, self.upsample_frames
-        if kernel is None:
-            kernel = (4 if frames is None else frames) * hop
-        if kernel < hop or kernel % hop:
-            raise WavflowError(f"invalid WaveGlowConfig: upsample_kernel {kernel} must be a multiple of the hop "
-                               f"length {hop} (or give upsample_frames, the kernel in frames)")
-        if frames is not None and kernel != frames * hop:
-            raise WavflowError(f"invalid WaveGlowConfig: upsample_kernel {kernel} and upsample_frames {frames} "
-                               f"disagree at hop {hop} ({frames} x {hop} = {frames * hop}); give one of them")
-        # __post_init__ checks the channels
-        return dataclasses.replace(self, n_group=n_group, upsample_kernel=kernel, upsample_frames=kernel // hop)
-
-    @classmethod
-    def tiny(cls) -> "WaveGlowConfig":
-        """A few-thousand-parameter coupling stack for tests: 4 flows (8, 8, 6, 6 channels), WN 2 x 16."""
-        return cls(n_flows=4, n_group=8, n_early_every=2, n_early_size=2, wn_layers=2, wn_channels=16)
-
-
-def group_size(hop: int) -> int:
-    """WaveGlow's default n_group for a mel hop: 8 (NVIDIA's) where it divides the hop, else the even divisor of
-    the hop nearest 8, the larger on a tie (fewer, wider time steps): 256 -> 8, 200 -> 8, 300 -> 10, 512 -> 8.
-    Each coupling splits the group in halves, so an odd hop (no even divisor) cannot be squeezed."""
-    even = [d for d in range(2, hop + 1, 2) if hop % d == 0]
-    if not even:
-        raise WavflowError(f"invalid WaveGlowConfig: the hop length {hop} is odd, so no even n_group divides it "
-                           f"(each coupling splits a group of samples in halves); use an even hop")
-    return min(even, key=lambda d: (abs(d - 8), -d))
 
 
 def upsample_squeezed(mel: Tensor, weight: Tensor, bias: Tensor, hop: int, n_group: int, num_groups: int,
@@ -243,11 +132,11 @@ class WN(nn.Module):
         return self.end(skip)
 
 
-class WaveGlow(nn.Module):
+class WaveGlow(nn.Module, Vocoder):
     """WaveGlow vocoder, a `wavflow.models.Vocoder`. See the module docstring for the flow and the likelihood."""
 
     model_type: ClassVar[str] = "waveglow"
-    infer_options: ClassVar[tuple[str, ...]] = ("sigma",)
+    infer_options: ClassVar[tuple[str, ...]] = ("sigma", "backend")
     needs_teacher: ClassVar[bool] = False
 
     def __init__(self, config: WaveGlowConfig = WaveGlowConfig(), mel_config: MelConfig = MelConfig()):
@@ -277,6 +166,7 @@ class WaveGlow(nn.Module):
             self.coupling.append(AffineCoupling(WN(c // 2, n_cond, config.wn_layers,
                                                    config.wn_channels, config.wn_kernel_size)))
         self._plan: tuple[tuple, _SamplingPlan] | None = None  # folded weights for `infer`, see _sampling_plan
+        self.backend: str | None = None  # infer's sampling backend when a call names none (None: measured)
 
     # ---------------------------------------------------------------- conditioning
     def condition(self, mel: Tensor, num_samples: int, weight_matrix: Tensor | None = None,
@@ -394,7 +284,8 @@ class WaveGlow(nn.Module):
         return torch.cat(outputs, 1), logdet
 
     def inverse(self, z: Tensor, mel: Tensor, track: SourceTrack | None = None) -> Tensor:
-        """The exact inverse of forward: z [B, n_group, G], mel [B, n_mels, F >= G * n_group / hop] -> audio [B, G * n_group]."""
+        """The exact inverse of forward: z [B, n_group, G], mel [B, n_mels, F >= G * n_group / hop]
+        -> audio [B, G * n_group]."""
         cfg = self.config
         t = z.shape[-1] * cfg.n_group
         if self.source is not None and track is None:
@@ -424,7 +315,8 @@ class WaveGlow(nn.Module):
         return unsqueeze(self.unfilter(x, cond), cfg.n_group)[:, 0]
 
     def log_likelihood(self, audio: Tensor, mel: Tensor, track: SourceTrack | None = None) -> Tensor:
-        """[B] mean log-density per audio sample in nats (audio in [-1, 1], every constant included, design.md section 2).
+        """[B] mean log-density per audio sample in nats (audio in [-1, 1], every constant included, design.md
+        section 2).
 
         With a source, the density is conditioned on the mel alone: the source comes from the predicted pitch
         with its phase running free, as in sampling, unless `track` is given (training's).
@@ -491,7 +383,7 @@ class WaveGlow(nn.Module):
 
     @torch.no_grad()
     def infer(self, mel: Tensor, *, noise: Tensor | None = None, generator: torch.Generator | None = None,
-              frames: Sequence[int] | Tensor | None = None, sigma: float | None = None,
+              frames: Sequence[int] | Tensor | None = None, sigma: float | None = None, backend: str | None = None,
               source_track: SourceTrack | None = None, **unknown: Any) -> Tensor:
         """mel [B, n_mels, F] -> audio [B, F * hop]; every item is made to the batch's length (frames is ignored).
 
@@ -502,9 +394,10 @@ class WaveGlow(nn.Module):
         first, so NVIDIA's draws map onto z one-to-one (tests/test_nvidia.py checks equal audio).
         source_track: the source of these frames, for a model with one (None: `source_track(mel)`); a streamer
         passes the whole utterance's track cut to its window, so the excitation's phase runs on across windows.
-        Runs on a cached, folded copy of the weights (see _CouplingPlan) on the backend measured fastest for
-        this machine and shape (`sampling_backend`); `inverse` is the plain reference. With bf16 or fp16
-        weights the coupling networks compute in that dtype and the flow state in float32: the audio is float32.
+        Runs on a cached, folded copy of the weights (see _CouplingPlan) on `backend` ("mm", "mm_t" or "conv";
+        None: the model's own, `set_backend`, else the one measured fastest for this machine and shape:
+        `sampling_backend`); `inverse` is the plain reference. With bf16 or fp16 weights the coupling networks
+        compute in that dtype and the flow state in float32: the audio is float32.
         """
         refuse_options(self, unknown)
         cfg = self.config
@@ -524,7 +417,7 @@ class WaveGlow(nn.Module):
         if self.source is not None and source_track is None:
             source_track = self.source_track(mel)
         cond_in = self.condition(mel.to(plan.dtype), t, plan.upsample, track=source_track)
-        backend = plan.backend_for(mel.device, t // cfg.n_group).backend
+        backend = plan.backend_for(mel.device, t // cfg.n_group, check_backend(backend) or self.backend).backend
         x = torch.empty(shape, device=mel.device, dtype=state_dtype)
         x.copy_(noise).mul_(sigma)  # our own buffer: sampling works in place
         scale = self.prior_scale(mel, shape[-1])
@@ -536,11 +429,19 @@ class WaveGlow(nn.Module):
         mean = self.harmonic_mean(source_track, t)
         return audio if mean is None else audio.add_(mean.to(audio.dtype))
 
-    def sampling_backend(self, num_samples: int, device: torch.device | str = "cpu") -> "BackendChoice":
-        """The backend `infer` uses for an utterance of num_samples on `device`, chosen now if it is not yet
-        (the module comment on fast sampling): lets a caller pay for the choice outside a timed or counted call."""
+    def sampling_backend(self, num_samples: int, device: torch.device | str = "cpu",
+                         backend: str | None = None) -> "BackendChoice":
+        """The backend `infer` uses for an utterance of num_samples on `device` (given `backend`, as infer's),
+        chosen now if it is not yet (waveglow_sampling's comment on fast sampling): lets a caller pay for the choice
+        outside a timed or counted call."""
         with torch.no_grad():
-            return self._sampling_plan().backend_for(torch.device(device), num_samples // self.config.n_group)
+            return self._sampling_plan().backend_for(torch.device(device), num_samples // self.config.n_group,
+                                                     check_backend(backend) or self.backend)
+
+    def set_backend(self, backend: str | None) -> None:
+        """`infer`'s backend when a call names none: "mm", "mm_t" or "conv" (None: measure); a one-line
+        WavflowError names the choices otherwise."""
+        self.backend = check_backend(backend)
 
     def _sampling_plan(self) -> "_SamplingPlan":
         """The weights `infer` multiplies with, folded and laid out for plain matmuls, cached.
@@ -581,39 +482,54 @@ class WaveGlow(nn.Module):
             x.copy_(self.unfilter(x[None], cond_in[None].to(self.filter.end.weight.dtype))[0])
         return x.t().reshape(-1)
 
-    # The keys a --init may change: the source's switches and the training objective. A model grown to add a
-    # source (`grown`) computes the same audio as before, until training moves its new weights.
-    GROWABLE: ClassVar[tuple[str, ...]] = ("source", "source_phase", "source_channels", "source_amplitude",
-                                           "source_filter", "source_harmonics", "pitch_weight", "spectral_weight",
-                                           "spectral_sigma")
+    # ---------------------------------------------------------------- the family as a Vocoder
+    def prepare_sampling(self, num_samples: int, device: torch.device | str) -> None:
+        """Choose the sampling backend for this length and device now (`sampling_backend`), outside timed calls."""
+        self.sampling_backend(num_samples, device)
+
+    def bias_audio(self, mel: Tensor) -> Tensor:
+        """The output at sigma 0 [B, F * hop]: what the weights add to any mel, NVIDIA's denoiser's bias."""
+        return self.infer(mel, sigma=0.0)
+
+    def streamer(self, mel: Tensor, noise: NoiseSpan, options: dict[str, Any]) -> Streamer:
+        """Windows of `infer` reaching past each chunk by the couplings' receptive field (waveglow_streaming)."""
+        return WaveGlowStreamer(self, mel, noise, options)
+
+    # ---------------------------------------------------------------- ONNX export (waveglow_export)
+    def export_spec(self) -> ExportSpec:
+        """Inputs mel, z [B, n_group, G] and sigma; with a source, f0 and voiced [B, F] come out beside the audio."""
+        cfg = self.config
+        return ExportSpec("sigma", float(cfg.infer_sigma), 2, ("audio", "f0", "voiced") if cfg.source else ("audio",),
+                          {"n_group": cfg.n_group, "default_sigma": cfg.infer_sigma, "source": cfg.source,
+                           "energy_prior": cfg.energy_prior})
+
+    def export_graph(self) -> nn.Module:
+        return WaveGlowGraph(self)
+
+    def export_options(self, mel: Tensor, outputs: Sequence[np.ndarray]) -> dict[str, Any]:
+        """With a source, the track of the F0 and voicing the graph predicted (outputs[1:3])."""
+        if self.source is None:
+            return {}
+        f0, voiced = (torch.from_numpy(o).to(mel.device) for o in outputs[1:3])
+        return {"source_track": self.track_of(f0, voiced, mel)}
+
+    def export_output_error(self, mel: Tensor, outputs: Sequence[np.ndarray]) -> float:
+        """With a source: 1 where a voicing decision differs from the pitch predictor's, else the largest relative
+        difference of F0 (floored at 1 Hz)."""
+        if self.source is None:
+            return 0.0
+        with torch.no_grad():
+            f0, voiced = self.source.predict(mel)
+        if not torch.equal(voiced.cpu(), torch.from_numpy(outputs[2]).float()):
+            return 1.0
+        return float(((torch.from_numpy(outputs[1]) - f0.cpu()).abs() / f0.cpu().clamp_min(1)).max())
+
+    # The config keys a --init may change (wavflow.models.waveglow_growth): the source's switches and the objective.
+    GROWABLE: ClassVar[tuple[str, ...]] = GROWABLE
 
     def grown(self, config: WaveGlowConfig) -> "WaveGlow":
-        """This model with `config`'s source switches (config may differ from self.config only in GROWABLE keys,
-        and may add a source, never remove one): the same weights, each coupling's conditioning conv widened
-        with zero columns for the excitation, the new parts at their identity start (the harmonic mean and the
-        source filter's end conv at zero), so it vocodes exactly what this model does; the pitch predictor is new.
-        """
-        mine = dataclasses.asdict(self.config)
-        theirs = dataclasses.asdict(config)
-        changed = sorted(k for k in mine if mine[k] != theirs[k])
-        if any(k not in self.GROWABLE for k in changed) or (self.config.source and not config.source) or \
-                (self.config.source and changed and any(k in ("source_channels", "source_filter", "source_harmonics")
-                                                        for k in changed)):
-            raise WavflowError(f"cannot grow this WaveGlow into one that differs in {', '.join(changed)}: only a "
-                               f"source can be added ({', '.join(self.GROWABLE)})")
-        new = WaveGlow(config, self.mel_config).to(next(self.parameters()).device)
-        if not any(parametrize.is_parametrized(m, "weight") for m in self.modules()):
-            new.remove_weight_norm()
-        state = new.state_dict()
-        for key, value in self.state_dict().items():
-            target = state[key]
-            if value.shape != target.shape:  # a conditioning conv: the excitation's columns come last, at zero
-                pad = torch.zeros_like(target)
-                pad[:, : value.shape[1]] = value
-                value = pad
-            state[key] = value
-        new.load_state_dict(state)
-        return new
+        """This model with `config`'s source switches added, vocoding exactly what it did (waveglow_growth.grow)."""
+        return grow(self, config)
 
     def remove_weight_norm(self) -> None:
         """Fold weight norm into plain weights for inference (state_dict keys become '.weight')."""

@@ -6,7 +6,6 @@ convolutions, on the backend measured fastest for the machine at hand (docs/desi
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -50,22 +49,29 @@ if TYPE_CHECKING:
 # On a CPU the backend is chosen by timing all three on the model's own coupling the first time a plan meets a
 # shape class (config, dtype, threads, length bucket), once per process (`backend_for`); the choice is kept in
 # `sampling_backend_choices()` for the benchmark to report. On a GPU it is `mm` (cuBLAS), not measured.
-# WAVFLOW_WAVEGLOW_BACKEND=mm|mm_t|conv skips the measurement (bit-identical output across processes: backends
-# differ in the last bits of float rounding).
+# A caller that names a backend (WaveGlow.infer's `backend` option, or the model's default from
+# WaveGlow.set_backend / wavflow.load(..., backend=...)) skips the measurement: the backends differ in the last
+# bits of float rounding, so naming one makes runs bit-identical across processes.
 
 SAMPLING_BACKENDS = ("mm", "mm_t", "conv")
-BACKEND_ENV = "WAVFLOW_WAVEGLOW_BACKEND"
 TUNE_GROUPS = 2048  # the longest probe (groups of n_group samples): every length from here on shares one choice
 
 
 @dataclass(frozen=True)
 class BackendChoice:
     backend: str
-    how: str                                   # "measured", "forced by WAVFLOW_WAVEGLOW_BACKEND", "cuda default"
+    how: str                                   # "measured", "chosen by the caller", "cuda default"
     seconds: dict[str, float] = field(default_factory=dict)  # best probe time per backend, where measured
 
 
 _backend_choices: dict[tuple, BackendChoice] = {}
+
+
+def check_backend(backend: str | None) -> str | None:
+    """`backend` itself when it names a sampling backend (None: measure), else a one-line WavflowError."""
+    if backend is not None and backend not in SAMPLING_BACKENDS:
+        raise WavflowError(f"WaveGlow sampling backend {backend!r}: expected one of {', '.join(SAMPLING_BACKENDS)}")
+    return backend
 
 
 def sampling_backend_choices() -> dict[str, BackendChoice]:
@@ -292,14 +298,12 @@ class _SamplingPlan:
     couplings: list[_CouplingPlan]
     inverses: list[Tensor]  # W_k^-1, computed in float64, in the flow state's dtype
 
-    def backend_for(self, device: torch.device, groups: int) -> BackendChoice:
-        """The backend for `groups` columns on `device`: forced, the CUDA default, or measured once per process
-        and shape class (module comment). The probe runs the plan's widest coupling on random inputs."""
-        forced = os.environ.get(BACKEND_ENV)
-        if forced:
-            if forced not in SAMPLING_BACKENDS:
-                raise WavflowError(f"{BACKEND_ENV}={forced!r}: expected one of {', '.join(SAMPLING_BACKENDS)}")
-            return BackendChoice(forced, f"forced by {BACKEND_ENV}")
+    def backend_for(self, device: torch.device, groups: int, backend: str | None = None) -> BackendChoice:
+        """The backend for `groups` columns on `device`: `backend` when the caller names one (check_backend), the
+        CUDA default, or measured once per process and shape class (module comment). The probe runs the plan's
+        widest coupling on random inputs."""
+        if check_backend(backend) is not None:
+            return BackendChoice(backend, "chosen by the caller")
         if device.type != "cpu":
             return BackendChoice("mm", f"{device.type} default")
         probe = min(TUNE_GROUPS, 1 << max(groups - 1, 1).bit_length())

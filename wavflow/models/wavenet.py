@@ -37,8 +37,9 @@ from ..distributions import Distribution, build_distribution
 from ..errors import WavflowError
 from ..frontend import MelConfig
 from ..layers import MelUpsampler, WaveNetStack, dilations_for, flatten_stack, receptive_field
-from . import check_mel, upsample_factors, is_int, is_real, noise_device, progress_bar, refuse_options
-from .wavenet_generation import CachedSteps, CompiledStream, NaiveStream, Stream, TorchStream
+from . import (ExportSpec, NoiseSpan, Streamer, Vocoder, is_int, is_real, noise_device, progress_bar, refuse_options,
+               upsample_factors, validate_mel)
+from .wavenet_generation import CachedSteps, CompiledStream, NaiveStream, Stream, TorchStream, WaveNetStreamer
 
 METHODS = ("cached", "naive", "cached_torch")
 OUTPUTS = ("gaussian", "mixture", "mulaw")
@@ -113,12 +114,20 @@ class WaveNetConfig:
         return cls(**d)
 
 
-class WaveNet(nn.Module):
+class WaveNet(nn.Module, Vocoder):
     """The WaveNet teacher, a `wavflow.models.Vocoder`. See the module docstring."""
 
     model_type: ClassVar[str] = "wavenet"
     infer_options: ClassVar[tuple[str, ...]] = ("temperature", "method")
     needs_teacher: ClassVar[bool] = False
+    no_bf16: ClassVar[str | None] = "the WaveNet teacher has no bf16 path (its generator is a compiled float32 loop)"
+    # Its generators keep float32 sample buffers and queues between the matmuls: half precision is autocast's.
+    half_by_cast: ClassVar[bool] = False
+    # Noise drawn on the CPU on every device, so a GPU reproduces the CPU's samples (the benchmark's generator).
+    cpu_noise: ClassVar[bool] = True
+    _NO_EXPORT: ClassVar[str] = ("the WaveNet teacher cannot be exported to ONNX: it is autoregressive (one network "
+                                 "pass per audio sample), which a static graph would have to unroll; export a "
+                                 "waveglow or a student")
 
     def __init__(self, config: WaveNetConfig = WaveNetConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()
@@ -148,7 +157,7 @@ class WaveNet(nn.Module):
 
     def conditioning(self, mel: torch.Tensor, length: int) -> torch.Tensor:
         """mel [B, n_mels, F] -> upsampled conditioning [B, upsample_channels, length] (F * hop >= length)."""
-        check_mel(mel, self.mel_config, length)
+        validate_mel(mel, self.mel_config, length)
         return self.upsampler(mel)[..., :length]
 
     def head(self, skips: torch.Tensor) -> torch.Tensor:
@@ -175,6 +184,16 @@ class WaveNet(nn.Module):
 
     def remove_weight_norm(self) -> None:
         """No weight norm in the teacher: nothing to fold."""
+
+    def streamer(self, mel: torch.Tensor, noise: NoiseSpan, options: dict[str, Any]) -> Streamer:
+        """Generation whose state carries from chunk to chunk (wavenet_generation.WaveNetStreamer)."""
+        return WaveNetStreamer(self, mel, noise, options)
+
+    def export_spec(self) -> ExportSpec:
+        raise WavflowError(self._NO_EXPORT)
+
+    def export_graph(self) -> nn.Module:
+        raise WavflowError(self._NO_EXPORT)
 
     # ------------------------------------------------------------------------------------------------------------
     # Generation
@@ -209,7 +228,7 @@ class WaveNet(nn.Module):
         threads: compiled cached generation runs groups of utterances in this many threads (default: torch's
         thread count); one utterance always runs in one thread (the layers are sequential).
         """
-        check_mel(mel, self.mel_config)
+        validate_mel(mel, self.mel_config)
         if method not in METHODS:
             raise WavflowError(f"unknown generation method '{method}'; known: {', '.join(METHODS)}")
         if not temperature >= 0:

@@ -1,17 +1,18 @@
 """The WaveNet teacher's generation machinery (design.md section 4): the torch steps of cached generation on
 fixed buffers (`CachedSteps`, which a CUDA graph can replay) and the streams that keep generation state between
-chunks of one utterance (`WaveNet.generation_stream`, wavflow.streaming). The compiled CPU loop itself is
-wavflow/kernels.py; `WaveNet.generate` is the entry point for whole utterances.
+chunks of one utterance (`WaveNet.generation_stream`, and `WaveNetStreamer` over them for wavflow.streaming).
+The compiled CPU loop itself is wavflow/kernels.py; `WaveNet.generate` is the entry point for whole utterances.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..layers import RES_SCALE, flatten_stack
+from . import NoiseSpan, Streamer
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: wavenet.py imports this module
     from .wavenet import WaveNet
 
 
@@ -99,6 +100,23 @@ class NaiveStream(Stream):
             x_ext[:, 0, t + 1] = self.model.dist.sample(params, self.temperature, noise=noise[..., i: i + 1])[:, 0]
         self.c_hist, self.x_hist = c_ext[..., -(self.rf - 1):] if self.rf > 1 else c_ext[..., :0], x_ext[..., -self.rf:]
         return x_ext[:, 0, h + 1:]
+
+
+class WaveNetStreamer(Streamer):
+    """Autoregressive: the generation state (queues, or the naive method's receptive field) carries over."""
+
+    def __init__(self, model: WaveNet, mel: torch.Tensor, noise: NoiseSpan, options: dict[str, Any]):
+        super().__init__(model, mel, noise, options)
+        self.gen = model.generation_stream(self.frames * self.hop, method=options.get("method", "cached"),
+                                           temperature=float(options.get("temperature", 1.0)), device=mel.device)
+
+    def chunk(self, f0: int, f1: int) -> torch.Tensor:
+        cond = self.model.upsampler.window(self.mel, f0, f1)
+        noise = self.noise.span(f0 * self.hop, f1 * self.hop).to(cond.device)
+        return self.gen.run(cond, noise)[0]
+
+    def close(self) -> None:
+        self.gen.close()
 
 
 class CachedSteps:

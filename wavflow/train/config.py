@@ -25,7 +25,8 @@ import yaml
 from ..configs import check_fields, from_dict
 from ..data import LJSpeech
 from ..errors import WavflowError
-from ..frontend import MelConfig, load_stats
+from ..frontend import MelConfig
+from ..melinput import load_stats
 from ..models import config_from_dict, model_classes
 
 

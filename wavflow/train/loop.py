@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..cli import check_writable_dir
+from ..fileio import check_writable_dir
 from ..errors import WavflowError
 from ..frontend import MelConfig
-from ..inference import native_bf16
+from ..device import native_bf16
 from ..models import build_model
 from .budget import BudgetClock
 from .config import RunConfig, check_values

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..cli import resolve_device
+from ..device import resolve_device
 from ..errors import WavflowError
 
 PROG = "wavflow.train"
@@ -123,7 +123,7 @@ class StopSignals:
 
 
 def pick_device(name: str, runtime: Runtime) -> torch.device:
-    """train.device as a torch device (wavflow.cli.resolve_device); under torchrun each process takes the GPU
+    """train.device as a torch device (wavflow.device.resolve_device); under torchrun each process takes the GPU
     of its local rank."""
     try:
         device = resolve_device(name)
