@@ -28,6 +28,7 @@ from ..fileio import check_writable_dir
 from ..errors import WavflowError
 from ..inference import SHIPPED, load_vocoder
 from ..melinput import conform_mel, input_stats, load_mel
+from ..models.waveglow_sampling import SAMPLING_BACKENDS
 from ..streaming import DEFAULT_CHUNK_SECONDS, stream_mel, write_wav
 
 PROG = "wavflow stream"
@@ -65,6 +66,9 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
                    help="cpu, cuda, cuda:N or auto (default: auto, the GPU if there is one)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="precision of the model's arithmetic (default fp32; bf16 where the device has it natively)")
+    p.add_argument("--backend", choices=SAMPLING_BACKENDS,
+                   help="WaveGlow's sampling backend (default: the fastest measured on this machine); they agree to "
+                        "float rounding, so naming one makes runs on one machine bit-identical (docs/speed.md)")
     p.add_argument("--stats", metavar="FILE",
                    help="statistics the mel is normalised with (ParallelWaveGAN's stats.npy or stats.h5, ESPnet2's "
                         "feats_stats.npz), renormalised to the checkpoint's convention")
@@ -101,7 +105,8 @@ def run(argv: Sequence[str] | None, prog: str = PROG) -> int:
         check_writable_dir(target.parent)
 
     # Everything a user can get wrong is checked before the first chunk: the model, the mel, the options.
-    vocoder = load_vocoder(args.checkpoint, args.model, resolve_device(args.device), args.dtype)
+    vocoder = load_vocoder(args.checkpoint, args.model, resolve_device(args.device), args.dtype,
+                           backend=args.backend)
     config = vocoder.mel_config
     mel, warning = conform_mel(load_mel(path, config.n_mels, config.max_frames), config,
                                input_stats(args.stats, config.n_mels), str(path))

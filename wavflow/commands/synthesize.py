@@ -19,6 +19,7 @@ from ..fileio import check_writable_dir
 from ..errors import WavflowError
 from ..inference import DEFAULT_BATCH_SIZE, SHIPPED, check_options, load_vocoder, make_denoiser, vocode
 from ..melinput import MelFile, conform_mel, input_stats, load_mel
+from ..models.waveglow_sampling import SAMPLING_BACKENDS
 from ..streaming import CLI_CHUNK_SECONDS, STREAM_ABOVE_SECONDS, stream_to_wavs
 
 PROG = "wavflow synthesize"
@@ -60,6 +61,9 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
                    help="precision of the model's arithmetic (default fp32); bf16 only where the device has it "
                         "natively (a CPU with avx512_bf16 or amx_bf16, a bf16-capable GPU), for WaveGlow and the "
                         "student (README: Speed)")
+    p.add_argument("--backend", choices=SAMPLING_BACKENDS,
+                   help="WaveGlow's sampling backend (default: the fastest measured on this machine); they agree to "
+                        "float rounding, so naming one makes runs on one machine bit-identical (docs/speed.md)")
     p.add_argument("--stats", metavar="FILE",
                    help="statistics the mels are normalised with (ParallelWaveGAN's stats.npy or stats.h5, ESPnet2's "
                         "feats_stats.npz), when the TTS model normalises and the checkpoint does not or differently; "
@@ -114,7 +118,7 @@ def run(argv: Sequence[str] | None, prog: str = PROG) -> int:
 
     # Everything a user can get wrong is checked before the first WAV is written.
     device = resolve_device(args.device)
-    vocoder = load_vocoder(args.checkpoint, args.model, device, args.dtype)
+    vocoder = load_vocoder(args.checkpoint, args.model, device, args.dtype, backend=args.backend)
     options = check_options(vocoder, {"sigma": args.sigma, "temperature": args.temperature})
     n_mels = vocoder.mel_config.n_mels
     inputs = expand_inputs(args.inputs, (".npy",), "mel .npy")
