@@ -7,8 +7,14 @@ import pytest
 import torch
 
 import wavflow
-from wavflow.checkpoint import (cast_weights, inference_payload, load_with_step, model_payload, read_checkpoint,
-                                save_checkpoint)
+from wavflow.checkpoint import (
+    cast_weights,
+    inference_payload,
+    load_with_step,
+    model_payload,
+    read_checkpoint,
+    save_checkpoint,
+)
 from wavflow.commands import convert as convert_cmd
 from wavflow.convert import convert
 from wavflow.errors import WavflowError

@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 
 from wavflow import commands
+from wavflow.checkpoint import read_checkpoint
 from wavflow.commands import stream as stream_cmd
 from wavflow.commands import synthesize as synth_cmd
 from wavflow.convert import convert
-from wavflow.checkpoint import read_checkpoint
 
 from synth_helpers import REPO, run_command, run_in_process, save_tiny_waveglow, snapshot
 

@@ -77,7 +77,8 @@ def test_crops_are_windows_of_the_clip(ljspeech_root):
 
 
 def test_short_clip_is_zero_padded(ljspeech_root, short_clip, tmp_path):
-    root = make_root(tmp_path / "r", {"LJ002-0020.wav": short_clip, "LJ001-0002.wav": ljspeech_root / "wavs" / "LJ001-0002.wav"})
+    root = make_root(tmp_path / "r", {"LJ002-0020.wav": short_clip,
+                                      "LJ001-0002.wav": ljspeech_root / "wavs" / "LJ001-0002.wav"})
     data = LJSpeech(root, "train", n_valid=1, segment_length=40000)
     clip = load_audio(short_clip, 22050)
     crop = data[(0, 0, 0)]

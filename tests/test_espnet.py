@@ -9,8 +9,8 @@ import torch
 from wavflow.errors import WavflowError
 from wavflow.espnet import EspnetVocoder
 from wavflow.frontend import MelConfig, mel_spectrogram
-from wavflow.melinput import convention_problem, renormalise
 from wavflow.inference import synthesize
+from wavflow.melinput import convention_problem, renormalise
 
 from synth_helpers import save_tiny_waveglow
 

@@ -23,14 +23,15 @@ from wavflow.cli import run_cli
 from wavflow.commands import evaluate as evaluate_cmd
 from wavflow.errors import WavflowError
 from wavflow.evaluate import default_name
-from wavflow.losses import stft_loss
 from wavflow.frontend import MelConfig, mel_spectrogram
-from wavflow.models import build_model
+from wavflow.losses import stft_loss
 from wavflow.metrics import clip_metrics, griffin_lim, logmel_l1, pooled_nll
+from wavflow.models import build_model
 from wavflow.models.waveglow import WaveGlowConfig
 from wavflow.pitch import PitchSettings
 
-from synth_helpers import clip as fixture_clip, snapshot
+from synth_helpers import clip as fixture_clip
+from synth_helpers import snapshot
 from test_report import BROWSER, PROBE, Page
 
 PROG = evaluate_cmd.PROG
@@ -79,9 +80,9 @@ def test_report_has_every_field(report, waveglow_ckpt, ljspeech_root):
     assert [s["name"] for s in r["systems"]] == ["real", "griffin-lim-60", "tiny-waveglow"]
     assert [s["kind"] for s in r["systems"]] == ["reference", "griffin-lim", "vocoder"]
     for row in r["systems"][:2]:
-        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+        assert set(row) >= ROW_KEYS, ROW_KEYS - set(row)
     vocoder = r["systems"][2]
-    assert VOCODER_KEYS <= set(vocoder), VOCODER_KEYS - set(vocoder)
+    assert set(vocoder) >= VOCODER_KEYS, VOCODER_KEYS - set(vocoder)
     assert vocoder["sha256"] == file_sha256(waveglow_ckpt)
     assert vocoder["step"] == 7 and vocoder["model_type"] == "waveglow"
     assert vocoder["parameters"] == sum(p.numel() for p in build_model("waveglow", WaveGlowConfig.tiny()).parameters())
@@ -386,8 +387,8 @@ def test_report_audio_is_the_audio_evaluate_scored(html_report, ljspeech_root):
     assert len(scored) == len(REPORT_SYSTEMS) * len(clips)
     srcs = [a["src"] for a in page.all("audio")]
     # The page: clip by clip, the systems in the table's order; the scoring: system by system, clip by clip.
-    for k, (src, (clip_index, system_index)) in enumerate(zip(srcs, [(c, s) for c in range(len(clips))
-                                                                     for s in range(len(REPORT_SYSTEMS))])):
+    order = [(c, s) for c in range(len(clips)) for s in range(len(REPORT_SYSTEMS))]
+    for src, (clip_index, system_index) in zip(srcs, order, strict=True):
         estimate, reference = scored[system_index * len(clips) + clip_index]
         if system_index == 0:  # the recordings row scores the recording itself, cut as --max-seconds says
             assert estimate is reference

@@ -3,14 +3,13 @@ WaveGlow and student and on tiny models, at two lengths and two batch sizes (the
 folded and the 1x1 inverses are stored; the file is written atomically."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 from wavflow import export
-from wavflow.commands import export as cli
 from wavflow.checkpoint import load, model_payload, save_checkpoint
+from wavflow.commands import export as cli
 from wavflow.errors import WavflowError
 from wavflow.models import build_model
 from wavflow.models.student import StudentConfig

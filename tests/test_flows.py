@@ -10,7 +10,7 @@ from wavflow.flows import AffineCoupling, Invertible1x1Conv, random_rotation, sq
 
 def jacobian_logdet(fn, x: torch.Tensor) -> torch.Tensor:
     """log|det d fn(x) / dx| of a single example x [1, C, G], by brute force."""
-    flat = lambda v: fn(v.view_as(x))[0].reshape(-1)  # noqa: E731
+    flat = lambda v: fn(v.view_as(x))[0].reshape(-1)  # noqa: E731  (one expression, for jacobian)
     jac = torch.autograd.functional.jacobian(flat, x.reshape(-1))
     return torch.linalg.slogdet(jac)[1]
 
@@ -137,7 +137,7 @@ def test_affine_coupling_inverse_and_logdet():
     torch.testing.assert_close(y[:, :3], x[:, :3], rtol=0, atol=0)  # the first half passes through
     torch.testing.assert_close(layer.inverse(y, cond), x, atol=1e-10, rtol=0)
     for i in range(2):
-        expected = jacobian_logdet(lambda v: layer(v, cond[i: i + 1]), x[i: i + 1])
+        expected = jacobian_logdet(lambda v, i=i: layer(v, cond[i: i + 1]), x[i: i + 1])
         assert abs(expected.item()) > 0.01
         torch.testing.assert_close(logdet[i], expected, atol=1e-8, rtol=0)
     layer32 = layer.float()

@@ -22,14 +22,14 @@ from torch import nn
 
 import wavflow
 from wavflow import evaluate, export, models, streaming
-from wavflow.commands import benchmark as bench_cmd
-from wavflow.commands import evaluate as evaluate_cmd
-from wavflow.commands import synthesize as synth_cmd
 from wavflow.audio import to_int16
 from wavflow.benchmark import runner as bench_runner
 from wavflow.benchmark.entries import Entry
 from wavflow.benchmark.measure import Peak
 from wavflow.checkpoint import model_payload, save_checkpoint
+from wavflow.commands import benchmark as bench_cmd
+from wavflow.commands import evaluate as evaluate_cmd
+from wavflow.commands import synthesize as synth_cmd
 from wavflow.errors import WavflowError
 from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.inference import synthesize  # not wavflow.synthesize: importing the command line's module shadows it
@@ -133,7 +133,7 @@ def test_register_and_the_interface(toy_family, toy, toy_ckpt):
     assert isinstance(toy, Vocoder) and models.model_classes("toy") == (ToyVocoder, ToyConfig)
     loaded = wavflow.load(toy_ckpt)  # the checkpoint format carries any registered family
     assert type(loaded) is ToyVocoder and loaded.model_type == "toy"
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), toy.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), toy.state_dict().values(), strict=True))
 
     class Impostor(ToyVocoder):
         model_type: ClassVar[str] = "waveglow"
@@ -191,8 +191,8 @@ def test_evaluate_scores_the_toy_with_its_exact_likelihood(toy, toy_ckpt, tmp_pa
     metric_mel = MelConfig()
     clips = evaluate.load_clips(LJSPEECH, 20, 2, 0.5, metric_mel)
     checkpoint = evaluate.load_model(toy_ckpt, torch.device("cpu"))
-    run = dict(device=torch.device("cpu"), metric_mel=metric_mel, optional={}, nll_cap=4 * HOP, skip_nll=False,
-               seed=0, infer_options={"sigma": 0.6, "noise_scale": 0.5}, log=lambda msg: None)
+    run = {"device": torch.device("cpu"), "metric_mel": metric_mel, "optional": {}, "nll_cap": 4 * HOP,
+           "skip_nll": False, "seed": 0, "infer_options": {"sigma": 0.6, "noise_scale": 0.5}, "log": lambda msg: None}
     result = evaluate.evaluate_checkpoint(checkpoint, clips, **run)
     row = result.summary()
     # the NLL is the toy's Gaussian density of the recordings, pooled over every sample (no cap: not sequential)

@@ -100,10 +100,10 @@ def _librosa_mel(y: np.ndarray, sr: int, n_fft: int, hop: int, win: int, fmin: f
 
 
 @pytest.mark.parametrize("preset,reference", [
-    ("tacotron2", dict(center=True, eps=0.0, log=np.log, floor=1e-5, fmin=0.0, fmax=8000.0)),
-    ("hifigan", dict(center=False, eps=1e-9, log=np.log, floor=1e-5, fmin=0.0, fmax=8000.0)),
-    ("parallel_wavegan", dict(center=True, eps=0.0, log=np.log10, floor=1e-10, fmin=80.0, fmax=7600.0)),
-    ("espnet", dict(center=True, eps=0.0, log=np.log10, floor=1e-10, fmin=80.0, fmax=7600.0)),
+    ("tacotron2", {"center": True, "eps": 0.0, "log": np.log, "floor": 1e-5, "fmin": 0.0, "fmax": 8000.0}),
+    ("hifigan", {"center": False, "eps": 1e-9, "log": np.log, "floor": 1e-5, "fmin": 0.0, "fmax": 8000.0}),
+    ("parallel_wavegan", {"center": True, "eps": 0.0, "log": np.log10, "floor": 1e-10, "fmin": 80.0, "fmax": 7600.0}),
+    ("espnet", {"center": True, "eps": 0.0, "log": np.log10, "floor": 1e-10, "fmin": 80.0, "fmax": 7600.0}),
 ])
 def test_preset_matches_its_librosa_reference(short_clip, preset, reference):
     y, sr = sf.read(short_clip, dtype="float32")
@@ -176,10 +176,10 @@ def test_statistics_normalise_and_decompress_inverts(short_clip, tmp_path):
 
 
 @pytest.mark.parametrize("fields,needle", [
-    (dict(log_base="2"), "log_base='2'"), (dict(fmax=12000.0), "fmax=12000.0"), (dict(hop_length=0), "hop_length=0"),
-    (dict(win_length=2048), "win_length=2048"), (dict(mean=(0.0,) * 80), "mean and std come together"),
-    (dict(mean=(0.0,) * 3, std=(1.0,) * 3), "mean has 3 values for 80 bands"), (dict(clip_val=0.0), "clip_val=0.0"),
-    (dict(mel_scale="bark"), "mel_scale='bark'"), (dict(center=False, hop_length=255), "differ by an even number"),
+    ({"log_base": "2"}, "log_base='2'"), ({"fmax": 12000.0}, "fmax=12000.0"), ({"hop_length": 0}, "hop_length=0"),
+    ({"win_length": 2048}, "win_length=2048"), ({"mean": (0.0,) * 80}, "mean and std come together"),
+    ({"mean": (0.0,) * 3, "std": (1.0,) * 3}, "mean has 3 values for 80 bands"), ({"clip_val": 0.0}, "clip_val=0.0"),
+    ({"mel_scale": "bark"}, "mel_scale='bark'"), ({"center": False, "hop_length": 255}, "differ by an even number"),
 ])
 def test_bad_mel_settings_are_refused_by_name(fields, needle):
     with pytest.raises(WavflowError, match="invalid MelConfig") as e:

@@ -48,8 +48,9 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
     teacher = build_model("wavenet", WaveNetConfig.tiny())
     save_checkpoint(d / "wavenet-ljspeech-mini.pt", model_payload(teacher, 0))
     save_checkpoint(d / "waveglow-ljspeech-mini.pt", model_payload(build_model("waveglow", TINY_WAVEGLOW), 0))
-    save_checkpoint(d / "student-ljspeech-mini.pt", model_payload(build_model("student", StudentConfig.tiny()), 0,
-                                                                  teacher_sha256=file_sha256(d / "wavenet-ljspeech-mini.pt")))
+    student = build_model("student", StudentConfig.tiny())
+    save_checkpoint(d / "student-ljspeech-mini.pt",
+                    model_payload(student, 0, teacher_sha256=file_sha256(d / "wavenet-ljspeech-mini.pt")))
     shutil.copytree(REPO / "checkpoints" / "configs", d / "configs")
     return d
 
@@ -159,7 +160,8 @@ def test_budget_shares_flow_to_later_stages(capsys):
         return float(capsys.readouterr().out)
     assert budget(15, "waveglow") * 60 == pytest.approx((540 - 15 - 10 - 60 - 150) * 0.5, abs=0.01)
     # WaveGlow ended a minute early: the teacher's and the student's shares grow by half a minute each.
-    late, early = budget(15 + 60 * budget(15, "waveglow") + 60, "wavenet"), budget(15 + 60 * (budget(15, "waveglow") - 1) + 60, "wavenet")
+    late = budget(15 + 60 * budget(15, "waveglow") + 60, "wavenet")
+    early = budget(15 + 60 * (budget(15, "waveglow") - 1) + 60, "wavenet")
     assert early - late == pytest.approx(0.5, abs=1e-3)
     assert budget(530, "student") == 0  # nothing left: the stage is skipped, not started
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from wavflow.checkpoint import model_payload
 from wavflow.commands import benchmark, convert, evaluate, export, stream, train
 from wavflow.commands import mel as mel_cli
 from wavflow.commands import synthesize as synth_cli
-from wavflow.checkpoint import model_payload
 from wavflow.device import native_bf16
 from wavflow.frontend import MelConfig
 from wavflow.melinput import MAX_FRAMES
@@ -199,7 +199,8 @@ SYNTHESIZE = [
     Case("dtype-int16", mel_file(np.zeros((80, 10), np.int16)), "dtype int16"),
     Case("dtype-complex", mel_file(np.zeros((80, 10), np.complex64)), "dtype complex64"),
     Case("dtype-structured", mel_file(np.zeros((80, 10), dtype=[("a", "<f4")])), "dtype"),
-    Case("rank-1", mel_file(np.zeros(80, np.float32)), "shape (80,); accepted shapes are (80, F), (F, 80) or (1, 80, F)"),
+    Case("rank-1", mel_file(np.zeros(80, np.float32)),
+         "shape (80,); accepted shapes are (80, F), (F, 80) or (1, 80, F)"),
     Case("rank-4", mel_file(np.zeros((1, 1, 80, 10), np.float32)), "shape (1, 1, 80, 10)"),
     Case("batch-of-2", mel_file(np.zeros((2, 80, 10), np.float32)), "shape (2, 80, 10)"),
     Case("81-bands", mel_file(np.zeros((81, 10), np.float32)), "shape (81, 10)"),
@@ -217,7 +218,8 @@ SYNTHESIZE = [
          "not a torch checkpoint"),
     Case("checkpoint-is-npy", with_checkpoint(lambda t: good_mel(t, "w.npy")), "not a torch checkpoint"),
     Case("truncated-checkpoint", with_checkpoint(truncated_checkpoint), "not a torch checkpoint"),
-    Case("checkpoint-plain-tensor", with_checkpoint(torch_file(torch.zeros(3, 3))), "holds a Tensor, expected a dictionary"),
+    Case("checkpoint-plain-tensor", with_checkpoint(torch_file(torch.zeros(3, 3))),
+         "holds a Tensor, expected a dictionary"),
     Case("checkpoint-foreign-state-dict", with_checkpoint(torch_file({"conv.weight": torch.zeros(4, 4), "step": 3})),
          "other.pt: neither a wavflow checkpoint nor an NVIDIA WaveGlow checkpoint"),
     Case("checkpoint-list", with_checkpoint(torch_file([torch.zeros(2)])), "holds a list"),
@@ -312,11 +314,13 @@ MEL = [
     Case("fifo-audio", lambda t, c: [fifo(t, "pipe.wav")], "not a regular file"),
     Case("unreadable-audio", lambda t, c: [audio_file(speech())(t, c)[0].chmod(0) or t / "a.wav"],
          "Permission denied", marks=[needs_non_root]),
-    Case("not-audio", lambda t, c: [(t / "x.wav").write_text("RIFF? no.") and t / "x.wav"], "not a readable audio file"),
+    Case("not-audio", lambda t, c: [(t / "x.wav").write_text("RIFF? no.") and t / "x.wav"],
+         "not a readable audio file"),
     Case("mel-npy-as-audio", lambda t, c: [good_mel(t)], "not a readable audio file"),
     Case("no-samples", audio_file(None), "holds no samples"),
     Case("too-short", audio_file(speech(300)), "too short for a mel"),
-    Case("absurd-length", audio_file(np.zeros(1000 * 660, np.int16), rate=1000), f"more than the limit of {MAX_FRAMES}"),
+    Case("absurd-length", audio_file(np.zeros(1000 * 660, np.int16), rate=1000),
+         f"more than the limit of {MAX_FRAMES}"),
     Case("nan-samples", audio_file(np.full(4000, np.nan, np.float32), subtype="FLOAT"), "NaN or infinite"),
     Case("good-then-nan", mel_good_then_nan, "b_nan.wav: audio contains NaN"),
     Case("output-under-a-file", mel_under_file, "is not a directory"),

@@ -4,8 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wavflow.layers import (CausalConv1d, MelUpsampler, ResidualBlock, WaveNetStack, dilations_for, flatten_stack,
-                            receptive_field)
+from wavflow.layers import (
+    CausalConv1d,
+    MelUpsampler,
+    ResidualBlock,
+    WaveNetStack,
+    dilations_for,
+    flatten_stack,
+    receptive_field,
+)
 
 
 @pytest.mark.parametrize("layers,cycles,kernel,expected", [(24, 4, 3, 505), (30, 3, 3, 6139), (12, 2, 3, 253),

@@ -5,9 +5,20 @@ import pytest
 import torch
 
 from wavflow.audio import load_audio
-from wavflow.losses import (GAUSSIAN_ENTROPY, base_entropy, base_log_prob, gaussian_cross_entropy, gaussian_reverse_kl,
-                            log_scale_regularizer, logistic_mixture_log_pdf, mixture_cross_entropy,
-                            log_spectral_distance, mixture_reverse_kl, sample_base, stft_loss)
+from wavflow.losses import (
+    GAUSSIAN_ENTROPY,
+    base_entropy,
+    base_log_prob,
+    gaussian_cross_entropy,
+    gaussian_reverse_kl,
+    log_scale_regularizer,
+    log_spectral_distance,
+    logistic_mixture_log_pdf,
+    mixture_cross_entropy,
+    mixture_reverse_kl,
+    sample_base,
+    stft_loss,
+)
 
 D = torch.float64
 

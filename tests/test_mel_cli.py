@@ -5,8 +5,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from wavflow.commands import mel as mel_cli
 from wavflow.audio import resample
+from wavflow.commands import mel as mel_cli
 from wavflow.frontend import mel_spectrogram
 
 from synth_helpers import run_in_process, run_module, snapshot
@@ -42,7 +42,8 @@ def test_mel_cli_reads_flac(ljspeech_root, tmp_path, capsys):
     assert code == 0, err
     audio, sr = sf.read(str(flac), dtype="float32")
     assert sr == 22050
-    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), mel_spectrogram(torch.from_numpy(audio)[None])[0].numpy())
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"),
+                                  mel_spectrogram(torch.from_numpy(audio)[None])[0].numpy())
     assert "(80, " in out
 
 
@@ -108,6 +109,7 @@ def test_mel_cli_presets_and_statistics(short_clip, tmp_path, capsys):
 def test_mel_cli_other_rates_and_a_checkpoints_own_convention(short_clip, tmp_path, capsys):
     from wavflow.checkpoint import load
     from wavflow.frontend import MelConfig
+
     from synth_helpers import save_tiny_waveglow
 
     audio, _ = sf.read(str(short_clip), dtype="float32")

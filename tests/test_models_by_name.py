@@ -18,7 +18,6 @@ from wavflow.errors import WavflowError
 
 from synth_helpers import REPO, run_in_process, save_tiny_waveglow, snapshot
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAMILIES = {"waveglow": "WaveGlow", "wavenet": "WaveNet teacher", "student": "IAF student"}
@@ -110,7 +109,7 @@ def test_list_models(capsys):
     assert list(rows) == list(resources.SHIPPED)
     dnsmos = resources.held_out_dnsmos()
     readme = _readme_parameters()
-    for name, (row_name, family, parameters, rate, score, file) in rows.items():
+    for name, (_row_name, family, parameters, rate, score, file) in rows.items():
         model = load(resources.shipped_checkpoint(name))
         assert family == FAMILIES[name] and file == resources.MODELS[name].file
         assert parameters == f"{sum(p.numel() for p in model.parameters()):,}" == readme[file]

@@ -165,7 +165,7 @@ def as_module_glow():
         yield
     finally:
         del sys.modules["glow"]
-        for cls, (mod, qual) in zip(classes, saved):
+        for cls, (mod, qual) in zip(classes, saved, strict=True):
             cls.__module__, cls.__qualname__ = mod, qual
 
 

@@ -15,23 +15,21 @@ import torch
 import yaml
 from torchaudio.functional import resample as torchaudio_resample
 
-
+from wavflow.checkpoint import load as load_model
 from wavflow.checkpoint import read_checkpoint
 from wavflow.commands import synthesize as synth_cli
 from wavflow.errors import WavflowError
 from wavflow.frontend import MelConfig, mel_spectrogram
-from wavflow.checkpoint import load as load_model
+from wavflow.inference import synthesize
 from wavflow.models import config_to_dict, upsample_factors
 from wavflow.models.student import StudentConfig
 from wavflow.models.waveglow import WaveGlow, WaveGlowConfig
 from wavflow.models.waveglow_config import group_size
 from wavflow.models.wavenet import WaveNetConfig
-from wavflow.inference import synthesize
 from wavflow.streaming import stream
 from wavflow.train import train
 
 from synth_helpers import clip, run_in_process
-
 
 # (name, mel settings): ESPnet / ParallelWaveGAN's log10 80-7600 Hz bands at two common rates, and HiFi-GAN's
 # natural-log convention at 44.1 kHz / hop 512.

@@ -25,8 +25,15 @@ from wavflow.evaluate import SystemResult, _json_safe
 from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.metrics import METRIC_KEYS, clip_metrics
 from wavflow.pitch import PitchTrack, pitch_errors
-from wavflow.report import (COLUMNS, SHA_PREFIX, clip_colour_range, machine_description, pitch_range, safe_names,
-                            write_report)
+from wavflow.report import (
+    COLUMNS,
+    SHA_PREFIX,
+    clip_colour_range,
+    machine_description,
+    pitch_range,
+    safe_names,
+    write_report,
+)
 
 from synth_helpers import clip as fixture_clip
 
@@ -176,7 +183,7 @@ def test_audio_files_hold_each_systems_audio(written, inputs):
     srcs = [a["src"] for a in page.all("audio")]
     expected = [(s, c) for c in CLIPS for s in SYSTEMS]  # clip by clip, the systems in the report's order
     assert len(set(srcs)) == len(srcs)
-    for src, (system, clip) in zip(srcs, expected):
+    for src, (system, clip) in zip(srcs, expected, strict=True):
         info = sf.info(str(_local(index, src)))
         assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_16", SR, 1)
         decoded, _ = sf.read(str(_local(index, src)), dtype="float32")

@@ -17,8 +17,17 @@ from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.inference import synthesize
 from wavflow.models.waveglow import WaveGlow, WaveGlowConfig
 from wavflow.pitch import PitchTrack
-from wavflow.source import (PitchPredictor, SourceTrack, anchors_from, excitation, free_track, fundamental_phase,
-                            harmonic_mean, locked_track, phase_steps)
+from wavflow.source import (
+    PitchPredictor,
+    SourceTrack,
+    anchors_from,
+    excitation,
+    free_track,
+    fundamental_phase,
+    harmonic_mean,
+    locked_track,
+    phase_steps,
+)
 from wavflow.streaming import stream
 
 from synth_helpers import REPO

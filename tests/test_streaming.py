@@ -6,7 +6,6 @@ only come out right if the state (student, teacher) or the window (WaveGlow) rea
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -18,8 +17,7 @@ from wavflow.audio import to_int16
 from wavflow.commands import synthesize as synth_cli
 from wavflow.errors import WavflowError
 from wavflow.inference import synthesize
-from wavflow.models import build_model
-from wavflow.models import waveglow_streaming
+from wavflow.models import build_model, waveglow_streaming
 from wavflow.models.student import StudentConfig
 from wavflow.models.student_sampling import StudentStreamer
 from wavflow.models.waveglow import WaveGlowConfig
@@ -233,7 +231,7 @@ def test_measure_latency_reports_first_chunk_and_steady_state(models, example_me
     assert result["model"] == "student" and result["chunk_seconds"] == frames * HOP / 22050
     assert result["chunks"] == -(-example_mel.shape[1] // frames)
     assert result["audio_seconds"] == example_mel.shape[1] * HOP / 22050
-    assert 0 < result["first_chunk_seconds"] and 0 < result["steady_rtf"] and 0 < result["rtf"]
+    assert result["first_chunk_seconds"] > 0 and result["steady_rtf"] > 0 and result["rtf"] > 0
     single = streaming.measure_latency(models["student"], example_mel[:, :5], 1.0)
     assert single["chunks"] == 1 and single["steady_rtf"] is None
 

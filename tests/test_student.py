@@ -7,8 +7,8 @@ import torch
 
 from wavflow.audio import load_audio
 from wavflow.errors import WavflowError
-from wavflow.losses import stft_loss
 from wavflow.frontend import mel_spectrogram
+from wavflow.losses import stft_loss
 from wavflow.models import weights_sha256
 from wavflow.models.student import IAFStudent, StudentConfig
 
@@ -84,7 +84,7 @@ def test_compiled_step_loop_equals_torch_step_loop(invert, mel):
         values = model.flow(z, cond)[0] if invert else z
         compiled = model._sequential(values, cond, invert, chunk=300, compiled=True)
         reference = model._sequential(values, cond, invert, compiled=False)
-    for a, b in zip(compiled, reference):
+    for a, b in zip(compiled, reference, strict=True):
         assert (a - b).abs().max() < 1e-5
 
 
@@ -95,7 +95,7 @@ def test_fast_inference_path_equals_module_path(mel):
     z = torch.randn(2, 4 * 256, dtype=torch.float64)
     cond = model.conditioning(mel2, z.shape[-1])
     with torch.no_grad():
-        for ref, fast in zip(model.flow(z, cond), model.fast_flow(z, cond)):
+        for ref, fast in zip(model.flow(z, cond), model.fast_flow(z, cond), strict=True):
             assert torch.allclose(ref, fast, atol=1e-12, rtol=0)
         x_fast, _, _ = model.sample(mel2, z=z)  # no grad: the fast path
     x_ref, _, _ = model.sample(mel2, z=z)  # grad enabled: the module path
@@ -109,7 +109,7 @@ def test_fast_inference_path_equals_module_path(mel):
             for f in other.flows:
                 f.out.weight.normal_(0, 0.3)
             cond = other.conditioning(mel2, z.shape[-1])
-            for ref, fast in zip(other.flow(z, cond), other.fast_flow(z, cond)):
+            for ref, fast in zip(other.flow(z, cond), other.fast_flow(z, cond), strict=True):
                 assert torch.allclose(ref, fast, atol=1e-12, rtol=0)
     # the default layout too (60 layers, 64 channels), in float32
     big = IAFStudent(StudentConfig()).eval()
@@ -142,22 +142,22 @@ def test_blocked_fast_flow_equals_whole_utterance(kernel_size, monkeypatch):
         cond = torch.randn(2, config.upsample_channels, T)
         ref = model.flow(z, cond)
         whole = model.fast_flow(z, cond, block=T)
-        for r, w in zip(ref, whole):
+        for r, w in zip(ref, whole, strict=True):
             assert (r - w).abs().max() < 1e-5
         for block in (3, 13, 24, 64, 350, T, 2 * T):
-            for w, b in zip(whole, model.fast_flow(z, cond, block=block)):
+            for w, b in zip(whole, model.fast_flow(z, cond, block=block), strict=True):
                 assert (w - b).abs().max() < 1e-5, block
         assert torch.equal(z, z_before)  # the input is never written
         # the CPU default blocks too
         monkeypatch.setattr(IAFStudent, "FAST_BLOCK", 24)
-        for r, b in zip(ref, model.fast_flow(z, cond)):
+        for r, b in zip(ref, model.fast_flow(z, cond), strict=True):
             assert (r - b).abs().max() < 1e-5
         # a float64 copy agrees to float64 rounding at any block size
         model64 = model.double()
         z64, cond64 = z.double(), cond.double()
         ref64 = model64.flow(z64, cond64)
         for block in (5, 64):
-            for r, b in zip(ref64, model64.fast_flow(z64, cond64, block=block)):
+            for r, b in zip(ref64, model64.fast_flow(z64, cond64, block=block), strict=True):
                 assert (r - b).abs().max() < 1e-12, block
         with pytest.raises(WavflowError, match="block"):
             model.fast_flow(z64, cond64, block=0)
@@ -217,7 +217,7 @@ def clips(ljspeech_root):
 
 def _crops(clips, g):
     starts = [torch.randint(0, len(c) - CROP, (1,), generator=g).item() for c in clips]
-    audio = torch.stack([c[s: s + CROP] for c, s in zip(clips, starts)])
+    audio = torch.stack([c[s: s + CROP] for c, s in zip(clips, starts, strict=True)])
     return audio, mel_spectrogram(audio)
 
 

@@ -15,7 +15,6 @@ from wavflow.inference import synthesize
 
 from synth_helpers import REPO, run_in_process, run_module, save_tiny_waveglow, tail_samples, tiny_waveglow
 
-
 EXAMPLE = REPO / "examples" / "LJ002-0020.npy"
 
 
@@ -43,7 +42,8 @@ def test_cli_vocodes_the_example_mel_end_to_end(ckpt, tmp_path, example_mel):
     r = run_module("synthesize", EXAMPLE, "--checkpoint", ckpt, "-o", out, "--seed", "7")
     assert r.returncode == 0, r.stderr
     info = sf.info(str(out))
-    assert (info.frames, info.samplerate, info.channels, info.subtype) == (example_mel.shape[1] * 256, 22050, 1, "PCM_16")
+    assert (info.frames, info.samplerate, info.channels, info.subtype) == (example_mel.shape[1] * 256, 22050, 1,
+                                                                           "PCM_16")
     # The file is the Python API's audio for the same checkpoint and seed, quantised to 16 bits.
     pcm, _ = sf.read(str(out), dtype="int16")
     expected = to_int16(synthesize(example_mel, ckpt, seed=7))
@@ -83,7 +83,7 @@ def test_batched_api_gives_each_mel_its_own_noise(model, example_mel):
     batched = synthesize(mels, model=model, seed=3, batch_size=3)
     reordered = synthesize(mels[::-1], model=model, seed=3, batch_size=3)[::-1]
     tail = tail_samples()
-    for s, b, r, m in zip(single, batched, reordered, mels):
+    for s, b, r, m in zip(single, batched, reordered, mels, strict=True):
         t = m.shape[1] * 256
         assert s.shape == b.shape == r.shape == (t,)
         padded = m.shape[1] < 20
@@ -211,7 +211,7 @@ def test_denoise_applies_nvidias_denoiser_per_item(model, ckpt, example_mel, tmp
     plain = synthesize(mels, model=model, seed=8)
     clean = synthesize(mels, model=model, seed=8, denoise=0.05)
     reference = Denoiser(model)
-    for p, c, m in zip(plain, clean, mels):
+    for p, c, m in zip(plain, clean, mels, strict=True):
         assert c.shape == (m.shape[1] * 256,)
         # each item is denoised after cropping to its own length, never across the batch padding
         torch.testing.assert_close(c, reference.denoise(p, strength=0.05), rtol=0, atol=1e-6)
@@ -274,7 +274,7 @@ def test_every_family_implements_the_vocoder_interface(family, example_mel):
         model.infer(mel, bogus=1)
     with pytest.raises(WavflowError, match=f"'bogus' does not apply to a {family} model"):
         inference.check_options(model, {"bogus": 1})
-    assert inference.check_options(model, {name: None for name in model.infer_options}) == {}
+    assert inference.check_options(model, dict.fromkeys(model.infer_options)) == {}
     assert family == "waveglow" or "sigma" not in model.infer_options
 
 

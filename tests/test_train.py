@@ -21,9 +21,9 @@ import yaml
 import wavflow
 from wavflow.checkpoint import read_checkpoint
 from wavflow.cli import run_cli
+from wavflow.commands.train import run as main
 from wavflow.models import build_model
 from wavflow.models.waveglow import WaveGlow
-from wavflow.commands.train import run as main
 from wavflow.train import PROG, Trainer, load_config, seed_everything, train, weights_sha256
 
 from synth_helpers import clip
@@ -92,7 +92,7 @@ def test_validation_nll_falls_on_real_speech(two_clips, tmp_path):
     trainer = Trainer(config, tmp_path / "out")
     before = trainer.validate()
     assert trainer.fit() == 0
-    steps, nlls = zip(*trainer.valid_history)
+    steps, nlls = zip(*trainer.valid_history, strict=True)
     assert steps == (100, 200, 300)
     assert 0.85 < before < 1.0  # an untrained flow ~ N(0, 1) on quiet speech: ~0.5 ln(2 pi) nats per sample
     assert nlls[-1] < before - 1.0 and max(nlls) < before - 0.5  # held-out clip, whole utterance
@@ -309,9 +309,9 @@ def test_cli_error_has_no_traceback(tmp_path):
 def test_distillation_freezes_the_teacher_and_records_its_hash(two_clips, tmp_path):
     from wavflow.checkpoint import file_sha256
     from wavflow.errors import WavflowError
+    from wavflow.models import config_to_dict
     from wavflow.models.student import StudentConfig
     from wavflow.models.wavenet import WaveNetConfig
-    from wavflow.models import config_to_dict
 
     def config(model, model_config, **extra):
         path = write_config(tmp_path / f"{model}.yaml", two_clips, train={"max_steps": 2, "ckpt_every": 2})

@@ -19,11 +19,11 @@ import yaml
 import wavflow
 from wavflow.checkpoint import file_sha256, read_checkpoint
 from wavflow.cli import run_cli
+from wavflow.commands.train import run as main
 from wavflow.data import CropSampler, DeviceCrops, LJSpeech
 from wavflow.errors import WavflowError
 from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.models import config_to_dict
-from wavflow.commands.train import run as main
 from wavflow.train import PROG, Trainer, load_config, train
 
 from synth_helpers import clip
@@ -77,7 +77,7 @@ def test_device_crops_equal_the_dataloader_crops_and_mels(ljspeech_root):
     cut = list(resident.batches(sampler, 3))
     assert len(loaded) == len(cut) == (len(data) - 4) // 3
     padded = 0
-    for a, b in zip(loaded, cut):
+    for a, b in zip(loaded, cut, strict=True):
         assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
         padded += int((b[:, -8000:] == 0).all(dim=1).sum())
         assert torch.equal(mel_spectrogram(a, data.mel_config), mel_spectrogram(b, data.mel_config))
@@ -93,7 +93,7 @@ def test_device_crops_keep_float32_for_audio_that_is_not_16_bit(clips3):
     assert resident.audio.dtype == torch.float32
     sampler = CropSampler(data, seed=3)
     loaded = list(torch.utils.data.DataLoader(data, batch_size=1, sampler=sampler, drop_last=True))
-    assert all(torch.equal(a, b) for a, b in zip(loaded, resident.batches(sampler, 1)))
+    assert all(torch.equal(a, b) for a, b in zip(loaded, resident.batches(sampler, 1), strict=True))
 
 
 def test_device_resident_training_gives_the_same_losses_and_weights(clips3, tmp_path):
@@ -274,7 +274,7 @@ def test_on_cuda_the_resident_crops_equal_the_loader_and_adam_is_fused(clips3, l
     sampler = CropSampler(data, seed=7)
     loaded = list(torch.utils.data.DataLoader(data, batch_size=3, sampler=sampler, drop_last=True))
     cut = list(DeviceCrops(data, "cuda").batches(sampler, 3))
-    assert all(b.is_cuda and torch.equal(a.cuda(), b) for a, b in zip(loaded, cut))
+    assert all(b.is_cuda and torch.equal(a.cuda(), b) for a, b in zip(loaded, cut, strict=True))
     path = write_config(tmp_path / "c.yaml", clips3, data={"device_resident": True},
                         train={"max_steps": 3, "device": "cuda", "precision": "bf16", "threads": 0})
     trainer = train(path, tmp_path / "out")

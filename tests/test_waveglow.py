@@ -76,7 +76,7 @@ def test_logdet_equals_jacobian_of_whole_model():
     audio, mel = inputs(2, 64, seed=1)  # 8 groups: a 64 x 64 Jacobian
     _, logdet = model(audio, mel)
     for i in range(2):
-        fn = lambda a: model(a[None], mel[i: i + 1])[0].reshape(-1)  # noqa: E731
+        fn = lambda a, i=i: model(a[None], mel[i: i + 1])[0].reshape(-1)  # noqa: E731  (one expression, for jacobian)
         jac = torch.autograd.functional.jacobian(fn, audio[i])
         expected = torch.linalg.slogdet(jac)[1]
         assert abs(expected.item()) > 0.5  # the test would be vacuous at the identity start
@@ -244,7 +244,7 @@ def test_upsampler_matmul_equals_conv_transpose():
 # ---------------------------------------------------------------------------------------------------------------
 # Sampling backends and reduced precision
 
-from wavflow.models import waveglow_sampling as sampling_module  # noqa: E402
+from wavflow.models import waveglow_sampling as sampling_module  # noqa: E402  (the section that uses it)
 
 
 def _perturbed(cfg: WaveGlowConfig, seed: int = 5) -> WaveGlow:

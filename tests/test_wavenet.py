@@ -129,7 +129,7 @@ def test_batched_utterances_of_different_lengths_match_one_by_one(output):
         naive = model.generate(mel[b: b + 1, :, :f], method="naive", noise=noise[b: b + 1, :, :n]) if b == 0 else alone
         # the upsampler's smoothing sees a few frames ahead: compare away from the cropped mel's last frames
         safe = max(0, n - 256 * 3) if f < max(frames) else n
-        tol = dict(atol=1e-4, rtol=0)
+        tol = {"atol": 1e-4, "rtol": 0}
         torch.testing.assert_close(batched[b, :safe], alone[0, :safe], **tol)
         torch.testing.assert_close(naive[0], alone[0], **tol)
         assert torch.all(batched[b, n:] == 0) and torch.all(torch_batched[b, n:] == 0)
@@ -210,7 +210,8 @@ def test_log_likelihood_units_and_training_loss():
     by_hand = (-0.5 * math.log(2 * math.pi) - ls - 0.5 * ((audio - mu) / ls.exp()) ** 2).mean(-1)
     torch.testing.assert_close(ll, by_hand)
     loss, logs = model.training_loss(audio, mel)
-    assert abs(loss.item() + ll.mean().item()) < 1e-6 and abs(logs["bits_per_sample"] - logs["nll"] / math.log(2)) < 1e-9
+    assert abs(loss.item() + ll.mean().item()) < 1e-6
+    assert abs(logs["bits_per_sample"] - logs["nll"] / math.log(2)) < 1e-9
 
 
 def test_infer_follows_the_protocol_and_checkpoint_round_trip():
@@ -263,7 +264,7 @@ def test_tiny_teacher_validation_nll_falls_on_real_clips(ljspeech_root):
 
     before = valid_nll()
     seg = 2048
-    for step in range(300):
+    for _ in range(300):
         starts = torch.randint(0, train.numel() - seg, (4,), generator=gen)
         crops = torch.stack([train[s: s + seg] for s in starts.tolist()])
         loss, _ = model.training_loss(crops, mel_spectrogram(crops))

@@ -77,7 +77,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise WavflowError(f"{path}: refused to load: unpickling it would need code from outside the tensor "
                            f"allow-list ({what}); wavflow never runs code from a checkpoint") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        raise WavflowError(f"{path}: cannot read checkpoint (truncated or corrupt: {str(e).splitlines()[0][:200]})") from None
+        raise WavflowError(f"{path}: cannot read checkpoint "
+                           f"(truncated or corrupt: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(obj, dict):
         raise WavflowError(f"{path}: checkpoint holds a {type(obj).__name__}, expected a dictionary")
     return obj
@@ -176,7 +177,8 @@ def model_from_payload(obj: dict[str, Any], source: str = "checkpoint") -> torch
     if not isinstance(obj.get("version", VERSION), int):
         raise WavflowError(f"{source}: 'version' is not an integer")
     if obj.get("version", VERSION) > VERSION:
-        raise WavflowError(f"{source}: checkpoint version {obj['version']} is newer than this wavflow reads ({VERSION})")
+        raise WavflowError(f"{source}: checkpoint version {obj['version']} is newer than this wavflow reads "
+                           f"({VERSION})")
     try:
         model = build_model(obj["model_type"], obj["model_config"], MelConfig.from_dict(obj["mel_config"]))
     except WavflowError as e:

@@ -7,8 +7,9 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from .errors import WavflowError
 
@@ -52,7 +53,8 @@ def fail(prog: str, message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
+def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None],
+            argv: Sequence[str] | None = None) -> NoReturn:
     """Run `main(argv)` and turn the errors a user can cause into one line and exit status 2.
 
     A WavflowError or an OS error about a path the user gave is the user's to fix, so no traceback is shown;
@@ -64,7 +66,7 @@ def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None], argv:
         code = main(argv)
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     except WavflowError as e:
         if debug:
             raise
@@ -116,7 +118,7 @@ def output_paths(inputs: Sequence[Path], out: str | os.PathLike | None, suffix: 
     else:
         targets = [p.with_suffix(suffix) for p in inputs]
     seen: dict[Path, Path] = {}
-    for src, dst in zip(inputs, targets):
+    for src, dst in zip(inputs, targets, strict=True):
         if dst.is_dir():
             raise WavflowError(f"{dst}: is a directory, cannot write the output for {src} there")
         key = Path(os.path.abspath(dst))

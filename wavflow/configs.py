@@ -86,7 +86,7 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if args:
             if len(value) != len(args):
                 raise bad
-            return tuple(coerce(f"{name}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(coerce(f"{name}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
         return tuple(value)
     return value  # a type this checker does not know: the dataclass's own constructor judges it
 

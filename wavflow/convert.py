@@ -26,10 +26,18 @@ from typing import Any
 
 import torch
 
-from .checkpoint import (WEIGHT_DTYPES, file_sha256, inference_payload, is_native, model_from_payload,
-                         model_payload, read_checkpoint, save_checkpoint)
-from .fileio import check_writable_dir
+from .checkpoint import (
+    WEIGHT_DTYPES,
+    file_sha256,
+    inference_payload,
+    is_native,
+    model_from_payload,
+    model_payload,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .errors import WavflowError
+from .fileio import check_writable_dir
 
 
 def convert(source: str | Path, out: str | Path, dtype: str = "fp32", max_mib: float | None = None) -> dict[str, Any]:

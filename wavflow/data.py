@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,7 +50,8 @@ def read_metadata(root: str | os.PathLike) -> list[tuple[str, str]]:
         raise WavflowError(f"{root}: dataset root is not a directory")
     meta = root / "metadata.csv"
     if not meta.is_file():
-        raise WavflowError(f"{meta}: missing; an LJSpeech-layout root holds metadata.csv (ID|text|normalized) and wavs/")
+        raise WavflowError(f"{meta}: missing; an LJSpeech-layout root holds metadata.csv (ID|text|normalized) "
+                           "and wavs/")
     try:
         lines = meta.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:

@@ -166,8 +166,8 @@ class MuLaw(Distribution):
 
     Level i has companded value f_i = 2 i / mu - 1 and amplitude decode(f_i); its bin is
     [f_i - 1/mu, f_i + 1/mu] in the companded domain (the end bins are half as wide, so the bins tile [-1, 1]),
-    mapped back to amplitude. Density = probability / that bin's width in amplitude (design.md section 2): narrow bins near
-    zero, wide bins near full scale.
+    mapped back to amplitude. Density = probability / that bin's width in amplitude (design.md section 2):
+    narrow bins near zero, wide bins near full scale.
     """
 
     name = "mulaw"

@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,7 +113,8 @@ class SystemResult:
             values = [c[key] for c in self.per_clip if c.get(key) is not None]
             finite = [v for v in values if math.isfinite(v)]
             row[key] = float(np.mean(finite)) if finite else (math.nan if values else None)
-        row["rtf"] = self.synthesis_seconds / self.audio_seconds if self.kind == "vocoder" and self.audio_seconds else None
+        timed = self.kind == "vocoder" and self.audio_seconds
+        row["rtf"] = self.synthesis_seconds / self.audio_seconds if timed else None
         row["per_clip"] = self.per_clip
         return row
 
@@ -182,7 +184,8 @@ def evaluate_checkpoint(checkpoint: Checkpoint, clips: list[Clip], *, device: to
             raise RuntimeError(f"{path.stem}: infer returned {audio.shape[-1]} samples for {mel.shape[-1]} frames")
         audio = audio[0, : clip.audio.shape[0]].float().cpu()
         if not torch.isfinite(audio).all():
-            raise WavflowError(f"{path}: the model vocoded non-finite samples for {clip.id}; is the checkpoint trained?")
+            raise WavflowError(f"{path}: the model vocoded non-finite samples for {clip.id}; "
+                               "is the checkpoint trained?")
         score_clip(result, clip, audio, metric_mel, optional, pitch.get(clip.id))
     return result
 
@@ -236,8 +239,9 @@ def evaluate_references(clips: list[Clip], metric_mel: MelConfig, optional: dict
 # ----------------------------------------------------------------------------------------------------------------
 # Report: markdown table, JSON, figure
 
-MARKDOWN_COLUMNS = (("nll_nats", "NLL (nats)", "{:.3f}"), ("logmel_l1", "log-mel L1", "{:.3f}"), ("mrstft", "MR-STFT", "{:.3f}"),
-           ("pesq_wb", "PESQ-WB", "{:.2f}"), ("stoi", "STOI", "{:.3f}"), ("dnsmos_ovrl", "DNSMOS OVRL", "{:.2f}"),
+MARKDOWN_COLUMNS = (("nll_nats", "NLL (nats)", "{:.3f}"), ("logmel_l1", "log-mel L1", "{:.3f}"),
+           ("mrstft", "MR-STFT", "{:.3f}"), ("pesq_wb", "PESQ-WB", "{:.2f}"), ("stoi", "STOI", "{:.3f}"),
+           ("dnsmos_ovrl", "DNSMOS OVRL", "{:.2f}"),
            ("dnsmos_p808", "DNSMOS P.808", "{:.2f}"), ("gpe", "GPE", "{:.3f}"), ("vde", "VDE", "{:.3f}"),
            ("f0_rmse_cents", "F0 RMSE (cents)", "{:.1f}"), ("rtf", "RTF", "{:.3g}"))
 
@@ -277,7 +281,7 @@ def plot_spectrograms(path: Path, clip: Clip, systems: list[SystemResult], mel_c
     fig, axes = plt.subplots(len(shown), 1, figsize=(10, 2.1 * len(shown)), sharex=True, squeeze=False)
     seconds = clip.audio.shape[0] / mel_config.sample_rate
     lo = mel_config.silence
-    for ax, s in zip(axes[:, 0], shown):
+    for ax, s in zip(axes[:, 0], shown, strict=True):
         mel = mel_spectrogram(s.audio[clip.id][None], mel_config)[0].numpy()
         im = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=lo, vmax=2.0,
                        extent=(0.0, seconds, 0, mel.shape[0]), interpolation="nearest")

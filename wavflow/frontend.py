@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import WavflowError
+
 # The mel input half (files, layouts, statistics) is wavflow.melinput; its MAX_SECONDS bounds max_frames.
 from .melinput import MAX_SECONDS
 
@@ -89,7 +90,7 @@ class MelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "MelConfig":
+    def from_dict(cls, d: dict[str, Any] | None) -> MelConfig:
         """From a checkpoint's or a YAML file's dict; settings missing from an older checkpoint keep their default,
         which is the convention every checkpoint used before they existed."""
         d = dict(d or {})
@@ -99,13 +100,13 @@ class MelConfig:
         return cls(**d)
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "MelConfig":
+    def preset(cls, name: str, **overrides: Any) -> MelConfig:
         """A named convention (PRESETS), with any field overridden."""
         if name not in PRESETS:
             raise WavflowError(f"unknown mel preset '{name}'; known: {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
-    def with_stats(self, mean: Any, std: Any) -> "MelConfig":
+    def with_stats(self, mean: Any, std: Any) -> MelConfig:
         return dataclasses.replace(self, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
 
     def num_frames(self, num_samples: int) -> int:

@@ -27,8 +27,9 @@ import os
 import sys
 import time
 import weakref
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -203,7 +204,7 @@ def _infer(model: Vocoder, batch: torch.Tensor, seeds: list[int], frames: list[i
         return model.infer(batch, noise=noise.to(batch.device), frames=frames, **options)
 
 
-_denoisers: "weakref.WeakKeyDictionary[torch.nn.Module, Any]" = weakref.WeakKeyDictionary()
+_denoisers: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
 
 
 def make_denoiser(model: Vocoder):

@@ -11,8 +11,9 @@ step. Functions are cached on disk (cache=True): the first call in a fresh insta
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 import numba
 import numpy as np
@@ -261,7 +262,8 @@ def cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out,
     """Steps t0..t1-1 of cached generation for a length-sorted group of utterances.
 
     cond [Tc, B, L*G] (mel projections + conv bias), noise [Tc, B, N], queue [B, sum_l (k-1) d_l, R] (state),
-    x_prev [B] (state), out [B, Tc] (step t0 + i in column i). Weights as `stack_arrays` gives them ([out, in]); out1_w [S, S], out2_w [P, S].
+    x_prev [B] (state), out [B, Tc] (step t0 + i in column i). Weights as `stack_arrays` gives them ([out, in]);
+    out1_w [S, S], out2_w [P, S].
     kind: GAUSSIAN, MIXTURE or MULAW; table: the mu-law levels' amplitudes.
     """
     B = out.shape[0]
@@ -294,10 +296,10 @@ def cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out,
                 h[b, r] = in_w[r] * x_prev[b] + in_b[r]
             for s in range(S):
                 skips[b, s] = 0.0
-        for l in range(L):
-            d = dil[l]
+        for layer in range(L):
+            d = dil[layer]
             ql = (k - 1) * d
-            base = qoff[l]
+            base = qoff[layer]
             slot = t % ql
             for b in range(active):
                 # gather the taps, then push the current input where the oldest one (lag (k-1) d) was
@@ -309,15 +311,15 @@ def cached_loop(t0, t1, cond, noise, lens, x_prev, queue, out,
                     taps[b, (k - 1) * R + r] = h[b, r]
                     queue[b, base + slot, r] = h[b, r]
                 for g in range(G):
-                    z[b, g] = cond[tc, b, l * G + g]
-            matmul_acc(conv_w[l], taps, z, active)
+                    z[b, g] = cond[tc, b, layer * G + g]
+            matmul_acc(conv_w[layer], taps, z, active)
             for b in range(active):
                 for u in range(Gh):  # tanh(a) sigmoid(b), with tanh(a) = 2 / (1 + e^-2a) - 1
                     th = np.float32(2.0) / (np.float32(1.0) + _exp(np.float32(-2.0) * z[b, u])) - np.float32(1.0)
                     gated[b, u] = th / (np.float32(1.0) + _exp(-z[b, Gh + u]))
                 for o in range(R + S):
-                    rs[b, o] = rs_b[l, o]
-            matmul_acc(rs_w[l], gated, rs, active)
+                    rs[b, o] = rs_b[layer, o]
+            matmul_acc(rs_w[layer], gated, rs, active)
             for b in range(active):
                 for r in range(R):
                     h[b, r] = (h[b, r] + rs[b, r]) * res_scale
@@ -432,10 +434,10 @@ def iaf_steps(t0, t1, values, out, log_scale, cond, queue, x_prev, invert, first
                     h[r] = in_w[f, r] * x_prev[b, f] + in_b[f, r]
                 for o in range(S):
                     skips[o] = 0.0
-                for l in range(first[f], first[f + 1]):
-                    d = dil[l]
+                for layer in range(first[f], first[f + 1]):
+                    d = dil[layer]
                     ql = (k - 1) * d
-                    base = qoff[l]
+                    base = qoff[layer]
                     for j in range(k - 1):  # tap j looks (k - 1 - j) d steps back
                         src = base + (t - (k - 1 - j) * d) % ql
                         for r in range(R):
@@ -445,13 +447,13 @@ def iaf_steps(t0, t1, values, out, log_scale, cond, queue, x_prev, invert, first
                         taps[0, (k - 1) * R + r] = h[r]
                         queue[b, slot, r] = h[r]
                     for g in range(G):
-                        z[0, g] = cond[tc, b, l * G + g]
-                    matmul_acc(conv_w[l], taps, z, 1)
+                        z[0, g] = cond[tc, b, layer * G + g]
+                    matmul_acc(conv_w[layer], taps, z, 1)
                     for u in range(Gh):
                         gated[0, u] = math.tanh(z[0, u]) / (np.float32(1.0) + math.exp(-z[0, Gh + u]))
                     for o in range(R + S):
-                        rs[0, o] = rs_b[l, o]
-                    matmul_acc(rs_w[l], gated, rs, 1)
+                        rs[0, o] = rs_b[layer, o]
+                    matmul_acc(rs_w[layer], gated, rs, 1)
                     for r in range(R):
                         h[r] = (h[r] + rs[0, r]) * res_scale
                     for o in range(S):

@@ -8,8 +8,8 @@ Shapes: audio-rate tensors are [B, C, T]; mels are [B, n_mels, F] with F frames 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -167,13 +167,14 @@ class FlatStack:
         layer keeps a ring of its last (k - 1) d + 1 inputs, zero at first: the causal left padding.
         """
         k, R = self.kernel_size, self.residual_channels
-        layers = [(d, torch.zeros(batch, (k - 1) * d + 1, R, dtype=dtype, device=device), self.conv_w[l].t(),
-                   self.conv_b[l], self.rs_w[l].t(), self.rs_b[l]) for l, d in enumerate(self.dilations)]
+        layers = [(d, torch.zeros(batch, (k - 1) * d + 1, R, dtype=dtype, device=device), self.conv_w[layer].t(),
+                   self.conv_b[layer], self.rs_w[layer].t(), self.rs_b[layer])
+                  for layer, d in enumerate(self.dilations)]
 
         def step(x: torch.Tensor, t: int, cond_t: Sequence[torch.Tensor]) -> torch.Tensor:
             h = x[:, None] * self.in_w + self.in_b  # [B, R]
             skips = 0
-            for (d, ring, conv_w, conv_b, rs_w, rs_b), c in zip(layers, cond_t):
+            for (d, ring, conv_w, conv_b, rs_w, rs_b), c in zip(layers, cond_t, strict=True):
                 size = ring.shape[1]
                 ring[:, t % size] = h
                 # tap j looks (k - 1 - j) d steps back
@@ -202,14 +203,14 @@ class FlatStack:
         skip_scale = self.skip_scale
         layers = []
         skip_b = 0.0
-        for l, d in enumerate(self.dilations):
-            last = l == L - 1
-            w_rs, b_rs = self.rs_w[l].t(), self.rs_b[l]  # [G/2, R + S], [R + S]
+        for layer, d in enumerate(self.dilations):
+            last = layer == L - 1
+            w_rs, b_rs = self.rs_w[layer].t(), self.rs_b[layer]  # [G/2, R + S], [R + S]
             layers.append((
                 d,
-                [(self.tap(l, j) * col[:, None]).t().contiguous() for j in range(self.kernel_size)],
-                (self.cond_w[l] * col[:, None]).t().contiguous(),
-                self.conv_b[l] * col,
+                [(self.tap(layer, j) * col[:, None]).t().contiguous() for j in range(self.kernel_size)],
+                (self.cond_w[layer] * col[:, None]).t().contiguous(),
+                self.conv_b[layer] * col,
                 None if last else (2 * RES_SCALE * w_rs[:, :R]).contiguous(),
                 None if last else RES_SCALE * b_rs[:R],
                 (2 * skip_scale * w_rs[:, R:]).contiguous(),
@@ -217,7 +218,7 @@ class FlatStack:
             skip_b = skip_b + skip_scale * b_rs[R:]
         return layers, skip_b
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "FlatStack":
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> FlatStack:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype).contiguous()
 
@@ -227,7 +228,7 @@ class FlatStack:
 _TENSORS = ("in_w", "in_b", "conv_w", "conv_b", "cond_w", "rs_w", "rs_b")
 
 
-def flatten_stack(stack: "WaveNetStack") -> FlatStack:
+def flatten_stack(stack: WaveNetStack) -> FlatStack:
     """The stack's weights as a FlatStack (detached, contiguous; same dtype and device as the stack)."""
     if stack.input.in_channels != 1:
         raise ValueError(f"flatten_stack needs a stack of one input channel, got {stack.input.in_channels}")
@@ -272,7 +273,7 @@ class MelUpsampler(nn.Module):
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         h = F.leaky_relu(self.context(mel), 0.4)
-        for factor, conv in zip(self.factors, self.smooth):
+        for factor, conv in zip(self.factors, self.smooth, strict=True):
             h = F.leaky_relu(conv(torch.repeat_interleave(h, factor, dim=-1)), 0.4)
         return h
 
@@ -283,7 +284,7 @@ class MelUpsampler(nn.Module):
         samples for the default 5 / 4 x 4 x 4 x 4 / 5). A mel cut at a frame boundary gives the same output as
         the whole mel farther than this from the cut."""
         reach = self.context.kernel_size[0] // 2
-        for factor, conv in zip(self.factors, self.smooth):
+        for factor, conv in zip(self.factors, self.smooth, strict=True):
             reach = reach * factor + conv.kernel_size[0] // 2
         return reach
 

@@ -20,10 +20,11 @@ files (`check_audio_file`, `audio_to_mel`, `write_mels`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -97,7 +98,7 @@ def write_mels(inputs: Sequence[Path], targets: Sequence[Path], config: MelConfi
     try:
         for directory in created:
             directory.mkdir()
-        for src, dst in zip(inputs, targets):
+        for src, dst in zip(inputs, targets, strict=True):
             mel = audio_to_mel(src, config)
             tmp = dst.with_name(f".{dst.name}.partial")
             save_mel(tmp, mel)
@@ -109,10 +110,8 @@ def write_mels(inputs: Sequence[Path], targets: Sequence[Path], config: MelConfi
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
         for directory in reversed(created):  # children first; only what this run made, and only if empty
-            try:
+            with contextlib.suppress(OSError):
                 directory.rmdir()
-            except OSError:
-                pass
         raise
     return shapes
 

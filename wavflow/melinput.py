@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -270,7 +271,7 @@ def conform_mels(mels: list[np.ndarray], config: MelConfig, stats: tuple[np.ndar
     TTS model's `stats`, refused with a WavflowError when its values cannot belong to the convention, a
     `warnings.warn` line when they are unlikely to."""
     out = []
-    for mel, name in zip(mels, names):
+    for mel, name in zip(mels, names, strict=True):
         mel, warning = conform_mel(mel, config, stats, name)
         if warning is not None:
             warnings.warn(warning, stacklevel=3)

@@ -64,7 +64,7 @@ class ItemNoise:
             raise ValueError(f"noise span [{start}, {stop}) must be a non-empty range of whole frames")
         first, last = start // self.block, -(-stop // self.block)
         blocks = [self._draw(i) for i in range(first, last)]
-        self._blocks = {i: b for i, b in zip(range(first, last), blocks)}
+        self._blocks = dict(zip(range(first, last), blocks, strict=True))
         z = blocks[0] if len(blocks) == 1 else torch.cat(blocks, -1)
         steps = blocks[0].shape[-1]  # noise steps per block (WaveGlow: one per group of n_group samples)
         lo, hi = (start - first * self.block) * steps // self.block, (stop - first * self.block) * steps // self.block
@@ -78,7 +78,7 @@ def batch_noise(model: Vocoder, seeds: list[int], frames: list[int], batch_frame
     hop = model.mel_config.hop_length
     length = batch_frames * hop
     noise = []
-    for seed, f in zip(seeds, frames):
+    for seed, f in zip(seeds, frames, strict=True):
         z = ItemNoise(model, seed).span(0, f * hop)
         noise.append(pad_time(z, z.shape[-1] * length // (f * hop)))
     return torch.cat(noise)

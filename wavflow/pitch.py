@@ -16,9 +16,9 @@ import io
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class PitchSettings:
     tracker: str = "pyin"
 
     @classmethod
-    def for_mel(cls, mel_config) -> "PitchSettings":
+    def for_mel(cls, mel_config) -> PitchSettings:
         """The settings whose frames are the mel's frames (same rate, hop, centring; window = n_fft)."""
         return cls(sample_rate=mel_config.sample_rate, hop_length=mel_config.hop_length,
                    frame_length=mel_config.n_fft, center=mel_config.center)
@@ -131,7 +131,7 @@ def tracks_at(tracks: Sequence[PitchTrack], offsets: Sequence[int], frames: int,
     clip's end are unvoiced. -> (f0 [B, frames] Hz, 0 where unvoiced; voiced [B, frames] float 0/1)."""
     f0 = np.zeros((len(tracks), frames), np.float32)
     voiced = np.zeros((len(tracks), frames), np.float32)
-    for b, (track, offset) in enumerate(zip(tracks, offsets)):
+    for b, (track, offset) in enumerate(zip(tracks, offsets, strict=True)):
         n = len(track)
         if n == 0:
             continue

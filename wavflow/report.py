@@ -23,6 +23,7 @@ clipped, so a vocoder's overshoot shows as it is. Different clips may have diffe
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -31,10 +32,11 @@ import platform
 import re
 import subprocess
 import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -141,10 +143,8 @@ def machine_description(device: str | None = None) -> str:
     cpu = cpu or platform.processor() or platform.machine() or "unknown CPU"
     text = f"{cpu} ({os.cpu_count()} logical CPUs)"
     if device and device.startswith("cuda") and torch.cuda.is_available():
-        try:
+        with contextlib.suppress(RuntimeError, AssertionError, ValueError):
             text = f"{torch.cuda.get_device_name(torch.device(device))}; {text}"
-        except (RuntimeError, AssertionError, ValueError):
-            pass
     return text
 
 
@@ -212,7 +212,7 @@ def plot_pitch(path: Path, track: PitchTrack, reference: PitchTrack | None, fram
 
     fig = _figure(7.0, 1.6)
     ax = fig.add_axes((0.07, 0.25, 0.8, 0.68))
-    for t, style in ((reference, dict(color="0.6", lw=3.0)), (track, dict(color="tab:blue", lw=1.3))):
+    for t, style in ((reference, {"color": "0.6", "lw": 3.0}), (track, {"color": "tab:blue", "lw": 1.3})):
         if t is None or not len(t):
             continue
         f0 = np.where(t.voiced, t.f0, np.nan)  # NaN breaks the line: no contour across an unvoiced stretch

@@ -114,7 +114,7 @@ class SourceTrack:
     anchors: Tensor
     amplitudes: Tensor | None = None
 
-    def frames(self, start: int, stop: int) -> "SourceTrack":
+    def frames(self, start: int, stop: int) -> SourceTrack:
         """Frames [start, stop), and the frame after them where there is one: a frame's samples interpolate
         towards the next frame, so the excitation of the first (stop - start) * hop samples equals the whole's."""
         end = min(stop + 1, self.f0.shape[1])
@@ -122,7 +122,7 @@ class SourceTrack:
         return SourceTrack(self.f0[:, start:end], self.voiced[:, start:end], self.detune[:, start:end],
                            self.anchors[:, start:end], amplitudes)
 
-    def with_amplitudes(self, amplitudes: Tensor | None) -> "SourceTrack":
+    def with_amplitudes(self, amplitudes: Tensor | None) -> SourceTrack:
         return SourceTrack(self.f0, self.voiced, self.detune, self.anchors, amplitudes)
 
 

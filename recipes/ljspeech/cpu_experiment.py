@@ -129,7 +129,7 @@ def figure(out: Path, variants: list[str], results: dict) -> None:
         panels.append((name, wavflow.synthesize(mel, model=model, seed=0)[0][: clip.audio.shape[0]]))
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.5 * len(panels)), sharex=True, squeeze=False)
     seconds = clip.audio.shape[0] / mel_config.sample_rate
-    for ax, (name, audio) in zip(axes[:, 0], panels):
+    for ax, (name, audio) in zip(axes[:, 0], panels, strict=True):
         m = mel_spectrogram(torch.as_tensor(audio).float()[None], mel_config)[0].numpy()
         im = ax.imshow(m, origin="lower", aspect="auto", cmap="magma", vmin=mel_config.silence, vmax=2.0,
                        extent=(0.0, seconds, 0, m.shape[0]), interpolation="nearest")

@@ -77,7 +77,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
     throughput slice and the closing reserve are set aside; shares of stages already done flow to later ones.
     Prints 0 when less than --min-seconds would be left."""
     models = args.models.split(",")
-    shares = dict(zip(models, (float(x) for x in args.shares.split(","))))
+    shares = dict(zip(models, (float(x) for x in args.shares.split(",")), strict=True))
     reserves = dict(item.split("=") for item in args.eval_reserve.split(","))
     remaining = models[models.index(args.stage):]
     left = args.total - args.elapsed - args.closing - args.throughput
@@ -104,7 +104,7 @@ def _figures(row: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _read_results(out: Path) -> list[dict[str, Any]]:
     path = out / "results.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _write_results(out: Path, results: list[dict[str, Any]]) -> None:
@@ -175,7 +175,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         report = json.loads(Path(args.eval).read_text())
         systems = report["systems"]
         old, new = _figures(_row(systems, "shipped")), _figures(_row(systems, "continued"))
-        record.update(old=old, new=new, griffin_lim=_figures(next((r for r in systems if r["kind"] == "griffin-lim"), None)),
+        griffin_lim = next((r for r in systems if r["kind"] == "griffin-lim"), None)
+        record.update(old=old, new=new, griffin_lim=_figures(griffin_lim),
                       eval={"clips": len(report["clips"]), "seconds": sum(c["seconds"] for c in report["clips"]),
                             "settings": report["settings"]})
         if new and isinstance(init.get("steps_before"), int) and isinstance(new.get("step"), int):

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "wavs").mkdir(parents=True, exist_ok=True)
     for clip_id, data in packed.items():
         atomic_write(out / "wavs" / f"{clip_id}.flac", lambda f, d=data: f.write(d))
-    text = {clip_id: line for clip_id, line in items}
+    text = dict(items)
     lines = [f"{i}|{text[i]}|{text[i]}\n" for i in kept] + [f"{i}|{text[i]}|{text[i]}\n" for i, _ in valid]
     atomic_write(out / "metadata.csv", lambda f: f.write("".join(lines).encode("utf-8")))
     reuse_root = os.path.relpath(args.reuse.resolve(), repo.resolve())  # gpu_continue.sh runs in the repository

@@ -10,8 +10,8 @@ import torch
 from .. import resources
 from ..errors import WavflowError
 from ..frontend import MelConfig
-from .settings import Settings
 from .measure import DTYPES
+from .settings import Settings
 
 # ----------------------------------------------------------------------------------------------------------------
 # The mel

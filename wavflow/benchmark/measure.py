@@ -28,9 +28,10 @@ import math
 import resource
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -140,10 +141,8 @@ class Memory:
         self.kind = "cuda max_memory_allocated" if device.type == "cuda" else self._cpu_kind()
         self._libc = None
         if device.type == "cpu":
-            try:
+            with suppress(OSError):
                 self._libc = ctypes.CDLL("libc.so.6")
-            except OSError:
-                pass
 
     @staticmethod
     def _cpu_kind() -> str:
@@ -211,7 +210,7 @@ def machine_peak(device: torch.device, dtype: torch.dtype, quick: bool) -> Peak:
     b = torch.randn(n, n, device=device, generator=g).to(dtype)
     weight, signal = a[:, :, None], b[None]  # conv1d: [n out, n in, 1] over [1, n in, n steps], the same product
     calls = {"torch.mm": lambda: torch.mm(a, b), "conv1d 1x1": lambda: torch.nn.functional.conv1d(signal, weight)}
-    best = {name: math.inf for name in calls}
+    best = dict.fromkeys(calls, math.inf)
     with torch.no_grad():
         for i in range(3 if quick else 5):
             for name, call in calls.items():

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import copy
 import statistics
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Callable, Sequence
 
 import torch
 
@@ -162,7 +162,7 @@ class Runner:
             if c4 - c3 == 4 * a + b and c8 == u + a * window_sum(8) + b * 8:
                 return (u + a * window_sum(T) + b * T) / (B * T)
         m = 16
-        if T <= R + m:
+        if T <= R + m:  # noqa: SIM300  (T, R: lengths, not constants)
             return counted(T) / (B * T)
         first, second = counted(R), counted(R + m)
         return (first + (T - R) * (second - first) / m) / (B * T)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -110,12 +111,12 @@ def check_settings(args: argparse.Namespace) -> Settings:
         if not Path(path).is_file():
             raise WavflowError(f"{path}: no such checkpoint file (--checkpoint {family})")
 
-    configs = {family: "tiny" if args.quick else "paper" for family in FAMILIES}
+    configs = dict.fromkeys(FAMILIES, "tiny" if args.quick else "paper")
     for item in args.config:
         if "=" in item:
             configs.update(parse_family_pairs([item], "--config"))
         elif item in ("paper", "tiny"):
-            configs = {family: item for family in FAMILIES}
+            configs = dict.fromkeys(FAMILIES, item)
         else:
             raise WavflowError(f"--config: expected paper, tiny or FAMILY=NAME, got '{item}'")
 

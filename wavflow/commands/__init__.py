@@ -20,7 +20,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 # name -> one-line description, in the order `wavflow --help` lists them
 COMMANDS = {

@@ -10,8 +10,9 @@ is built.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 from ..benchmark.entries import BATCH, ENTRIES, FAMILIES
 from ..benchmark.measure import DTYPES

@@ -7,7 +7,8 @@ Bad input: one line on stderr, exit status 2, nothing written.
 """
 from __future__ import annotations
 
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from ..checkpoint import WEIGHT_DTYPES
 from ..cli import ArgumentParser, number, run_cli

@@ -15,18 +15,26 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 import torch
 
 from ..cli import ArgumentParser, number, run_cli
 from ..device import resolve_device
-from ..fileio import check_writable_dir
 from ..errors import WavflowError
-from ..evaluate import (_json_safe, evaluate_checkpoint, evaluate_references, load_clips, load_model,
-                        markdown_table, plot_spectrograms, recording_pitch)
-from ..fileio import atomic_write
+from ..evaluate import (
+    _json_safe,
+    evaluate_checkpoint,
+    evaluate_references,
+    load_clips,
+    load_model,
+    markdown_table,
+    plot_spectrograms,
+    recording_pitch,
+)
+from ..fileio import atomic_write, check_writable_dir
 from ..frontend import MelConfig
 from ..metrics import OPTIONAL_METRICS, require_metrics
 from ..report import write_report
@@ -159,7 +167,7 @@ def run(argv: Sequence[str] | None, prog: str = PROG) -> int:
     # Each model gets the options its infer() takes: sigma reaches WaveGlow, temperature the teacher and student.
     infer_options = {k: v for k, v in (("sigma", args.sigma), ("temperature", args.temperature)) if v is not None}
     taken: set[str] = {s.name for s in systems}
-    for checkpoint, name in zip(models, names):
+    for checkpoint, name in zip(models, names, strict=True):
         t0 = time.perf_counter()
         result = evaluate_checkpoint(checkpoint, clips, device=device, metric_mel=metric_mel, optional=optional,
                                      nll_cap=nll_cap, skip_nll=args.no_nll, seed=args.seed,

@@ -8,12 +8,14 @@ on stderr and exit status 2, before anything is written.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 from ..checkpoint import load
 from ..cli import ArgumentParser, run_cli
 from ..errors import WavflowError
+
 # _check_output and _import_onnx are the library's own refusals (export_onnx runs them too): called here first so
 # that a bad output path or a missing onnx package is refused before the checkpoint is loaded.
 from ..export import OPSET, _check_output, _import_onnx, check_exportable, export_onnx, verify

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from ..cli import ArgumentParser, expand_inputs, number, output_paths, run_cli
-from ..fileio import check_writable_dir
 from ..errors import WavflowError
+from ..fileio import check_writable_dir
 from ..frontend import PRESETS, MelConfig
-from ..melinput import load_stats
 from ..mel import AUDIO_SUFFIXES, check_audio_file, write_mels
+from ..melinput import load_stats
 
 PROG = "wavflow mel"
 # The MelConfig fields a flag may override: (field, type, what the help says)
@@ -89,7 +90,7 @@ def run(argv: Sequence[str] | None, prog: str = PROG) -> int:
         check_writable_dir(directory)
     shapes = write_mels(inputs, targets, config)
     if not args.quiet:
-        for src, dst, shape in zip(inputs, targets, shapes):
+        for src, dst, shape in zip(inputs, targets, shapes, strict=True):
             print(f"{src} -> {dst}  {shape}")
     return 0
 

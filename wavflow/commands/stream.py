@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Iterator, NoReturn, Sequence
+from typing import BinaryIO, NoReturn
 
 import torch
 
@@ -24,8 +25,8 @@ from .. import resources
 from ..audio import to_int16
 from ..cli import ArgumentParser, number, output_paths, run_cli
 from ..device import resolve_device
-from ..fileio import check_writable_dir
 from ..errors import WavflowError
+from ..fileio import check_writable_dir
 from ..inference import SHIPPED, load_vocoder
 from ..melinput import conform_mel, input_stats, load_mel
 from ..models.waveglow_sampling import SAMPLING_BACKENDS

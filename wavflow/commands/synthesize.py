@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import resources
 from ..audio import save_wav
 from ..cli import ArgumentParser, expand_inputs, number, output_paths, run_cli
 from ..device import resolve_device
-from ..fileio import check_writable_dir
 from ..errors import WavflowError
+from ..fileio import check_writable_dir
 from ..inference import DEFAULT_BATCH_SIZE, SHIPPED, check_options, load_vocoder, make_denoiser, vocode
 from ..melinput import MelFile, conform_mel, input_stats, load_mel
 from ..models.waveglow_sampling import SAMPLING_BACKENDS
@@ -98,7 +99,8 @@ def models_table() -> str:
         rows.append((model.name, model.family, parameters, rate, "-" if score is None else f"{score:.2f}", where))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {2, 3, 4}  # numbers align on the right
-    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w)
+                       for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
              for r in rows]
     note = "DNSMOS P.808 on held-out clips, as checkpoints/README.md reports it ('-': not measured)."
     return "\n".join([*lines, note])

@@ -7,8 +7,9 @@ statuses: wavflow.train.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 from ..cli import ArgumentParser, number, run_cli
 from ..train.command import process_start_time

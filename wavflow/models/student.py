@@ -1,4 +1,5 @@
-"""Parallel WaveNet / ClariNet student: inverse autoregressive flows distilled from a WaveNet teacher (design.md section 5).
+"""Parallel WaveNet / ClariNet student: inverse autoregressive flows distilled from a WaveNet teacher
+(design.md section 5).
 
 Noise z_0 [B, T] goes through K flows. Flow k is a causal WaveNet over its input shifted right by one step, so
 its (mu_k[t], log s_k[t]) sees z_{k-1}[<t] only, and
@@ -23,8 +24,9 @@ held-out log-likelihood on the shared scale of design.md section 2 too.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +35,34 @@ from torch import nn
 from ..errors import WavflowError
 from ..frontend import MelConfig
 from ..layers import MelUpsampler, WaveNetStack, flatten_stack
-from ..losses import (STFT_RESOLUTIONS, base_entropy, base_log_prob, gaussian_cross_entropy, gaussian_reverse_kl,
-                      log_scale_regularizer, log_spectral_distance, mixture_reverse_kl, sample_base, stft_loss)
-from . import (ExportSpec, NoiseSpan, Streamer, Vocoder, int_tuple, is_int, is_real, noise_device, one_thread,
-               progress_bar, refuse_options, upsample_factors, validate_mel, weights_sha256)
+from ..losses import (
+    STFT_RESOLUTIONS,
+    base_entropy,
+    base_log_prob,
+    gaussian_cross_entropy,
+    gaussian_reverse_kl,
+    log_scale_regularizer,
+    log_spectral_distance,
+    mixture_reverse_kl,
+    sample_base,
+    stft_loss,
+)
+from . import (
+    ExportSpec,
+    NoiseSpan,
+    Streamer,
+    Vocoder,
+    int_tuple,
+    is_int,
+    is_real,
+    noise_device,
+    one_thread,
+    progress_bar,
+    refuse_options,
+    upsample_factors,
+    validate_mel,
+    weights_sha256,
+)
 from .student_sampling import FlowStream, StudentGraph, StudentStreamer
 
 
@@ -124,12 +150,12 @@ class StudentConfig:
             raise WavflowError(f"invalid StudentConfig: {'; '.join(problems)}")
 
     @classmethod
-    def parallel_wavenet(cls) -> "StudentConfig":
+    def parallel_wavenet(cls) -> StudentConfig:
         """van den Oord et al. 2018: 4 flows of 10, 10, 10, 30 layers, logistic base."""
         return cls(flow_layers=(10, 10, 10, 30), base="logistic")
 
     @classmethod
-    def tiny(cls, base: Literal["gaussian", "logistic"] = "gaussian") -> "StudentConfig":
+    def tiny(cls, base: Literal["gaussian", "logistic"] = "gaussian") -> StudentConfig:
         """Two flows of 3 layers, 8 channels: for tests (receptive field 15 samples per flow)."""
         return cls(flow_layers=(3, 3), dilation_cycle=3, residual_channels=8, gate_channels=16, skip_channels=8,
                    base=base, upsample_channels=16,
@@ -147,7 +173,8 @@ class IAFFlow(nn.Module):
     def __init__(self, config: StudentConfig, layers: int):
         super().__init__()
         if layers % config.dilation_cycle:
-            raise WavflowError(f"flow of {layers} layers is not a whole number of dilation cycles of {config.dilation_cycle}")
+            raise WavflowError(f"flow of {layers} layers is not a whole number of dilation cycles of "
+                               f"{config.dilation_cycle}")
         self.log_scale_min = config.log_scale_min
         self.stack = WaveNetStack(1, config.residual_channels, config.gate_channels, config.skip_channels,
                                   config.upsample_channels, config.kernel_size, layers, layers // config.dilation_cycle)
@@ -332,7 +359,8 @@ class IAFStudent(nn.Module, Vocoder):
             if compiled:
                 from .. import kernels
 
-                heads = [(f.hidden.weight[:, :, 0], f.hidden.bias, f.out.weight[:, :, 0], f.out.bias) for f in self.flows]
+                heads = [(f.hidden.weight[:, :, 0], f.hidden.bias, f.out.weight[:, :, 0], f.out.bias)
+                         for f in self.flows]
                 out, log_scale = kernels.iaf_sequential([flatten_stack(f.stack) for f in self.flows], heads, values,
                                                         cond, invert, self.config.log_scale_min, chunk, bar)
             else:
@@ -370,7 +398,8 @@ class IAFStudent(nn.Module, Vocoder):
         return out, log_scale
 
     @torch.no_grad()
-    def invert(self, audio: torch.Tensor, mel: torch.Tensor, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def invert(self, audio: torch.Tensor, mel: torch.Tensor,
+               progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact inverse, one step at a time: audio [B, T] -> (z_0 [B, T], log S [B, T]). O(T * layers), slow."""
         z, _, log_scale = self._sequential(audio, self.conditioning(mel, audio.shape[-1]), invert=True,
                                            progress=progress)
@@ -378,7 +407,8 @@ class IAFStudent(nn.Module, Vocoder):
 
     @torch.no_grad()
     def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        """[B] mean log-density per audio sample in nats (design.md section 2 scale) of real audio, via the exact inversion."""
+        """[B] mean log-density per audio sample in nats (design.md section 2 scale) of real audio, via the exact
+        inversion."""
         z, log_scale = self.invert(audio, mel, progress=progress)
         return self.log_likelihood_of_own_sample(z, log_scale)
 
@@ -419,7 +449,8 @@ class IAFStudent(nn.Module, Vocoder):
                 kl = gaussian_reverse_kl(mean, log_scale, mu_p, log_sigma_p)
                 log_std = log_scale
             else:  # logistic student: analytic cross-entropy minus analytic entropy
-                kl = gaussian_cross_entropy(mean, log_scale, mu_p, log_sigma_p, c.base) - base_entropy(log_scale, c.base)
+                kl = (gaussian_cross_entropy(mean, log_scale, mu_p, log_sigma_p, c.base)
+                      - base_entropy(log_scale, c.base))
                 log_std = log_scale + 0.5 * math.log(math.pi ** 2 / 3)  # the logistic's standard deviation
             reg = log_scale_regularizer(log_std, log_sigma_p, c.scale_regularizer)
         else:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # annotations only: student.py imports this module
     from .student import IAFFlow, IAFStudent
 
 
-def fold_flow(f: "IAFFlow", dtype: torch.dtype) -> dict[str, Any]:
+def fold_flow(f: IAFFlow, dtype: torch.dtype) -> dict[str, Any]:
     """One flow's weights as [in, out] matrices (time-major x @ W) with the constants of `fast_flow` folded
     in (FlatStack.time_major)."""
     flat = flatten_stack(f.stack).to(dtype)
@@ -40,7 +40,7 @@ class FlowStream:
     past is recomputed. `fast_flow` is one `run` over the whole utterance.
     """
 
-    def __init__(self, student: "IAFStudent", batch: int, dtype: torch.dtype, device: torch.device | str,
+    def __init__(self, student: IAFStudent, batch: int, dtype: torch.dtype, device: torch.device | str,
                  block: int | None):
         cfg = student.config
         self.config = cfg
@@ -86,7 +86,7 @@ class FlowStream:
             c = cond[b].t().contiguous()  # [T, C], shared by every flow
             x = z[b]
             mean, log_scale = mean_all[b], log_scale_all[b]
-            for f, (fold, pad, ctx) in enumerate(zip(self.flows, self.pads, self.ctx[b])):
+            for f, (fold, pad, ctx) in enumerate(zip(self.flows, self.pads, self.ctx[b], strict=True)):
                 shifted = torch.cat([self.prev[b, f: f + 1], x[:-1]])  # the flow sees its input one step late
                 self.prev[b, f] = x[-1]
                 x_next = torch.empty_like(x)  # not in place: for the first flow x is the caller's z[b]
@@ -132,7 +132,7 @@ class FlowStream:
 class StudentStreamer(Streamer):
     """Causal flows: one FlowStream carries every layer's context from chunk to chunk, so nothing is recomputed."""
 
-    def __init__(self, model: "IAFStudent", mel: Tensor, noise: NoiseSpan, options: dict[str, Any]):
+    def __init__(self, model: IAFStudent, mel: Tensor, noise: NoiseSpan, options: dict[str, Any]):
         super().__init__(model, mel, noise, options)
         self.temperature = float(options.get("temperature", 1.0))
         self.flows = model.flow_stream(1, mel.dtype, mel.device)
@@ -148,7 +148,7 @@ class StudentGraph(nn.Module):
     """The IAF student's parallel pass (IAFStudent.infer) for export:
     (mel [B, n_mels, F], z [B, T], temperature []) -> audio [B, T] in [-1, 1], T = F * hop."""
 
-    def __init__(self, model: "IAFStudent"):
+    def __init__(self, model: IAFStudent):
         super().__init__()
         model = folded_copy(model)
         self.upsampler, self.flows = model.upsampler, model.flows
@@ -157,7 +157,7 @@ class StudentGraph(nn.Module):
     def forward(self, mel: Tensor, z: Tensor, temperature: Tensor) -> Tensor:
         up = self.upsampler  # MelUpsampler.forward, with the nearest-neighbour stretch as expand + reshape
         h = F.leaky_relu(up.context(mel), 0.4)
-        for factor, conv in zip(up.factors, up.smooth):
+        for factor, conv in zip(up.factors, up.smooth, strict=True):
             b, c = h.shape[0], h.shape[1]
             h = h.unsqueeze(-1).expand(-1, -1, -1, factor).reshape(b, c, -1)
             h = F.leaky_relu(conv(h), 0.4)

@@ -23,10 +23,10 @@ waveglow_streaming.py, its ONNX graph waveglow_export.py and growing it a source
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -121,7 +121,7 @@ class WN(nn.Module):
         c = self.channels
         h = self.start(x)
         skip = None
-        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers)):
+        for i, (in_layer, res_skip_layer) in enumerate(zip(self.in_layers, self.res_skip_layers, strict=True)):
             a = in_layer(h) + cond[:, 2 * c * i: 2 * c * (i + 1)]
             acts = torch.tanh(a[:, :c]) * torch.sigmoid(a[:, c:])  # gated activation unit
             rs = res_skip_layer(acts)
@@ -430,7 +430,7 @@ class WaveGlow(nn.Module, Vocoder):
         return audio if mean is None else audio.add_(mean.to(audio.dtype))
 
     def sampling_backend(self, num_samples: int, device: torch.device | str = "cpu",
-                         backend: str | None = None) -> "BackendChoice":
+                         backend: str | None = None) -> BackendChoice:
         """The backend `infer` uses for an utterance of num_samples on `device` (given `backend`, as infer's),
         chosen now if it is not yet (waveglow_sampling's comment on fast sampling): lets a caller pay for the choice
         outside a timed or counted call."""
@@ -443,7 +443,7 @@ class WaveGlow(nn.Module, Vocoder):
         WavflowError names the choices otherwise."""
         self.backend = check_backend(backend)
 
-    def _sampling_plan(self) -> "_SamplingPlan":
+    def _sampling_plan(self) -> _SamplingPlan:
         """The weights `infer` multiplies with, folded and laid out for plain matmuls, cached.
 
         The cache is keyed on every parameter's storage address and version counter, which every in-place
@@ -464,8 +464,8 @@ class WaveGlow(nn.Module, Vocoder):
             self._plan = (key, plan)
         return self._plan[1]
 
-    def _sample_one(self, plan: "_SamplingPlan", x: Tensor, cond_in: Tensor, backend: str = "mm",
-                    work: "_Workspace | None" = None) -> Tensor:
+    def _sample_one(self, plan: _SamplingPlan, x: Tensor, cond_in: Tensor, backend: str = "mm",
+                    work: _Workspace | None = None) -> Tensor:
         """Run the flows backwards on one utterance, in place: x [n_group, G] (sigma * z, overwritten),
         cond_in [n_mels * n_group, G] in the plan's dtype -> audio [G * n_group] in x's dtype."""
         cfg = self.config
@@ -527,7 +527,7 @@ class WaveGlow(nn.Module, Vocoder):
     # The config keys a --init may change (wavflow.models.waveglow_growth): the source's switches and the objective.
     GROWABLE: ClassVar[tuple[str, ...]] = GROWABLE
 
-    def grown(self, config: WaveGlowConfig) -> "WaveGlow":
+    def grown(self, config: WaveGlowConfig) -> WaveGlow:
         """This model with `config`'s source switches added, vocoding exactly what it did (waveglow_growth.grow)."""
         return grow(self, config)
 

@@ -94,7 +94,7 @@ class WaveGlowConfig:
         """Channels flow k works on (n_group minus the early outputs taken before it)."""
         return self.n_group - (k // self.n_early_every) * self.n_early_size
 
-    def resolved(self, hop: int) -> "WaveGlowConfig":
+    def resolved(self, hop: int) -> WaveGlowConfig:
         """This config for a mel hop: n_group, upsample_kernel and upsample_frames filled in where left out and
         checked against the hop (a WavflowError naming the problem where the hop cannot take them)."""
         n_group = self.n_group if self.n_group is not None else group_size(hop)
@@ -114,7 +114,7 @@ class WaveGlowConfig:
         return dataclasses.replace(self, n_group=n_group, upsample_kernel=kernel, upsample_frames=kernel // hop)
 
     @classmethod
-    def tiny(cls) -> "WaveGlowConfig":
+    def tiny(cls) -> WaveGlowConfig:
         """A few-thousand-parameter coupling stack for tests: 4 flows (8, 8, 6, 6 channels), WN 2 x 16."""
         return cls(n_flows=4, n_group=8, n_early_every=2, n_early_size=2, wn_layers=2, wn_channels=16)
 

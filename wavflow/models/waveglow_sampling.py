@@ -98,7 +98,8 @@ class _CouplingPlan:
     first_w: Tensor  # layer 0: [k, 2 * channels, n_a], tap j = W_0j start_w
     taps_w: list[Tensor]  # layers 1...: [k, 2 * channels, channels], tap j = W_ij
     edges: list[list[tuple[int, Tensor]]]  # per layer: (offset != 0, W_ij B_i [2 * channels]) to undo at the edges
-    res_skip: list[Tensor]  # per layer: [channels + 2 * n_b, channels] (residual, end o skip); last: [2 * n_b, channels]
+    # per layer: [channels + 2 * n_b, channels] (residual, end o skip); last: [2 * n_b, channels]
+    res_skip: list[Tensor]
     out_b: Tensor  # [2 * n_b]: end bias + end o (sum of skip biases)
     margin: int  # largest tap offset
 
@@ -106,7 +107,7 @@ class _CouplingPlan:
         return [(j - (self.kernel - 1) // 2) * self.dilations[i] for j in range(self.kernel)]
 
     @classmethod
-    def fold(cls, net: "WN", dtype: torch.dtype | None = None) -> "_CouplingPlan":
+    def fold(cls, net: WN, dtype: torch.dtype | None = None) -> _CouplingPlan:
         """The folded weights of `net`, computed in at least float32 and stored in `dtype` (default: the net's)."""
         c, n_layers = net.channels, net.n_layers
         dtype = dtype or net.end.weight.dtype
@@ -123,13 +124,13 @@ class _CouplingPlan:
         skip_b = end_w.new_zeros(c)
         cond_b, taps_w, edges, res_skip, dilations = [], [], [], [], []
         first_w = None
-        for i, (layer, rs) in enumerate(zip(net.in_layers, net.res_skip_layers)):
+        for i, (layer, rs) in enumerate(zip(net.in_layers, net.res_skip_layers, strict=True)):
             lw, k, d = w(layer.weight) * gate_scale[:, None, None], layer.kernel_size[0], layer.dilation[0]
             dilations.append(d)
             offsets = [(j - (k - 1) // 2) * d for j in range(k)]
             responses = [lw[:, :, j] @ stream_b for j in range(k)]
             cond_b.append(w(layer.bias) * gate_scale + sum(responses))
-            edges.append([(off, r.to(dtype)) for off, r in zip(offsets, responses) if off != 0])
+            edges.append([(off, r.to(dtype)) for off, r in zip(offsets, responses, strict=True) if off != 0])
             if i == 0:
                 first_w = torch.stack([lw[:, :, j] @ start_w for j in range(k)])
             else:
@@ -150,7 +151,7 @@ class _CouplingPlan:
                    res_skip=res_skip, out_b=(w(net.end.bias) + end_w @ skip_b).to(dtype),
                    margin=max((k - 1) // 2 * d for d in dilations))
 
-    def run(self, x_a: Tensor, cond_in: Tensor, backend: str = "mm", work: "_Workspace | None" = None
+    def run(self, x_a: Tensor, cond_in: Tensor, backend: str = "mm", work: _Workspace | None = None
             ) -> tuple[Tensor, Tensor]:
         """x_a [n_a, G], cond_in [n_cond, G] -> (shift, log_s), each [n_b, G] (views into `work`, possibly
         transposed). Equals WN(x_a, cond_in) split, on any backend. work: buffers reused across calls."""
@@ -165,7 +166,7 @@ class _CouplingPlan:
 
     def _gate_taps(self, i: int) -> list[tuple[int, Tensor]]:
         w = self.first_w if i == 0 else self.taps_w[i - 1]
-        return list(zip(self.offsets(i), w))
+        return list(zip(self.offsets(i), w, strict=True))
 
     def _layer_cond(self, i: int) -> tuple[Tensor, Tensor]:
         """Layer i's conditioning weight [2 * channels, n_cond] and bias [2 * channels]. Each layer's gate starts
@@ -174,7 +175,7 @@ class _CouplingPlan:
         rows = slice(2 * self.channels * i, 2 * self.channels * (i + 1))
         return self.cond_w[rows], self.cond_b[rows]
 
-    def _run_mm(self, x_a: Tensor, cond_in: Tensor, work: "_Workspace") -> tuple[Tensor, Tensor]:
+    def _run_mm(self, x_a: Tensor, cond_in: Tensor, work: _Workspace) -> tuple[Tensor, Tensor]:
         c, m, g = self.channels, self.margin, x_a.shape[1]
         # Zero margins make shifted views exact zero-padded convolutions. Rows: residual stream, then end output.
         state = work.zeros("state", self.out_b.shape[0] + c, g + 2 * m, x_a)
@@ -200,7 +201,7 @@ class _CouplingPlan:
         n_b = out.shape[0] // 2
         return out[:n_b], out[n_b:]
 
-    def _run_mm_t(self, x_a: Tensor, cond_in: Tensor, work: "_Workspace") -> tuple[Tensor, Tensor]:
+    def _run_mm_t(self, x_a: Tensor, cond_in: Tensor, work: _Workspace) -> tuple[Tensor, Tensor]:
         """Time-major, layer by layer and, within a layer, in blocks of BLOCK rows: a block's gate is made, gated
         and consumed while it is still in cache (a whole long utterance's is tens of megabytes). Layer i reads
         its whole input and writes the next layer's into the other of two buffers, so blocks need no halo and
@@ -243,7 +244,7 @@ class _CouplingPlan:
         n_b = out.shape[1] // 2
         return out[:, :n_b].t(), out[:, n_b:].t()
 
-    def _run_conv(self, x_a: Tensor, cond_in: Tensor, work: "_Workspace") -> tuple[Tensor, Tensor]:
+    def _run_conv(self, x_a: Tensor, cond_in: Tensor, work: _Workspace) -> tuple[Tensor, Tensor]:
         c, g = self.channels, x_a.shape[1]
         state = work.zeros("state", c + self.out_b.shape[0], g, x_a)  # rows: residual stream, then end output
         h, out = state[:c], state[c:]
@@ -321,7 +322,7 @@ def _measure_backends(coupling: _CouplingPlan, groups: int, dtype: torch.dtype, 
     g = torch.Generator(device=device).manual_seed(0)
     x_a = torch.randn(coupling.n_a, groups, generator=g, device=device).to(dtype)
     cond_in = torch.randn(coupling.cond_w.shape[1], groups, generator=g, device=device).to(dtype)
-    best = {b: math.inf for b in SAMPLING_BACKENDS}
+    best = dict.fromkeys(SAMPLING_BACKENDS, math.inf)
     work = _Workspace()
     with torch.no_grad():
         for r in range(rounds + 1):

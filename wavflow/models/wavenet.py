@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +38,19 @@ from ..distributions import Distribution, build_distribution
 from ..errors import WavflowError
 from ..frontend import MelConfig
 from ..layers import MelUpsampler, WaveNetStack, dilations_for, flatten_stack, receptive_field
-from . import (ExportSpec, NoiseSpan, Streamer, Vocoder, is_int, is_real, noise_device, progress_bar, refuse_options,
-               upsample_factors, validate_mel)
+from . import (
+    ExportSpec,
+    NoiseSpan,
+    Streamer,
+    Vocoder,
+    is_int,
+    is_real,
+    noise_device,
+    progress_bar,
+    refuse_options,
+    upsample_factors,
+    validate_mel,
+)
 from .wavenet_generation import CachedSteps, CompiledStream, NaiveStream, Stream, TorchStream, WaveNetStreamer
 
 METHODS = ("cached", "naive", "cached_torch")
@@ -107,9 +119,10 @@ class WaveNetConfig:
             raise WavflowError(f"invalid WaveNetConfig: {'; '.join(problems)}")
 
     @classmethod
-    def tiny(cls, **overrides) -> "WaveNetConfig":
+    def tiny(cls, **overrides) -> WaveNetConfig:
         """A CPU-sized teacher for tests: 8 layers in 2 cycles (receptive field 61), 16/32/16 channels."""
-        d = dict(layers=8, cycles=2, residual_channels=16, gate_channels=32, skip_channels=16, upsample_channels=16)
+        d = {"layers": 8, "cycles": 2, "residual_channels": 16, "gate_channels": 32, "skip_channels": 16,
+             "upsample_channels": 16}
         d.update(overrides)
         return cls(**d)
 
@@ -129,8 +142,9 @@ class WaveNet(nn.Module, Vocoder):
                                  "pass per audio sample), which a static graph would have to unroll; export a "
                                  "waveglow or a student")
 
-    def __init__(self, config: WaveNetConfig = WaveNetConfig(), mel_config: MelConfig = MelConfig()):
+    def __init__(self, config: WaveNetConfig | None = None, mel_config: MelConfig = MelConfig()):
         super().__init__()
+        config = WaveNetConfig() if config is None else config  # a fresh one: WaveNetConfig is mutable
         self.config, self.mel_config = config, mel_config
         # The config's own values were checked when it was made (WaveNetConfig.__post_init__); only the fit to
         # the mel is left.
@@ -241,7 +255,7 @@ class WaveNet(nn.Module, Vocoder):
         elif tuple(noise.shape) != (B, n_noise, T):
             raise WavflowError(f"noise has shape {tuple(noise.shape)}, expected {(B, n_noise, T)}")
         if progress is None:
-            progress = T * B >= 4 * self.mel_config.sample_rate and sys.stderr.isatty()
+            progress = T * B >= 4 * self.mel_config.sample_rate and sys.stderr.isatty()  # noqa: SIM300  (T, B: sizes)
         was_training = self.training
         self.eval()
         try:

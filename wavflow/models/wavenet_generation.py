@@ -158,8 +158,10 @@ class CachedSteps:
         self.skip_w = put(skip_scale * rs_w[:, :, R:])  # [L, G/2, S]
         self.skip_b = put(skip_scale * rs_b[:, R:].sum(0), torch.float32)
         self.in_w, self.in_b = put(flat.in_w), put(flat.in_b)
-        self.out1_w, self.out1_b = put(model.out1.weight[:, :, 0].t(), torch.float32), put(model.out1.bias, torch.float32)
-        self.out2_w, self.out2_b = put(model.out2.weight[:, :, 0].t(), torch.float32), put(model.out2.bias, torch.float32)
+        self.out1_w = put(model.out1.weight[:, :, 0].t(), torch.float32)
+        self.out1_b = put(model.out1.bias, torch.float32)
+        self.out2_w = put(model.out2.weight[:, :, 0].t(), torch.float32)
+        self.out2_b = put(model.out2.bias, torch.float32)
         lags = torch.tensor([[(k - 1 - j) * d for j in range(k - 1)] for d in dil], dtype=torch.long)
         self.lags = lags.reshape(-1).to(device)  # [L (k-1)]
         self.lag_base = (torch.arange(L)[:, None] * H).expand(L, k - 1).reshape(-1).to(device)
@@ -196,12 +198,12 @@ class CachedSteps:
         past = self.hist.index_select(1, rows).view(B, L, (k - 1) * R).transpose(0, 1)  # [L, B, (k-1) R]
         z_all = torch.baddbmm(self.cond[s], past, self.w_past)  # [L, B, G]
         torch.addcmul(self.in_b, self.x_prev[:, None], self.in_w[None, :], out=self.h[0])
-        for l in range(L):
-            z = torch.addmm(z_all[l], self.h[l], self.w_now[l])
-            torch.mul(torch.tanh(z[:, :Gh]), torch.sigmoid(z[:, Gh:]), out=self.gates[l])
-            if l + 1 < L:  # the last layer's residual output is never used
-                torch.addmm(self.h[l], self.gates[l], self.res_w[l], beta=RES_SCALE, out=self.h[l + 1])
-                self.h[l + 1].add_(self.res_b[l])
+        for layer in range(L):
+            z = torch.addmm(z_all[layer], self.h[layer], self.w_now[layer])
+            torch.mul(torch.tanh(z[:, :Gh]), torch.sigmoid(z[:, Gh:]), out=self.gates[layer])
+            if layer + 1 < L:  # the last layer's residual output is never used
+                torch.addmm(self.h[layer], self.gates[layer], self.res_w[layer], beta=RES_SCALE, out=self.h[layer + 1])
+                self.h[layer + 1].add_(self.res_b[layer])
         skips = torch.bmm(self.gates, self.skip_w).sum(0).float() + self.skip_b
         a = torch.relu(torch.addmm(self.out1_b, torch.relu(skips), self.out1_w))
         params = torch.addmm(self.out2_b, a, self.out2_w)
@@ -212,7 +214,7 @@ class CachedSteps:
         self.t.add_(1)
         return params
 
-    def capture(self) -> "torch.cuda.CUDAGraph":
+    def capture(self) -> torch.cuda.CUDAGraph:
         """Record the `chunk` steps of one chunk as a CUDA graph, after a warm-up that leaves the state at zero."""
         side = torch.cuda.Stream(self.t.device)
         side.wait_stream(torch.cuda.current_stream(self.t.device))

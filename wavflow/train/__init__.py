@@ -38,9 +38,10 @@ The output directory holds:
     config.yaml  the resolved configuration;  log.jsonl  one JSON line per log/validation event;
     tb/          TensorBoard scalars (loss, validation NLL, lr, gradient norm, steps/s) and audio samples.
 
-Exit status: 0 finished (train.max_steps, or the --max-minutes budget); 2 bad configuration or data (one line on stderr); 1 the loss or gradient became
-NaN/inf (nothing is saved at that point: last.pt stays the last good state); 130 after SIGINT and 143 after
-SIGTERM: the step in progress is finished and a checkpoint saved before exiting, so `--resume` loses nothing.
+Exit status: 0 finished (train.max_steps, or the --max-minutes budget); 2 bad configuration or data (one line
+on stderr); 1 the loss or gradient became NaN/inf (nothing is saved at that point: last.pt stays the last good
+state); 130 after SIGINT and 143 after SIGTERM: the step in progress is finished and a checkpoint saved before
+exiting, so `--resume` loses nothing.
 A second SIGINT aborts at once (last.pt is still the previous complete checkpoint: saves are atomic).
 """
 from ..models import weights_sha256

@@ -2,7 +2,8 @@
 
     model: waveglow                  # waveglow | wavenet | student
     model_config: {n_flows: 12}      # fields of the model's config dataclass; omitted ones keep the paper default
-    mel: {}                          # MelConfig fields, or {preset: NAME, stats: FILE, ...} (omit: Tacotron 2, design.md 1)
+    mel: {}                          # MelConfig fields, or {preset: NAME, stats: FILE, ...}
+                                     # (omit: Tacotron 2, design.md 1)
     teacher: null                    # student only: the trained WaveNet checkpoint to distil from
     data: {root: ..., n_valid: 20, segment_length: 16000, batch_size: 12, num_workers: 2}
     train: {lr: 1.0e-4, max_steps: 580000, precision: fp32, ...}   # every key: TrainConfig below
@@ -15,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import soundfile as sf
 import yaml
@@ -129,7 +131,8 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         except UnicodeDecodeError:
             raise WavflowError(f"{path}: not a UTF-8 text file") from None
         if not isinstance(raw, dict):
-            raise WavflowError(f"{path}: expected a mapping of keys (model, data, train, ...), got {type(raw).__name__}")
+            raise WavflowError(f"{path}: expected a mapping of keys (model, data, train, ...), "
+                               f"got {type(raw).__name__}")
     top = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(raw) - top)
     if unknown:

@@ -3,7 +3,8 @@ and its batches, loaded by a DataLoader or cut on the device (data.device_reside
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..fileio import check_writable_dir
-from ..errors import WavflowError
-from ..frontend import MelConfig
 from ..device import native_bf16
+from ..errors import WavflowError
+from ..fileio import check_writable_dir
+from ..frontend import MelConfig
 from ..models import build_model
 from .budget import BudgetClock
 from .config import RunConfig, check_values

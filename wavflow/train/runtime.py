@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import random
 import signal
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ class Runtime:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> "Runtime":
+    def from_env(cls) -> Runtime:
         # torchrun sets these; a plain `python -m wavflow.train` is a world of one.
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                    int(os.environ.get("LOCAL_RANK", 0)))
@@ -74,7 +75,7 @@ class Runtime:
         keys = sorted(values)
         sums = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
         dist.all_reduce(sums)
-        return dict(zip(keys, (sums / self.world_size).tolist()))
+        return dict(zip(keys, (sums / self.world_size).tolist(), strict=True))
 
     def any(self, flags: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Flags (0/1, on the CPU) set on any process."""
@@ -104,7 +105,7 @@ class StopSignals:
         self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         self._pid = os.getpid()
         self._previous = {signum: signal.signal(signum, self._handle) for signum in EXIT_SIGNAL}
         return self

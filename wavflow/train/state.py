@@ -16,6 +16,7 @@ in all, through earlier --init runs too; None when a source does not say)}.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -24,8 +25,15 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import (cast_weights, file_sha256, is_native, model_from_payload, model_payload,
-                          read_checkpoint, save_checkpoint)
+from ..checkpoint import (
+    cast_weights,
+    file_sha256,
+    is_native,
+    model_from_payload,
+    model_payload,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ..errors import WavflowError
 from ..frontend import MelConfig
 from ..models import config_from_dict, config_to_dict, model_classes, weights_sha256
@@ -160,10 +168,10 @@ def _check_same_run(ck: dict[str, Any], source: str, config: RunConfig, model: t
         raise WavflowError(f"{source}: holds a {ck.get('model_type')} run, the config trains a {config.model}")
     mine = config_to_dict(model.config)
     theirs = ck.get("model_config", {})
-    try:  # fields added to the config since the checkpoint was written take their defaults, as on load
+    # Fields added to the config since the checkpoint was written take their defaults, as on load; unknown or
+    # invalid fields are reported as differences below.
+    with contextlib.suppress(WavflowError, TypeError):
         theirs = config_to_dict(config_from_dict(type(model.config), theirs))
-    except (WavflowError, TypeError):
-        pass  # unknown or invalid fields: reported as differences below
     if theirs != mine:
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise WavflowError(f"{source}: model_config differs from the config in {', '.join(diff)}; resume with the "
@@ -185,8 +193,9 @@ def read_init(path: str | Path, config: RunConfig) -> tuple[torch.nn.Module, Run
     The architecture is the checkpoint's: the model type, every model_config key and the mel settings. A key the
     config sets must agree with it (refused by name otherwise); a key it leaves out takes the checkpoint's value,
     not the paper default. The exception: a config that adds a source to a WaveGlow, or changes its objective
-    (WaveGlow.GROWABLE), grows the checkpoint's model, which starts out vocoding what it did. Nothing else of the checkpoint is used: its optimizer, step, sampler and teacher stay
-    behind (a student may be re-distilled from another teacher: the config's teacher is the one used).
+    (WaveGlow.GROWABLE), grows the checkpoint's model, which starts out vocoding what it did. Nothing else of the
+    checkpoint is used: its optimizer, step, sampler and teacher stay behind (a student may be re-distilled from
+    another teacher: the config's teacher is the one used).
     """
     source = str(path)
     obj = read_checkpoint(path)  # weights_only; NVIDIA's pickles through the restricted unpickler
