@@ -78,9 +78,8 @@ def slow_rename(src, dst, *args, **kwargs):
         time.sleep(2)
     return rename(src, dst, *args, **kwargs)
 os.replace = slow_rename
-from wavflow.cli import run_cli
-from wavflow.train import PROG, main
-run_cli(PROG, main)
+from wavflow.commands.train import main
+main(prog='wavflow train')
 """
 
 

@@ -293,7 +293,7 @@ def test_a_cpu_clock_budget_counts_the_process_cpu_time(clips3, tmp_path, monkey
     assert trainer.fit() == 0 and trainer.end_reason == "max_steps" and len(trainer.losses) == 3
     monkeypatch.setattr("wavflow.train.loop.time.process_time", lambda: 600.0)  # 10 CPU-minutes spent
     spent = Trainer(load_config(path, ["train.max_minutes=5", "train.budget_clock=cpu", "train.max_steps=6"]),
-                    tmp_path / "out", resume=True)
+                    tmp_path / "out", resume=True, cpu_started_at=0.0)  # as the command line: from the process's start
     assert spent.fit() == 0 and spent.end_reason == "max_minutes" and spent.losses == []
     records = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     assert records[-1]["run/cpu_seconds"] == 600.0

@@ -38,6 +38,13 @@ def test_a_cpu_budget_clock_stops_after_its_cpu_minutes_whatever_the_wall_clock(
     assert not budget.out_of_time(Runtime(), CPU)
     cpu[0] = 61.0
     assert budget.out_of_time(Runtime(), CPU)
+    # a run started inside a process that had already spent 500 CPU-s (train() from Python) has its full minute
+    later = BudgetClock(1.0, "cpu", started_at=1000.0, parameters=0, validates=False, cpu_started_at=500.0)
+    assert later.deadline == 560.0
+    cpu[0] = 530.0
+    assert not later.out_of_time(Runtime(), CPU)
+    cpu[0] = 561.0
+    assert later.out_of_time(Runtime(), CPU)
 
 
 def test_a_wall_budget_clock_counts_from_the_start_and_reserves_the_closing_saves(monkeypatch):

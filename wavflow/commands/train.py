@@ -55,7 +55,8 @@ def run(argv: Sequence[str] | None, prog: str = PROG) -> int:
     runtime = Runtime.from_env()
     runtime.start(config.train.device)
     try:
-        trainer = Trainer(config, out, resume=args.resume, runtime=runtime, init=args.init, started_at=started)
+        trainer = Trainer(config, out, resume=args.resume, runtime=runtime, init=args.init, started_at=started,
+                          cpu_started_at=0.0)
         try:
             return trainer.fit()
         except TrainingDiverged as e:

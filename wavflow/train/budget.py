@@ -18,16 +18,18 @@ class BudgetClock:
     """The deadline of a run started at `started_at` (seconds since the epoch) with a budget of `max_minutes`
     (0: none) counted on `clock`, and the longest step, validation and saves measured so far.
 
+    `cpu_started_at` is the process's CPU time when the run started (0: at the process's start).
     `parameters` (the model's size) estimates a save's duration until one is timed; `validates` says whether
     ending the run includes a validation and a best.pt.
     """
 
     def __init__(self, max_minutes: float, clock: Literal["wall", "cpu"], started_at: float, parameters: int,
-                 validates: bool):
+                 validates: bool, cpu_started_at: float = 0.0):
         self.max_minutes = max_minutes
         self.cpu = clock == "cpu"
-        # The CPU clock counts from the process's start (0), the wall clock from `started_at`.
-        start = 0.0 if self.cpu else started_at
+        # The wall clock counts from `started_at`, the CPU clock from `cpu_started_at`: 0 (the process's start) for
+        # the command line, the CPU time already spent when a run starts inside a longer-lived process.
+        start = cpu_started_at if self.cpu else started_at
         self.deadline = start + 60.0 * max_minutes if max_minutes else None
         self.parameters = parameters
         self.validates = validates

@@ -55,8 +55,11 @@ class Trainer:
 
     def __init__(self, config: RunConfig, out_dir: str | os.PathLike, resume: bool = False,
                  runtime: Runtime | None = None, model: torch.nn.Module | None = None,
-                 init: str | os.PathLike | None = None, started_at: float | None = None):
+                 init: str | os.PathLike | None = None, started_at: float | None = None,
+                 cpu_started_at: float | None = None):
         self.started_at = time.time() if started_at is None else started_at  # train.max_minutes counts from here
+        # ... or from here on the CPU clock (train.budget_clock: cpu): the command line passes 0, the process's start
+        self.cpu_started_at = time.process_time() if cpu_started_at is None else cpu_started_at
         self.runtime = runtime or Runtime()
         self.out_dir = Path(out_dir)
         self.last_path = self.out_dir / LAST
@@ -105,8 +108,9 @@ class Trainer:
         self.validation = Validation(self.data.valid_set, settings, self.mel_config, self.runtime, self.device)
         self.valid_history = self.validation.history
         self.budget = BudgetClock(settings.max_minutes, settings.budget_clock, self.started_at,
-                                  sum(p.numel() for p in self.model.parameters()), bool(self.validation.clips))
-        self.log = RunLog(self.out_dir, self.runtime, self.device)
+                                  sum(p.numel() for p in self.model.parameters()), bool(self.validation.clips),
+                                  self.cpu_started_at)
+        self.log = RunLog(self.out_dir, self.runtime, self.device, self.cpu_started_at)
         self.stop = StopSignals(self._announce_stop)
         self.end_reason = ""  # max_steps | max_minutes | signal, once fit() returns
 
@@ -287,8 +291,9 @@ class Trainer:
             best = f", best validation NLL {state.best_valid_nll:.4f} nats/sample" if self.valid_history else ""
             if self.end_reason == "max_minutes":
                 print(f"{PROG}: the {self.config.train.max_minutes:g}-minute budget ended the run at step "
-                      f"{state.step} after {time.time() - self.started_at:.1f} s ({time.process_time():.1f} CPU-s)"
-                      f"{best}; saved {self.last_path}", file=sys.stderr, flush=True)
+                      f"{state.step} after {time.time() - self.started_at:.1f} s "
+                      f"({time.process_time() - self.cpu_started_at:.1f} CPU-s){best}; saved {self.last_path}",
+                      file=sys.stderr, flush=True)
             else:
                 print(f"{PROG}: done: {state.step} steps{best}; {self.last_path}", file=sys.stderr, flush=True)
         return 0

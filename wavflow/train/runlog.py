@@ -23,8 +23,9 @@ LOG = "log.jsonl"
 class RunLog:
     """The log of the run in `out_dir` on this process of `runtime` (collectives on `device`)."""
 
-    def __init__(self, out_dir: Path, runtime: Runtime, device: torch.device):
+    def __init__(self, out_dir: Path, runtime: Runtime, device: torch.device, cpu_started_at: float = 0.0):
         self.out_dir, self.runtime, self.device = out_dir, runtime, device
+        self.cpu_started_at = cpu_started_at  # run/cpu_seconds is the process's CPU time since then
         self.writer: Any = None  # a SummaryWriter, on rank 0 with train.tensorboard
         self.bar: Any = None     # the tqdm bar, on rank 0 when stderr is a terminal
         self.lines = False       # progress as plain lines instead
@@ -129,7 +130,7 @@ class RunLog:
         self.write({
             "step": step, "run/end": end, "run/steps": steps,
             "run/wall_seconds": wall_seconds, "run/train_seconds": train_seconds,
-            "run/cpu_seconds": time.process_time(),
+            "run/cpu_seconds": time.process_time() - self.cpu_started_at,
             "run/samples": samples,
             "run/samples_per_s": samples / train_seconds if train_seconds else None,
             "run/steady_samples_per_s": (len(steady) * self.batch_samples * world / sum(steady)
