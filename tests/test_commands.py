@@ -5,7 +5,6 @@ from __future__ import annotations
 import runpy
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
@@ -117,6 +116,7 @@ def test_old_entry_points_run_the_command_under_their_own_name(module, capsys, m
 
 
 def test_console_scripts(capsys, monkeypatch):
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"wavflow": "wavflow.commands:main",
                        "wavflow-synthesize": "wavflow.commands.synthesize:legacy_main"}
