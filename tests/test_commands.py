@@ -197,3 +197,27 @@ def test_backend_option_names_waveglow_sampling_backend(tmp_path, capsys):
     assert snapshot(tmp_path) == before
     code, _, err = run_in_process(synth_cmd.run, [EXAMPLE, "--backend", "fast"], capsys, synth_cmd.PROG)
     assert code == 2 and "invalid choice: 'fast'" in err
+
+
+def test_convert_sets_a_waveglows_default_sigma(tmp_path, capsys):
+    """--sigma writes a WaveGlow's default sampling sigma into the file: the converted model vocodes by default
+    what the source does at that sigma; a model without a noise scale refuses it in one line, writing nothing."""
+    import wavflow
+    from wavflow.commands import convert as convert_cmd
+
+    source = save_tiny_waveglow(tmp_path / "tiny.pt")
+    code, _, err = run_in_process(convert_cmd.run, [source, tmp_path / "s.pt", "--sigma", "0.25"], capsys,
+                                  "wavflow convert")
+    assert code == 0, err
+    converted = wavflow.load(tmp_path / "s.pt")
+    assert converted.config.infer_sigma == 0.25 != wavflow.load(source).config.infer_sigma
+    mel = np.load(EXAMPLE)[:, :20]
+    assert np.array_equal(wavflow.synthesize(mel, model=converted, seed=3).numpy(),
+                          wavflow.synthesize(mel, checkpoint=source, seed=3, sigma=0.25).numpy())
+    student = tmp_path / "student.pt"
+    convert(REPO / "checkpoints" / "student-ljspeech-mini.pt", student)
+    before = snapshot(tmp_path)
+    code, _, err = run_in_process(convert_cmd.run, [student, tmp_path / "x.pt", "--sigma", "0.3"], capsys,
+                                  "wavflow convert")
+    assert code == 2 and "no noise scale" in err and len(err.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before

@@ -48,13 +48,17 @@ def test_continues_grows_resumes_and_judges(tmp_path):
     save_checkpoint(shipped, model_payload(build_model("waveglow", TINY_WAVEGLOW), 0))
     before = file_sha256(shipped)
     out = tmp_path / "run"
-    first = _run(shipped, out, 2, tmp_path, "--install")
+    first = _run(shipped, out, 2, tmp_path, "--install", "--sigma", "0.3")
     assert first.returncode == 0, first.stdout + first.stderr + (out / "train.log").read_text()[-3000:]
     assert "--init" in first.stdout and "stage 3: decide" in first.stdout
     state = read_checkpoint(out / "last.pt")
     assert state["step"] == 2 and state["model_config"]["source"] is True
     assert state["model_config"]["source_harmonics"] == 4
     judged = json.loads((out / "judge.json").read_text())
+    assert (out / "judge-report" / "index.html").is_file()  # the judgement's report, to listen to
+    judged_file = read_checkpoint(out / "judged.pt")  # what would ship: fp16 weights, the sigma asked for
+    assert judged_file["model_config"]["infer_sigma"] == 0.3 and "optimizer" not in judged_file
+    assert judged_file["state_dict"]["upsample.weight"].dtype == torch.float16
     assert [r["name"] for r in judged["systems"] if r["kind"] == "vocoder"] == ["shipped", "continued"]
     assert all("gpe" in r for r in judged["systems"] if r["kind"] == "vocoder")
     record = json.loads((out / "history.jsonl").read_text().splitlines()[-1])

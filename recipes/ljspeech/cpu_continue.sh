@@ -11,16 +11,19 @@
 #            from the starting checkpoint) at nice 19, for MINUTES of the process's CPU time, bf16 autocast where the
 #            CPU has native bf16: resumed from OUT/last.pt when it exists (the run goes on exactly where it
 #            stopped), else started from the shipped checkpoint with --init (a fresh optimizer)
-#   2 judge  python -m wavflow.evaluate on the 20 validation clips, whole, the shipped file and OUT/last.pt with
-#            the same noise seeds: DNSMOS P.808, pitch errors, MR-STFT, log-mel L1, held-out NLL, Griffin-Lim
-#   3 ship   OUT/candidate.pt (fp16 weights) when it beats the shipped model on BOTH DNSMOS P.808 and gross pitch
+#   2 judge  OUT/last.pt as the file that would ship (OUT/judged.pt: fp16 weights, --sigma as its default sigma),
+#            then python -m wavflow.evaluate on the 20 validation clips, whole, the shipped file and that one with
+#            the same noise seeds: DNSMOS P.808, pitch errors, MR-STFT, log-mel L1, held-out NLL, Griffin-Lim, and the
+#            HTML report OUT/judge-report/index.html
+#   3 ship   OUT/candidate.pt (the judged file) when it beats the shipped model on BOTH DNSMOS P.808 and gross pitch
 #            error (a model with no voiced frame counts as 100%); with --install it replaces the shipped file.
 #            OUT/history.jsonl gets one line per judgement: CPU minutes, steps, samples seen, every figure.
 # Options: --out DIR (default exp/cpu_continue), --data-root DIR (default ../shared/data/LJSpeech-1.1-mini),
 #          --threads N (torch threads, default 2), --judge (skip training), --install, --train-args "K=V ...",
 #          --shipped FILE (the model to beat and to start from; default checkpoints/waveglow-ljspeech-mini.pt),
 #          --metrics M (evaluate's optional metrics, default dnsmos,pitch; DNSMOS needs wavflow[metrics]: without
-#          it no model counts as better), --judge-args "..." (more evaluate options, e.g. --max-clips 4)
+#          it no model counts as better), --judge-args "..." (more evaluate options, e.g. --max-clips 4),
+#          --sigma S (the continued model's default sampling sigma, chosen on training clips, never on these)
 set -euo pipefail
 
 MINUTES=${1:?usage: cpu_continue.sh MINUTES [--out DIR] [--data-root DIR] [--threads N] [--judge] [--install]}
@@ -34,6 +37,7 @@ TRAIN_ARGS=""
 SHIPPED=""
 METRICS=dnsmos,pitch
 JUDGE_ARGS=""
+SIGMA=""
 while [ $# -gt 0 ]; do
   case $1 in
     --out) OUT=$2; shift 2 ;;
@@ -45,6 +49,7 @@ while [ $# -gt 0 ]; do
     --shipped) SHIPPED=$2; shift 2 ;;
     --metrics) METRICS=$2; shift 2 ;;
     --judge-args) JUDGE_ARGS=$2; shift 2 ;;
+    --sigma) SIGMA=$2; shift 2 ;;
     *) echo "cpu_continue.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -71,8 +76,10 @@ yaml.safe_dump(c, open(sys.argv[2], "w"), sort_keys=False)' "$HERE/conf/waveglow
     --max-minutes "$MINUTES" >>"$OUT/train.log" 2>&1
 fi
 echo "stage 2: judge $OUT/last.pt against $SHIPPED"
+"$PY" -m wavflow.convert "$OUT/last.pt" "$OUT/judged.pt" --dtype fp16 ${SIGMA:+--sigma "$SIGMA"} >"$OUT/judge.log" 2>&1
 # shellcheck disable=SC2086
-nice -n 19 "$PY" -m wavflow.evaluate "$SHIPPED" "$OUT/last.pt" --names shipped,continued --data-root "$DATA" \
-  --metrics "$METRICS" --json "$OUT/judge.json" --plot "$OUT/judge.png" $JUDGE_ARGS >"$OUT/judge.log" 2>&1
+nice -n 19 "$PY" -m wavflow.evaluate "$SHIPPED" "$OUT/judged.pt" --names shipped,continued --data-root "$DATA" \
+  --metrics "$METRICS" --json "$OUT/judge.json" --plot "$OUT/judge.png" --report "$OUT/judge-report" $JUDGE_ARGS \
+  >>"$OUT/judge.log" 2>&1
 echo "stage 3: decide"
 "$PY" "$HERE/cpu_experiment.py" decide "$OUT" "$OUT/judge.json" "$SHIPPED" "$INSTALL"

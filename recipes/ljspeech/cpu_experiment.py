@@ -142,10 +142,13 @@ def figure(out: Path, variants: list[str], results: dict) -> None:
 
 
 def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
-    """Ship the continued model when it beats the shipped one on both DNSMOS P.808 and GPE; record the judgement."""
+    """Ship the continued model when it beats the shipped one on both DNSMOS P.808 and GPE; record the judgement.
+    The candidate is the file that was judged (OUT/judged.pt, cpu_continue.sh's stage 2) where there is one, else
+    OUT/last.pt with fp16 weights."""
     import datetime
     import shutil
 
+    from wavflow.checkpoint import file_sha256
     from wavflow.convert import convert
 
     rows = {r["name"]: r for r in json.loads(judge.read_text())["systems"]}
@@ -162,7 +165,12 @@ def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
           f"GPE {_pct(new.get('gpe'))} (shipped {_pct(old.get('gpe'))}), after {cpu / 60:.0f} CPU-minutes in all, "
           f"step {steps}: {'better' if better else 'not better'}")
     if better:
-        info = convert(out / "last.pt", out / "candidate.pt", dtype="fp16")
+        if (out / "judged.pt").is_file():
+            shutil.copyfile(out / "judged.pt", out / "candidate.pt")
+            info = {"path": str(out / "candidate.pt"), "bytes": (out / "candidate.pt").stat().st_size,
+                    "sha256": file_sha256(out / "candidate.pt")}
+        else:
+            info = convert(out / "last.pt", out / "candidate.pt", dtype="fp16")
         print(f"wrote {info['path']} ({info['bytes'] / 2**20:.1f} MiB, sha256 {info['sha256'][:12]})")
         if install:
             shutil.copyfile(out / "candidate.pt", shipped.with_name(f".{shipped.name}.tmp"))

@@ -15,7 +15,8 @@
 #               NLL, DNSMOS P.808, pitch errors, MR-STFT, log-mel L1 (OUT/eval/results.json)
 #   3 energy    the best variant (pitch first: GPE <= 20%, then DNSMOS P.808) again with the energy prior, trained
 #               and scored the same way
-#   4 report    OUT/results.md (the table) and OUT/spectrograms.png (one validation clip, every system, seed 0)
+#   4 report    OUT/results.md (the table) and OUT/spectrograms.png (one validation clip, every system, seed 0);
+#               each evaluation also writes its HTML report (OUT/eval/report/index.html: listen and look)
 # A stage's output that exists is kept (delete it to redo); an interrupted variant resumes from its last.pt.
 # Needs pip install 'wavflow[metrics]' (DNSMOS). Runs at low priority (nice) unless NICE=0.
 set -euo pipefail
@@ -94,7 +95,7 @@ evaluate() {  # NAME VARIANT...: all of them in one evaluation (references score
   for v in "$@"; do ckpts+=("$OUT/$v/last.pt"); done
   run "$PY" -m wavflow.evaluate "${ckpts[@]}" --names "$(IFS=,; echo "$*")" --data-root "$DATA" \
     --metrics dnsmos,pitch --json "$OUT/$name/results.json" --plot "$OUT/$name/spectrograms.png" \
-    >"$OUT/$name/eval.log" 2>&1
+    --report "$OUT/$name/report" >"$OUT/$name/eval.log" 2>&1
 }
 
 echo "stage 1: train $VARIANTS, $MINUTES min each, $JOBS at a time"

@@ -1,6 +1,7 @@
-"""`wavflow convert CHECKPOINT OUT.pt [--dtype fp32|fp16|bf16] [--max-mib M]`: any checkpoint wavflow reads as a
-native inference file (wavflow.convert): NVIDIA's WaveGlow files converted, a training run's file stripped of its
-training state for shipping, the weights in the precision asked for.
+"""`wavflow convert CHECKPOINT OUT.pt [--dtype fp32|fp16|bf16] [--max-mib M] [--sigma S]`: any checkpoint
+wavflow reads as a native inference file (wavflow.convert): NVIDIA's WaveGlow files converted, a training run's
+file stripped of its training state for shipping, the weights in the precision asked for, a WaveGlow's default
+sigma set.
 
 The last line printed is `OUT: TYPE, N parameters as DTYPE, X MiB, step S, from a ORIGIN checkpoint, sha256 H`.
 Bad input: one line on stderr, exit status 2, nothing written.
@@ -30,12 +31,14 @@ def build_parser(prog: str = PROG, dtype: str = "fp32") -> ArgumentParser:
                         help=f"precision of the weights in the file (default {dtype}; fp16 and bf16 halve it)")
     parser.add_argument("--max-mib", type=number(float, above=0, name="--max-mib"), default=None, metavar="M",
                         help="refuse to write a file larger than M MiB")
+    parser.add_argument("--sigma", type=number(float, minimum=0, name="--sigma"), default=None, metavar="S",
+                        help="a WaveGlow's default sampling sigma in the file (its infer_sigma; default: unchanged)")
     return parser
 
 
 def run(argv: Sequence[str] | None, prog: str = PROG, dtype: str = "fp32") -> int:
     args = build_parser(prog, dtype).parse_args(argv)
-    info = convert(args.checkpoint, args.out, args.dtype, args.max_mib)
+    info = convert(args.checkpoint, args.out, args.dtype, args.max_mib, sigma=args.sigma)
     # The sha256 comes last, where a script reading the line takes it from.
     print(f"{info['path']}: {info['model_type']}, {info['parameters']:,} parameters as {info['dtype']}, "
           f"{info['bytes'] / 2**20:.2f} MiB, step {info['step']}, from a {info['origin']} checkpoint, "
