@@ -27,10 +27,10 @@ from ..cli import ArgumentParser, number, output_paths, run_cli
 from ..device import resolve_device
 from ..errors import WavflowError
 from ..fileio import check_writable_dir
-from ..inference import SHIPPED, load_vocoder
+from ..inference import load_vocoder
 from ..melinput import conform_mel, input_stats, load_mel
-from ..models.waveglow_sampling import SAMPLING_BACKENDS
 from ..streaming import DEFAULT_CHUNK_SECONDS, stream_mel, write_wav
+from .synthesize import add_vocoder_options
 
 PROG = "wavflow stream"
 STDOUT = "-"
@@ -50,26 +50,10 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT",
                    help="a .wav file, a directory (created if needed) for MEL's name with .wav, or - for raw PCM on "
                         "stdout (default: out/)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="PATH",
-                     help="a wavflow checkpoint or an NVIDIA WaveGlow file (default: the shipped WaveGlow)")
-    src.add_argument("--model", choices=SHIPPED, metavar="NAME",
-                     help=f"a shipped model by name: {', '.join(SHIPPED)} (default: waveglow)")
+    add_vocoder_options(p)
     p.add_argument("--chunk-seconds", type=number(float, above=0), default=DEFAULT_CHUNK_SECONDS, metavar="S",
                    help=f"audio per chunk, rounded to whole mel frames (default {DEFAULT_CHUNK_SECONDS:g}): about "
                         "the delay before the first audio with a real-time model")
-    p.add_argument("--sigma", type=number(float, minimum=0), help="WaveGlow noise scale (default 0.6)")
-    p.add_argument("--temperature", type=number(float, minimum=0),
-                   help="WaveNet / student sampling temperature (default 1.0)")
-    p.add_argument("--denoise", type=number(float, minimum=0), default=0.0, metavar="STRENGTH",
-                   help="subtract STRENGTH x the model's bias spectrum (NVIDIA's denoiser; 0 = off, try 0.01-0.1)")
-    p.add_argument("--device", default="auto",
-                   help="cpu, cuda, cuda:N or auto (default: auto, the GPU if there is one)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="precision of the model's arithmetic (default fp32; bf16 where the device has it natively)")
-    p.add_argument("--backend", choices=SAMPLING_BACKENDS,
-                   help="WaveGlow's sampling backend (default: the fastest measured on this machine); they agree to "
-                        "float rounding, so naming one makes runs on one machine bit-identical (docs/speed.md)")
     p.add_argument("--stats", metavar="FILE",
                    help="statistics the mel is normalised with (ParallelWaveGAN's stats.npy or stats.h5, ESPnet2's "
                         "feats_stats.npz), renormalised to the checkpoint's convention")

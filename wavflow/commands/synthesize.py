@@ -26,6 +26,29 @@ from ..streaming import CLI_CHUNK_SECONDS, STREAM_ABOVE_SECONDS, stream_to_wavs
 PROG = "wavflow synthesize"
 
 
+def add_vocoder_options(p: ArgumentParser) -> None:
+    """The model and how it samples, as `wavflow synthesize` and `wavflow stream` both take them."""
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="PATH",
+                     help="a wavflow checkpoint or an NVIDIA WaveGlow file (default: the shipped WaveGlow)")
+    src.add_argument("--model", choices=SHIPPED, metavar="NAME",
+                     help=f"a shipped model by name: {', '.join(SHIPPED)} (default: waveglow; `wavflow synthesize --list-models`)")
+    p.add_argument("--sigma", type=number(float, minimum=0), help="WaveGlow noise scale (default: the model's, 0.6)")
+    p.add_argument("--temperature", type=number(float, minimum=0),
+                   help="WaveNet / student sampling temperature (default 1.0)")
+    p.add_argument("--denoise", type=number(float, minimum=0), default=0.0, metavar="STRENGTH",
+                   help="subtract STRENGTH x the model's bias spectrum (NVIDIA's denoiser; 0 = off, try 0.01-0.1)")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (default: auto, the GPU if there is one)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="precision of the model's arithmetic (default fp32); bf16 only where the device has it "
+                        "natively (a CPU with avx512_bf16 or amx_bf16, a bf16-capable GPU), for WaveGlow and the "
+                        "student (docs/speed.md)")
+    p.add_argument("--backend", choices=SAMPLING_BACKENDS,
+                   help="WaveGlow's sampling backend (default: the fastest measured on this machine); they agree to "
+                        "float rounding, so naming one makes runs on one machine bit-identical (docs/speed.md)")
+
+
 def build_parser(prog: str = PROG) -> ArgumentParser:
     p = ArgumentParser(prog=prog, description="Vocode mel spectrograms (.npy) to 16-bit WAV files with a wavflow "
                        "checkpoint. Each mel of F frames gives exactly F * hop samples (hop 256 for the shipped "
@@ -37,20 +60,9 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
                    help="vocode the example mel that ships with wavflow (LJSpeech clip LJ002-0020)")
     p.add_argument("-o", "--output", metavar="OUT",
                    help="output directory (created if needed; default: out/), or a .wav file for a single mel")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="PATH",
-                     help="a wavflow checkpoint or an NVIDIA WaveGlow file (default: the shipped WaveGlow)")
-    src.add_argument("--model", choices=SHIPPED, metavar="NAME",
-                     help=f"a shipped model by name: {', '.join(SHIPPED)} (default: waveglow; --list-models)")
+    add_vocoder_options(p)
     p.add_argument("--list-models", action="store_true",
                    help="list the shipped models (name, family, parameters, sample rate, held-out DNSMOS) and exit")
-    p.add_argument("--sigma", type=number(float, minimum=0), help="WaveGlow noise scale (default 0.6)")
-    p.add_argument("--temperature", type=number(float, minimum=0),
-                   help="WaveNet / student sampling temperature (default 1.0)")
-    p.add_argument("--denoise", type=number(float, minimum=0), default=0.0, metavar="STRENGTH",
-                   help="subtract STRENGTH x the model's bias spectrum (NVIDIA's denoiser; 0 = off, try 0.01-0.1)")
-    p.add_argument("--device", default="auto",
-                   help="cpu, cuda, cuda:N or auto (default: auto, the GPU if there is one)")
     p.add_argument("--batch-size", type=number(int, above=0), default=DEFAULT_BATCH_SIZE, metavar="N",
                    help=f"mels vocoded together, padded to the longest (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--chunk-seconds", type=number(float, above=0), metavar="S",
@@ -58,13 +70,6 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
                         f"bounded by the chunk; the same audio as unstreamed). Default: mels longer than "
                         f"{STREAM_ABOVE_SECONDS:g} s are streamed in {CLI_CHUNK_SECONDS:g} s chunks, shorter ones "
                         f"batched")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="precision of the model's arithmetic (default fp32); bf16 only where the device has it "
-                        "natively (a CPU with avx512_bf16 or amx_bf16, a bf16-capable GPU), for WaveGlow and the "
-                        "student (README: Speed)")
-    p.add_argument("--backend", choices=SAMPLING_BACKENDS,
-                   help="WaveGlow's sampling backend (default: the fastest measured on this machine); they agree to "
-                        "float rounding, so naming one makes runs on one machine bit-identical (docs/speed.md)")
     p.add_argument("--stats", metavar="FILE",
                    help="statistics the mels are normalised with (ParallelWaveGAN's stats.npy or stats.h5, ESPnet2's "
                         "feats_stats.npz), when the TTS model normalises and the checkpoint does not or differently; "
