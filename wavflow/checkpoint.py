@@ -3,7 +3,7 @@
 The native layout, and what the trainer adds to it in last.pt, step-N.pt and best.pt, is design.md section 7:
 every value loads under `torch.load(weights_only=True)`. NVIDIA's WaveGlow files are read too (wavflow.nvidia).
 
-Inference checkpoints (best.pt with train.best_dtype, `python -m wavflow.train.ship`) may store their float32
+Inference checkpoints (best.pt with train.best_dtype, `wavflow convert --dtype fp16`) may store their float32
 weights as fp16 or bf16, half the bytes, marked `"weights_dtype": "fp16" | "bf16"`; loading upcasts every such
 tensor to the dtype of the model's own tensor (float32), so a model always runs in float32 whatever the file
 holds. Training checkpoints (last.pt) always keep float32: the optimizer's state is float32 and resuming must
