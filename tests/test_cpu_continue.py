@@ -63,6 +63,7 @@ def test_continues_grows_resumes_and_judges(tmp_path):
     assert all("gpe" in r for r in judged["systems"] if r["kind"] == "vocoder")
     record = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
     assert record["steps"] == 2 and record["samples"] == 2 * 2048 and record["cpu_minutes"] >= 0
+    assert record["continued/sigma"] == 0.3 and record["shipped/sigma"] == 0.6  # each file's own default
     # without DNSMOS nothing counts as better: no candidate, the shipped file untouched despite --install
     assert record["better"] is False and not (out / "candidate.pt").exists()
     assert file_sha256(shipped) == before

@@ -141,6 +141,16 @@ def figure(out: Path, variants: list[str], results: dict) -> None:
     print(f"wrote {out / 'spectrograms.png'}")
 
 
+def _sigma(row: dict) -> float | None:
+    """The sigma a WaveGlow row of evaluate's JSON sampled at: the one evaluate was given, else its file's own."""
+    from wavflow.checkpoint import read_checkpoint
+
+    given = (row.get("infer_options") or {}).get("sigma")
+    if given is not None or row.get("model_type") != "waveglow" or not Path(row.get("checkpoint", "")).is_file():
+        return given
+    return read_checkpoint(row["checkpoint"])["model_config"].get("infer_sigma")
+
+
 def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
     """Ship the continued model when it beats the shipped one on both DNSMOS P.808 and GPE; record the judgement.
     The candidate is the file that was judged (OUT/judged.pt, cpu_continue.sh's stage 2) where there is one, else
@@ -158,7 +168,8 @@ def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
     keys = ("nll_nats", "dnsmos_p808", "gpe", "vde", "f0_rmse_cents", "mrstft", "logmel_l1")
     record = {"date": datetime.date.today().isoformat(), "cpu_minutes": round(cpu / 60, 1), "steps": steps,
               "samples": samples, "better": better,
-              **{f"{name}/{k}": rows[name].get(k) for name in rows for k in keys}}
+              **{f"{name}/{k}": rows[name].get(k) for name in rows for k in keys},
+              **{f"{name}/sigma": _sigma(rows[name]) for name in rows}}
     with open(out / "history.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     print(f"continued: DNSMOS P.808 {_num(new.get('dnsmos_p808'), 2)} (shipped {_num(old.get('dnsmos_p808'), 2)}), "

@@ -33,7 +33,7 @@ def add(curve: Path, history: Path, model: str, start_minutes: float, start_samp
     last = read(history)[-1]
     record = {"model": model, "date": last["date"], "cpu_minutes": round(start_minutes + last["cpu_minutes"], 1),
               "steps": last["steps"], "samples": start_samples + last["samples"],
-              **{k: last.get(f"continued/{k}") for k in FIGURES}}
+              "sigma": last.get("continued/sigma"), **{k: last.get(f"continued/{k}") for k in FIGURES}}
     with open(curve, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     return record
@@ -48,12 +48,13 @@ def _pct(value) -> str:
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| model | date | CPU hours | steps | samples seen | NLL (nats) | DNSMOS P.808 | GPE | V/UV error | "
-             "log-mel L1 | MR-STFT |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | date | CPU hours | steps | samples seen | sigma | NLL (nats) | DNSMOS P.808 | GPE | "
+             "V/UV error | log-mel L1 | MR-STFT |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         lines.append(f"| {r['model']} | {r['date']} | {r['cpu_minutes'] / 60:.2f} | {r['steps']:,} | "
-                     f"{r['samples'] / 1e6:.1f} M | {_num(r.get('nll_nats'), 3)} | {_num(r.get('dnsmos_p808'), 2)} | "
+                     f"{r['samples'] / 1e6:.1f} M | {_num(r.get('sigma'), 2)} | {_num(r.get('nll_nats'), 3)} | "
+                     f"{_num(r.get('dnsmos_p808'), 2)} | "
                      f"{_pct(r.get('gpe'))} | {_pct(r.get('vde'))} | {_num(r.get('logmel_l1'), 3)} | "
                      f"{_num(r.get('mrstft'), 3)} |")
     return "\n".join(lines)
