@@ -461,6 +461,10 @@ def test_a_plain_waveglow_grows_a_source_and_vocodes_what_it_did(weight_norm):
     mel = _inputs(20 * HOP, seed=2, dtype=torch.float32)[1][..., :20]
     noise = plain.draw_noise(1, 20 * HOP, torch.Generator().manual_seed(0))
     assert torch.equal(grown.infer(mel, noise=noise), plain.infer(mel, noise=noise))
+    audio, mel = _inputs(20 * HOP, seed=3, dtype=torch.float32)[:2]  # and the same likelihood of a recording
+    with torch.no_grad():
+        mine, theirs = grown.log_likelihood(audio, mel[..., :20]), plain.log_likelihood(audio, mel[..., :20])
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
     assert grown.coupling[0].net.cond_layer.weight.shape[1] == 81 * 8
     for bad, name in (({"n_flows": 2}, "n_flows"), ({"energy_prior": True}, "energy_prior")):
         with pytest.raises(WavflowError, match=f"cannot grow .*{name}"):
