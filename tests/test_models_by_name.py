@@ -3,6 +3,8 @@ held-out DNSMOS figures read from checkpoints/README.md."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -115,6 +117,15 @@ def test_list_models(capsys):
         assert parameters == f"{sum(p.numel() for p in model.parameters()):,}" == readme[file]
         assert rate == f"{model.mel_config.sample_rate} Hz"
         assert score == (f"{dnsmos[name]:.2f}" if name in dnsmos else "-")
+
+
+def test_list_models_into_a_closed_pipe_stops_quietly():
+    # `--list-models | head -1`: the reader leaves after one line; the command ends with SIGPIPE's status, no traceback
+    proc = subprocess.Popen([sys.executable, "-m", "wavflow.synthesize", "--list-models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, bufsize=0)
+    proc.stdout.close()  # before the command writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
 
 
 def test_list_models_without_the_files(tmp_path, monkeypatch, capsys):

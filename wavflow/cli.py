@@ -67,6 +67,11 @@ def run_cli(prog: str, main: Callable[[Sequence[str] | None], int | None],
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
         raise SystemExit(130) from None
+    except BrokenPipeError:
+        # the reader of stdout left (`... --list-models | head`): stop quietly, as a Unix tool does; stdout goes
+        # to /dev/null so the interpreter's final flush cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
     except WavflowError as e:
         if debug:
             raise

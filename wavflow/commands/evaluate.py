@@ -81,7 +81,8 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
                    help="optional metrics, comma-separated: pesq,stoi,dnsmos,pitch or 'all' (pesq, stoi and "
                         "dnsmos need wavflow[metrics]; pitch: GPE, VDE and F0 RMSE against the recording)")
     p.add_argument("--griffin-lim-iters", type=int, default=60, help="Griffin-Lim iterations; 0 leaves its row out")
-    p.add_argument("--sigma", type=float, default=None, help="WaveGlow's noise std at inference (its default: 0.6)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="WaveGlow's noise std at inference (default: each checkpoint's own)")
     p.add_argument("--temperature", type=float, default=None,
                    help="WaveNet teacher / student sampling temperature (their default: 1.0)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i)")

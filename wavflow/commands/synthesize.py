@@ -34,7 +34,8 @@ def add_vocoder_options(p: ArgumentParser) -> None:
     src.add_argument("--model", choices=SHIPPED, metavar="NAME",
                      help=f"a shipped model by name: {', '.join(SHIPPED)} (default: waveglow; "
                           "`wavflow synthesize --list-models` lists them)")
-    p.add_argument("--sigma", type=number(float, minimum=0), help="WaveGlow noise scale (default: the model's, 0.6)")
+    p.add_argument("--sigma", type=number(float, minimum=0),
+                   help="WaveGlow noise scale (default: the checkpoint's own; 0.6 where it names none)")
     p.add_argument("--temperature", type=number(float, minimum=0),
                    help="WaveNet / student sampling temperature (default 1.0)")
     p.add_argument("--denoise", type=number(float, minimum=0), default=0.0, metavar="STRENGTH",
