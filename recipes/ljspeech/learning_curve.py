@@ -84,7 +84,7 @@ def plot(records: list[dict], out: Path, references: dict[str, float]) -> None:
         axes[0].annotate(name, (0, value), fontsize=7, color="grey", va="bottom")
     axes[1].axhline(10, color="grey", lw=0.8, ls="--")
     axes[0].set_ylabel("DNSMOS P.808 (higher is better)")
-    axes[1].set_ylabel("gross pitch error, % (hollow: no voiced frame)")
+    axes[1].set_ylabel("gross pitch error, %\n(hollow: no voiced frame)")
     axes[2].set_ylabel("held-out NLL, nats/sample (lower is better)")
     for ax in axes:
         ax.set_xlabel("CPU hours of training")
