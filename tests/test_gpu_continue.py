@@ -3,6 +3,7 @@ checkpoints (under a minute), its plan (--dry-run), its bookkeeping (budget shar
 files) and the data packing that makes a GPU call's 64 MiB hold the data set."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -47,7 +48,10 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     teacher = build_model("wavenet", WaveNetConfig.tiny())
     save_checkpoint(d / "wavenet-ljspeech-mini.pt", model_payload(teacher, 0))
-    save_checkpoint(d / "waveglow-ljspeech-mini.pt", model_payload(build_model("waveglow", TINY_WAVEGLOW), 0))
+    # like the shipped WaveGlow, one with a source (pitch predictor and harmonic mean): a continuation needs the
+    # clips' pitch tracks
+    waveglow = build_model("waveglow", dataclasses.replace(TINY_WAVEGLOW, source=True, source_harmonics=4))
+    save_checkpoint(d / "waveglow-ljspeech-mini.pt", model_payload(waveglow, 0))
     student = build_model("student", StudentConfig.tiny())
     save_checkpoint(d / "student-ljspeech-mini.pt",
                     model_payload(student, 0, teacher_sha256=file_sha256(d / "wavenet-ljspeech-mini.pt")))
@@ -81,6 +85,7 @@ def test_smoke_run_on_the_cpu_keeps_only_what_improved(tiny_checkpoints, tmp_pat
             assert r["griffin_lim"] is None or r["model"] == "waveglow"  # Griffin-Lim once, in the first evaluation
         if r["replaced"]:
             ck = read_checkpoint(shipped)
+            assert r["model"] != "waveglow" or ck["model_config"]["source_harmonics"] == 4
             assert ck["weights_dtype"] == "fp16" and ck["init_from"]["path"].endswith(f"{r['model']}-ljspeech-mini.pt")
             model = wavflow.load(shipped)
             assert all(p.dtype == torch.float32 for p in model.parameters())
