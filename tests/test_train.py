@@ -339,3 +339,26 @@ def test_distillation_freezes_the_teacher_and_records_its_hash(two_clips, tmp_pa
         train(student_conf, tmp_path / "student", resume=True, overrides=["train.max_steps=3"])
     with pytest.raises(WavflowError, match="set teacher: PATH"):
         train(student_conf, tmp_path / "student2", overrides=["teacher="])
+
+
+def test_adaptive_threads_log_the_thread_count_and_restore_torch_s(two_clips, tmp_path, monkeypatch):
+    import functools
+
+    import wavflow.train.loop as loop
+    from wavflow.train.threads import ThreadGovernor
+
+    before = torch.get_num_threads()
+    # An idle machine (no busy time but this process's), a window that ends after every step, and no step slow
+    # enough to go back: the first step runs on one thread, the rest on two, whatever the steps really take.
+    idle = functools.partial(ThreadGovernor, cores=2, period=0.0, slow=float("inf"), gain=float("inf"),
+                             busy_seconds=lambda: 0.0, own_seconds=lambda: 0.0)
+    monkeypatch.setattr(loop, "ThreadGovernor", idle)
+    path = write_config(tmp_path / "c.yaml", two_clips, train={"adaptive_threads": True, "threads": 2})
+    trainer = train(path, tmp_path / "run")
+    records = log_records(tmp_path / "run")
+    assert [r["train/threads"] for r in records if "train/threads" in r] == [1, 2, 2, 2, 2, 2]
+    assert records[-1]["run/thread_changes"] == 1
+    assert trainer.governor.threads == 2 and torch.get_num_threads() == before
+    # Without the switch there is no governor and no thread count in the log.
+    plain = train(write_config(tmp_path / "p.yaml", two_clips), tmp_path / "plain")
+    assert plain.governor is None and "train/threads" not in log_records(tmp_path / "plain")[0]

@@ -19,7 +19,8 @@
 #            error (a model with no voiced frame counts as 100%); with --install it replaces the shipped file.
 #            OUT/history.jsonl gets one line per judgement: CPU minutes, steps, samples seen, every figure.
 # Options: --out DIR (default exp/cpu_continue), --data-root DIR (default ../shared/data/LJSpeech-1.1-mini),
-#          --threads N (torch threads, default 2), --judge (skip training), --install, --train-args "K=V ...",
+#          --threads N|auto (torch threads; default auto: one, plus the cores other processes leave idle, back to
+#          one the moment they are wanted: wavflow/train/threads.py), --judge (skip training), --install, --train-args "K=V ...",
 #          --shipped FILE (the model to beat and to start from; default checkpoints/waveglow-ljspeech-mini.pt),
 #          --metrics M (evaluate's optional metrics, default dnsmos,pitch; DNSMOS needs wavflow[metrics]: without
 #          it no model counts as better), --judge-args "..." (more evaluate options, e.g. --max-clips 4),
@@ -30,7 +31,7 @@ MINUTES=${1:?usage: cpu_continue.sh MINUTES [--out DIR] [--data-root DIR] [--thr
 shift
 OUT=exp/cpu_continue
 DATA=../shared/data/LJSpeech-1.1-mini
-THREADS=2
+THREADS=auto
 JUDGE_ONLY=0
 INSTALL=0
 TRAIN_ARGS=""
@@ -69,10 +70,12 @@ if [ "$JUDGE_ONLY" = 0 ]; then
     "$PY" -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); c.pop("model_config"); c["mel"] = {}
 yaml.safe_dump(c, open(sys.argv[2], "w"), sort_keys=False)' "$HERE/conf/waveglow.cpu.yaml" "$conf"
   fi
+  if [ "$THREADS" = auto ]; then threads=(train.threads=0 train.adaptive_threads=true)
+  else threads=(train.threads="$THREADS" train.adaptive_threads=false); fi
   echo "stage 1: train ${MINUTES} CPU-minutes (${start[*]})"
   # shellcheck disable=SC2086
   nice -n 19 "$PY" -m wavflow.train "$conf" data.root="$DATA" train.precision=auto \
-    train.threads="$THREADS" train.ckpt_every=100 $TRAIN_ARGS --out-dir "$OUT" "${start[@]}" \
+    "${threads[@]}" train.ckpt_every=100 $TRAIN_ARGS --out-dir "$OUT" "${start[@]}" \
     --max-minutes "$MINUTES" >>"$OUT/train.log" 2>&1
 fi
 echo "stage 2: judge $OUT/last.pt against $SHIPPED"

@@ -73,6 +73,8 @@ class TrainConfig:
                                               # CPU time (equal budgets for runs sharing a busy machine)
     threads: int = 0                          # CPU threads for torch (0: torch's default, one per core); small
                                               # models on a shared CPU run faster with 1 (no spinning threads)
+    adaptive_threads: bool = False            # CPU: train on 1 + the cores the other processes leave idle (at most
+                                              # `threads`, 0: every core), on 1 while they are busy (threads.py)
     seed: int = 1234                          # model init, data order and crops, per-step noise
     log_every: int = 100                      # steps between logged training scalars
     valid_every: int = 1000                   # steps between validation NLL evaluations (0: never)

@@ -40,6 +40,7 @@ from .runtime import EXIT_SIGNAL, PROG, Runtime, StopSignals, choose_kernels, pi
 from .state import LAST, STALE, CheckpointWriter, RunState, read_init, read_last
 from .step import TrainingDiverged, TrainStep
 from .teacher import Teacher
+from .threads import ThreadGovernor
 from .validation import Validation
 
 __all__ = ["Trainer", "TrainingDiverged"]
@@ -112,6 +113,7 @@ class Trainer:
                                   self.cpu_started_at)
         self.log = RunLog(self.out_dir, self.runtime, self.device, self.cpu_started_at)
         self.stop = StopSignals(self._announce_stop)
+        self.governor: ThreadGovernor | None = None  # train.adaptive_threads on CPU, from fit()
         self.end_reason = ""  # max_steps | max_minutes | signal, once fit() returns
 
     def _build(self, model: torch.nn.Module | None) -> RunState:
@@ -216,6 +218,8 @@ class Trainer:
         threads = torch.get_num_threads()
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        if settings.adaptive_threads and self.device.type == "cpu":
+            self.governor = ThreadGovernor(settings.threads or threads)
         try:
             with self.stop:
                 self.log.open_progress(settings.max_steps, self.state.step, settings.progress)
@@ -241,6 +245,9 @@ class Trainer:
                     break
                 with self.budget.timing("step"):
                     loss, gnorm, logs = self.train_step(batch)
+                if self.governor is not None:
+                    logs = {**logs, "threads": self.governor.threads}
+                    self.governor.after_step(self.budget.step_seconds[-1])
                 state.batches_in_epoch += 1
                 self.losses.append(loss)
                 crops = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -261,6 +268,8 @@ class Trainer:
                  "world_size": self.runtime.world_size, "device": str(self.device), "precision": self.precision}
         if state.init_from is not None:
             about["init_from"] = state.init_from
+        if self.governor is not None:
+            about["thread_changes"] = self.governor.changes
         self.log.summary(state.step, self.end_reason, state.step - first_step, time.time() - self.started_at,
                          self.budget.step_seconds, about)
         return self._finish()

@@ -109,7 +109,9 @@ class RunLog:
         elif self.lines:
             print(f"step {step}/{self.max_steps}  loss {record['train/loss']:.4f}  "
                   f"|g| {record['train/grad_norm']:.3g}  {record['train/steps_per_s']:.2f} steps/s  "
-                  f"{record['train/samples_per_s']:,.0f} samples/s", file=sys.stderr, flush=True)
+                  f"{record['train/samples_per_s']:,.0f} samples/s"
+                  + (f"  {record['train/threads']:.1f} threads" if "train/threads" in record else ""),
+                  file=sys.stderr, flush=True)
         self.start_window()
 
     def validation(self, step: int, nll: float, loss: float | None) -> None:
