@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from wavflow.checkpoint import file_sha256, model_payload, read_checkpoint, save_checkpoint
 from wavflow.models import build_model
@@ -68,9 +69,11 @@ def test_continues_grows_resumes_and_judges(tmp_path):
     assert record["better"] is False and not (out / "candidate.pt").exists()
     assert file_sha256(shipped) == before
 
-    second = _run(shipped, out, 3, tmp_path)  # resumes the run (its own config), one more step
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["budget_clock"] == "cpu"
+    second = _run(shipped, out, 3, tmp_path, "--clock", "wall")  # resumes the run (its own config), one more step
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "--resume" in second.stdout
+    assert "--resume" in second.stdout and "train 5 minutes" in second.stdout
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["budget_clock"] == "wall"
     assert read_checkpoint(out / "last.pt")["step"] == 3
     assert len((out / "history.jsonl").read_text().splitlines()) == 2
 
@@ -79,6 +82,15 @@ def test_missing_shipped_checkpoint_exits_2(tmp_path):
     run = subprocess.run(["bash", str(SCRIPT), "1", "--shipped", str(tmp_path / "nothing.pt"), "--out",
                           str(tmp_path / "run")], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "no checkpoint at" in run.stderr and len(run.stderr.splitlines()) == 1
+
+
+def test_unknown_clock_exits_2(tmp_path):
+    shipped = tmp_path / "waveglow.pt"
+    save_checkpoint(shipped, model_payload(build_model("waveglow", TINY_WAVEGLOW), 0))
+    run = subprocess.run(["bash", str(SCRIPT), "1", "--shipped", str(shipped), "--out", str(tmp_path / "run"),
+                          "--clock", "gpu"], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--clock is cpu or wall, not gpu" in run.stderr
+    assert len(run.stderr.splitlines()) == 1 and not (tmp_path / "run" / "train.log").exists()
 
 
 @pytest.mark.parametrize("dnsmos,gpe,ships", [((2.9, 2.8), (0.05, None), True),   # better on both

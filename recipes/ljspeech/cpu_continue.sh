@@ -8,7 +8,7 @@
 #
 # Stages:
 #   1 train  python -m wavflow.train recipes/ljspeech/conf/waveglow.cpu.yaml (the architecture and switches come
-#            from the starting checkpoint) at nice 19, for MINUTES of the process's CPU time, bf16 autocast where the
+#            from the starting checkpoint) at nice 19, for MINUTES of the process's CPU time (--clock), bf16 autocast where the
 #            CPU has native bf16: resumed from OUT/last.pt when it exists (the run goes on exactly where it
 #            stopped), else started from the shipped checkpoint with --init (a fresh optimizer)
 #   2 judge  OUT/last.pt as the file that would ship (OUT/judged.pt: fp16 weights, --sigma as its default sigma),
@@ -24,7 +24,9 @@
 #          --shipped FILE (the model to beat and to start from; default checkpoints/waveglow-ljspeech-mini.pt),
 #          --metrics M (evaluate's optional metrics, default dnsmos,pitch; DNSMOS needs wavflow[metrics]: without
 #          it no model counts as better), --judge-args "..." (more evaluate options, e.g. --max-clips 4),
-#          --sigma S (the continued model's default sampling sigma, chosen on training clips, never on these)
+#          --sigma S (the continued model's default sampling sigma, chosen on training clips, never on these),
+#          --clock cpu|wall (what MINUTES counts, default cpu: the process's CPU time, which on two threads runs up
+#          to twice as fast as the wall clock; wall: to end by a given time)
 set -euo pipefail
 
 MINUTES=${1:?usage: cpu_continue.sh MINUTES [--out DIR] [--data-root DIR] [--threads N] [--judge] [--install]}
@@ -39,6 +41,7 @@ SHIPPED=""
 METRICS=dnsmos,pitch
 JUDGE_ARGS=""
 SIGMA=""
+CLOCK=cpu
 while [ $# -gt 0 ]; do
   case $1 in
     --out) OUT=$2; shift 2 ;;
@@ -51,9 +54,12 @@ while [ $# -gt 0 ]; do
     --metrics) METRICS=$2; shift 2 ;;
     --judge-args) JUDGE_ARGS=$2; shift 2 ;;
     --sigma) SIGMA=$2; shift 2 ;;
+    --clock) CLOCK=$2; shift 2 ;;
     *) echo "cpu_continue.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+case $CLOCK in cpu) what=CPU-minutes ;; wall) what=minutes ;;
+  *) echo "cpu_continue.sh: --clock is cpu or wall, not $CLOCK" >&2; exit 2 ;; esac
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 SHIPPED=${SHIPPED:-$REPO/checkpoints/waveglow-ljspeech-mini.pt}
@@ -72,10 +78,10 @@ yaml.safe_dump(c, open(sys.argv[2], "w"), sort_keys=False)' "$HERE/conf/waveglow
   fi
   if [ "$THREADS" = auto ]; then threads=(train.threads=0 train.adaptive_threads=true)
   else threads=(train.threads="$THREADS" train.adaptive_threads=false); fi
-  echo "stage 1: train ${MINUTES} CPU-minutes (${start[*]})"
+  echo "stage 1: train ${MINUTES} ${what} (${start[*]})"
   # shellcheck disable=SC2086
   nice -n 19 "$PY" -m wavflow.train "$conf" data.root="$DATA" train.precision=auto \
-    "${threads[@]}" train.ckpt_every=100 $TRAIN_ARGS --out-dir "$OUT" "${start[@]}" \
+    "${threads[@]}" train.budget_clock="$CLOCK" train.ckpt_every=100 $TRAIN_ARGS --out-dir "$OUT" "${start[@]}" \
     --max-minutes "$MINUTES" >>"$OUT/train.log" 2>&1
 fi
 echo "stage 2: judge $OUT/last.pt against $SHIPPED"
