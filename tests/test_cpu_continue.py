@@ -104,7 +104,8 @@ def test_ships_only_when_better_on_dnsmos_and_pitch(tmp_path, dnsmos, gpe, ships
     shipped = tmp_path / "shipped.pt"
     shutil.copyfile(out / "last.pt", shipped)
     before = file_sha256(shipped)
-    (out / "log.jsonl").write_text(json.dumps({"step": 7, "run/samples": 7 * 2048, "run/cpu_seconds": 90.0}) + "\n")
+    (out / "log.jsonl").write_text(json.dumps({"step": 7, "run/end": "max_steps", "run/samples": 7 * 2048,
+                                             "run/cpu_seconds": 90.0}) + "\n")
     judge = out / "judge.json"
     judge.write_text(json.dumps({"systems": [
         {"name": "continued", "kind": "vocoder", "dnsmos_p808": dnsmos[0], "gpe": gpe[0]},
@@ -119,3 +120,39 @@ def test_ships_only_when_better_on_dnsmos_and_pitch(tmp_path, dnsmos, gpe, ships
         assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
     else:
         assert file_sha256(shipped) == before
+
+
+def _window(step: int, steps_per_s: float = 1.0, samples: int | None = None, cpu: float | None = None) -> dict:
+    record = {"step": step, "train/loss": -4.0, "train/steps_per_s": steps_per_s,
+              "train/samples_per_s": steps_per_s * 1000}
+    if samples is not None:
+        record.update({"run/samples": samples, "run/cpu_seconds": cpu})
+    return record
+
+
+def _summary(step: int, steps: int, cpu: float) -> dict:
+    return {"step": step, "run/end": "max_minutes", "run/steps": steps, "run/samples": steps * 1000,
+            "run/cpu_seconds": cpu}
+
+
+@pytest.mark.parametrize("records, steps, samples, cpu", [
+    # two processes that ended with their summaries
+    ([_window(10, 1.0, 10_000, 11.0), _summary(10, 10, 12.0), _window(20, 1.0, 10_000, 10.0),
+      _summary(20, 10, 10.5)], 20, 20_000, 22.5),
+    # killed at step 25 (last save at 20): its running totals count; the next one resumes from 20
+    ([_summary(10, 10, 12.0), _window(15, 1.0, 5_000, 6.0), _window(25, 1.0, 15_000, 16.0),
+      _window(25, 1.0, 5_000, 7.0), _window(30, 1.0, 10_000, 12.0), _summary(30, 10, 12.5)], 30, 35_000, 40.5),
+    # the same in an old log without running totals: each window's steps at its rate (the first not counted)
+    ([_summary(10, 10, 12.0), _window(15, 0.5), _window(25, 0.5), _window(25), _window(30),
+      _summary(30, 10, 12.5)], 30, 30_000, 44.5),
+    # killed, and nothing after it (the run was killed last)
+    ([_summary(10, 10, 12.0), _window(15, 1.0, 5_000, 6.0)], 15, 15_000, 18.0),
+    # a new process whose first window lies past the killed one's last: its running totals fell
+    ([_window(10, 1.0, 10_000, 10.0), _window(15, 1.0, 5_000, 5.0), _summary(15, 5, 5.5)], 15, 15_000, 15.5),
+])
+def test_run_totals_count_killed_processes(tmp_path, records, steps, samples, cpu):
+    spec = importlib.util.spec_from_file_location("cpu_experiment", REPO / "recipes" / "ljspeech" / "cpu_experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert module._run_totals(tmp_path) == (steps, samples, pytest.approx(cpu))

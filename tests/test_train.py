@@ -358,6 +358,12 @@ def test_adaptive_threads_log_the_thread_count_and_restore_torch_s(two_clips, tm
     records = log_records(tmp_path / "run")
     assert [r["train/threads"] for r in records if "train/threads" in r] == [1, 2, 2, 2, 2, 2]
     assert records[-1]["run/thread_changes"] == 1
+    # Every window carries the process's running totals, which end where the summary does.
+    windows = [r for r in records if "train/loss" in r]
+    assert [r["run/samples"] for r in windows] == [8192 * k for k in range(1, 7)]
+    cpu = [r["run/cpu_seconds"] for r in windows]
+    assert cpu == sorted(cpu) and cpu[-1] <= records[-1]["run/cpu_seconds"]
+    assert windows[-1]["run/samples"] == records[-1]["run/samples"]
     assert trainer.governor.threads == 2 and torch.get_num_threads() == before
     # Without the switch there is no governor and no thread count in the log.
     plain = train(write_config(tmp_path / "p.yaml", two_clips), tmp_path / "plain")

@@ -24,16 +24,51 @@ def _last_step(run: Path) -> tuple[int, int]:
 
 
 def _run_totals(run: Path) -> tuple[int, int, float]:
-    """(optimizer steps, audio samples seen, CPU seconds) of a run over all its processes, from its log.jsonl."""
+    """(optimizer steps, audio samples seen, CPU seconds) of a run over all its processes, from its log.jsonl.
+
+    A process that ended normally or by a signal wrote a summary (run/end) with its samples and CPU seconds. One
+    that was killed (SIGKILL, a machine restart) did not: its log windows count instead, the last one's running
+    totals (run/samples, run/cpu_seconds), or in logs older than those, each window's steps times its samples per
+    step and its wall time for CPU time (an estimate, right for one thread on an idle core; the first window of
+    such a process is not counted). A new process shows as a summary before it, a window whose step is not past
+    the last one (it resumed from an earlier checkpoint), or running totals that fell.
+    """
     steps, samples, cpu = 0, 0, 0.0
+    open_process: dict | None = None  # the windows of a process not yet closed by its summary
+
+    def count_killed() -> None:
+        nonlocal samples, cpu
+        if open_process is not None:
+            samples += open_process["samples"]
+            cpu += open_process["cpu"]
+
     log = run / "log.jsonl"
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            record = json.loads(line)
-            steps = max(steps, int(record.get("step", 0)))
-            if "run/samples" in record:
-                samples += int(record["run/samples"])
-                cpu += float(record.get("run/cpu_seconds") or 0.0)
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        record = json.loads(line)
+        step = int(record.get("step", 0))
+        steps = max(steps, step)
+        if "run/end" in record:
+            samples += int(record["run/samples"])
+            cpu += float(record.get("run/cpu_seconds") or 0.0)
+            open_process = None
+        elif "train/steps_per_s" in record:
+            rate, per_s = record["train/steps_per_s"], record["train/samples_per_s"]
+            running = "run/samples" in record
+            if open_process is not None and (step <= open_process["step"] or (
+                    running and record["run/cpu_seconds"] < open_process["cpu"])):
+                count_killed()
+                open_process = None
+            if running:
+                open_process = {"step": step, "samples": int(record["run/samples"]),
+                                "cpu": float(record["run/cpu_seconds"])}
+            elif open_process is None:
+                # an old log's first window of a process: how many steps it held is not recorded; not counted
+                open_process = {"step": step, "samples": 0, "cpu": 0.0}
+            else:
+                window = step - open_process["step"]
+                open_process = {"step": step, "samples": open_process["samples"] + round(window * per_s / rate),
+                                "cpu": open_process["cpu"] + window / rate}
+    count_killed()
     return steps, samples, cpu
 
 

@@ -2,8 +2,8 @@
 progress on stderr (a tqdm bar on a terminal, a line per log record otherwise).
 
 Training steps gather into a window; closing it writes one record of their means over every process, with the
-rates (steps/s, audio samples/s). The run's last record is its summary: how it ended, its wall, training and CPU
-seconds, and its throughput.
+rates (steps/s, audio samples/s) and the process's audio samples and CPU seconds so far. The run's last record is
+its summary: how it ended, its wall, training and CPU seconds, and its throughput.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class RunLog:
         self.steps = 0
         self.tick = time.perf_counter()
         self.batch_samples = 0   # audio samples in the last step's batch on this process
+        self.samples = 0         # audio samples of every window closed so far, over every process
 
     @property
     def tensorboard(self) -> bool:
@@ -98,9 +99,13 @@ class RunLog:
         elapsed = time.perf_counter() - self.tick
         world = self.runtime.world_size
         window = self.runtime.all_mean(self.window, self.device)
+        self.samples += self.steps * self.batch_samples * world
+        # run/samples and run/cpu_seconds so far, as the summary gives them at the end: the account of a process
+        # that is killed before its summary
         record = {"step": step, **{f"train/{key}": value / self.steps for key, value in window.items()},
                   "train/lr": lr, "train/steps_per_s": self.steps / elapsed,
-                  "train/samples_per_s": self.steps * self.batch_samples * world / elapsed}
+                  "train/samples_per_s": self.steps * self.batch_samples * world / elapsed,
+                  "run/samples": self.samples, "run/cpu_seconds": time.process_time() - self.cpu_started_at}
         if self.device.type == "cuda":
             record["train/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.write(record)
