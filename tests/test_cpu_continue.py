@@ -69,7 +69,8 @@ def test_continues_grows_resumes_and_judges(tmp_path):
     assert record["better"] is False and not (out / "candidate.pt").exists()
     assert file_sha256(shipped) == before
 
-    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["budget_clock"] == "cpu"
+    settings = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert settings["budget_clock"] == "cpu" and settings["lr"] == 5e-5 and settings["warmup_steps"] == 300
     second = _run(shipped, out, 3, tmp_path, "--clock", "wall")  # resumes the run (its own config), one more step
     assert second.returncode == 0, second.stdout + second.stderr
     assert "--resume" in second.stdout and "train 5 minutes" in second.stdout
