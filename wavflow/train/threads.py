@@ -10,7 +10,8 @@ scheduler starves, and one step can take ten times longer than on one thread. So
   `most`) when at least one core stayed idle;
 - goes back to one thread after any step on several threads that took longer than `slow` times the median
   one-thread step (another process took a core mid-step), and after a window in which the other processes used
-  more than `busy` of a core or the threads bought less than `gain` in step time.
+  more than `busy` of a core or the median step took more than `gain` times the one-thread median (the threads
+  did not pay).
 
 Thread counts change only between steps. The reductions of a step may split differently on another thread
 count, so a run that changes threads is not bit-for-bit reproducible on resume. After going back to one thread
