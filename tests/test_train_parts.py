@@ -98,7 +98,8 @@ def test_the_run_log_writes_window_means_and_rates(tmp_path, monkeypatch):
     log.summary(2, "max_steps", 2, wall_seconds=9.0, step_seconds=[3.0, 1.0], about={"batch": 2})
     window, valid, summary = _records(tmp_path)
     assert window == {"step": 2, "train/loss": 2.0, "train/grad_norm": 3.0, "train/lr": 1e-3,
-                      "train/steps_per_s": 0.5, "train/samples_per_s": 2 * 8192 / 4.0}
+                      "train/steps_per_s": 0.5, "train/samples_per_s": 2 * 8192 / 4.0,
+                      "run/samples": 2 * 8192, "run/cpu_seconds": 42.0}  # the process's running totals
     assert valid == {"step": 2, "valid/nll": 0.5}
     assert summary["run/end"] == "max_steps" and summary["run/cpu_seconds"] == 42.0
     assert summary["run/samples"] == 2 * 8192 and summary["run/train_seconds"] == 4.0
