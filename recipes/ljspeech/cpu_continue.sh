@@ -21,7 +21,8 @@
 #            OUT/history.jsonl gets one line per judgement: CPU minutes, steps, samples seen, every figure.
 # Options: --out DIR (default exp/cpu_continue), --data-root DIR (default ../shared/data/LJSpeech-1.1-mini),
 #          --threads N|auto (torch threads; default auto: one, plus the cores other processes leave idle, back to
-#          one the moment they are wanted: wavflow/train/threads.py), --judge (skip training), --install, --train-args "K=V ...",
+#          one the moment they are wanted: wavflow/train/threads.py), --judge (skip training), --install,
+#          --train-args "K=V ...",
 #          --shipped FILE (the model to beat and to start from; default checkpoints/waveglow-ljspeech-mini.pt),
 #          --metrics M (evaluate's optional metrics, default dnsmos,pitch; DNSMOS needs wavflow[metrics]: without
 #          it no model counts as better), --judge-args "..." (more evaluate options, e.g. --max-clips 4),
@@ -74,7 +75,7 @@ if [ "$JUDGE_ONLY" = 0 ]; then
   else
     # the run's settings without model_config: the architecture and its switches are the checkpoint's. A trained
     # model goes on at Adam 5e-5 after a 300-step warm-up of the fresh optimizer (docs/quality.md: 5e-5 beat 2e-4
-    # on held-out NLL and voicing after 600 steps from the same state)
+    # on the trainer's validation NLL and on voicing after 600 steps from the same state)
     conf=$OUT/continue.yaml; start=(--init "$SHIPPED")
     "$PY" -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); c.pop("model_config"); c["mel"] = {}
 c["train"].update(lr=5e-5, warmup_steps=300)
