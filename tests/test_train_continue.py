@@ -324,3 +324,20 @@ def test_a_run_resumes_after_the_model_config_gained_a_field(clips3, tmp_path):
     assert trainer.fit() == 0 and trainer.state.step == 3
     with pytest.raises(WavflowError, match="model_config differs from the config in n_flows"):
         Trainer(load_config(path, ["train.max_steps=4", "model_config.n_flows=2"]), tmp_path / "out", resume=True)
+
+
+def test_a_run_resumes_with_another_objective(clips3, tmp_path):
+    """The objective's weights (WaveGlow.OBJECTIVE) may change on resume, like the learning rate: the run goes on
+    with the new loss and records it; an architecture key is still refused, and named alone."""
+    path = write_config(tmp_path / "c.yaml", clips3, train={"max_steps": 2, "valid_every": 10**6})
+    train(path, tmp_path / "out")
+    objective = ["model_config.spectral_weight=0.5", "model_config.spectral_sigma=0.2"]
+    trainer = Trainer(load_config(path, ["train.max_steps=3", *objective]), tmp_path / "out", resume=True)
+    assert trainer.fit() == 0 and trainer.state.step == 3
+    spectral = {r["step"] for r in log_records(tmp_path / "out") if "train/spectral/sc" in r}
+    assert spectral == {3}  # steps 1-2 trained on the likelihood alone, step 3 with the spectral loss
+    ck = torch.load(tmp_path / "out" / "last.pt", weights_only=True)
+    assert (ck["model_config"]["spectral_weight"], ck["model_config"]["spectral_sigma"]) == (0.5, 0.2)
+    with pytest.raises(WavflowError, match=r"model_config differs from the config in n_flows;"):
+        Trainer(load_config(path, ["train.max_steps=4", "model_config.n_flows=2", "model_config.spectral_weight=0"]),
+                tmp_path / "out", resume=True)

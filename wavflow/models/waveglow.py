@@ -42,7 +42,7 @@ from ..source import excitation as make_excitation
 from . import ExportSpec, NoiseSpan, Streamer, Vocoder, noise_device, refuse_options
 from .waveglow_config import WaveGlowConfig
 from .waveglow_export import WaveGlowGraph
-from .waveglow_growth import GROWABLE, grow
+from .waveglow_growth import GROWABLE, OBJECTIVE, grow
 from .waveglow_sampling import BackendChoice, _CouplingPlan, _SamplingPlan, _Workspace, check_backend
 from .waveglow_streaming import WaveGlowStreamer
 
@@ -526,6 +526,8 @@ class WaveGlow(nn.Module, Vocoder):
 
     # The config keys a --init may change (wavflow.models.waveglow_growth): the source's switches and the objective.
     GROWABLE: ClassVar[tuple[str, ...]] = GROWABLE
+    # The config keys a --resume may change: the objective's weights (no weight of the model depends on them).
+    OBJECTIVE: ClassVar[tuple[str, ...]] = OBJECTIVE
 
     def grown(self, config: WaveGlowConfig) -> WaveGlow:
         """This model with `config`'s source switches added, vocoding exactly what it did (waveglow_growth.grow)."""

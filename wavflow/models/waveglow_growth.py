@@ -16,10 +16,12 @@ if TYPE_CHECKING:  # annotations only: waveglow.py imports this module
     from .waveglow import WaveGlow
     from .waveglow_config import WaveGlowConfig
 
+# The keys that weigh the training loss only: no weight depends on them, so a run may resume with others.
+OBJECTIVE: tuple[str, ...] = ("pitch_weight", "spectral_weight", "spectral_sigma")
 # The keys a --init may change: the source's switches and the training objective. A model grown to add a
 # source (`grow`) computes the same audio as before, until training moves its new weights.
 GROWABLE: tuple[str, ...] = ("source", "source_phase", "source_channels", "source_amplitude", "source_filter",
-                             "source_harmonics", "pitch_weight", "spectral_weight", "spectral_sigma")
+                             "source_harmonics", *OBJECTIVE)
 
 
 def grow(model: WaveGlow, config: WaveGlowConfig) -> WaveGlow:

@@ -163,7 +163,8 @@ class CheckpointWriter:
 
 def _check_same_run(ck: dict[str, Any], source: str, config: RunConfig, model: torch.nn.Module,
                     mel_config: MelConfig, teacher_sha256: str | None) -> None:
-    """Refuse to resume a checkpoint of another model, model config, mel or teacher, or one with no training state."""
+    """Refuse to resume a checkpoint of another model, model config (but for the objective's weights: a model's
+    OBJECTIVE keys), mel or teacher, or one with no training state."""
     if ck.get("model_type") != config.model:
         raise WavflowError(f"{source}: holds a {ck.get('model_type')} run, the config trains a {config.model}")
     mine = config_to_dict(model.config)
@@ -172,8 +173,10 @@ def _check_same_run(ck: dict[str, Any], source: str, config: RunConfig, model: t
     # invalid fields are reported as differences below.
     with contextlib.suppress(WavflowError, TypeError):
         theirs = config_to_dict(config_from_dict(type(model.config), theirs))
-    if theirs != mine:
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    # the objective's weights (WaveGlow.OBJECTIVE) may change on resume, like the learning rate
+    diff = [k for k in diff if k not in getattr(model, "OBJECTIVE", ())]
+    if diff:
         raise WavflowError(f"{source}: model_config differs from the config in {', '.join(diff)}; resume with the "
                            f"run's own config (see config.yaml in the output directory)")
     if ck.get("mel_config") != mel_config.to_dict():
