@@ -15,6 +15,17 @@ returns, at every t, the parameters of the distribution of x_t. Generation is se
           out of the compiled loop and its output beyond its length is zero.
 All methods draw the same noise from the same generator, so they produce the same audio (tests check it).
 
+Source (`source_harmonics` > 0, a Gaussian output; design.md section 9): the WaveGlow's harmonic source, given to
+the teacher. A pitch predictor reads F0 and voicing off the mel; the harmonic mean h (harmonics of F0 with
+amplitudes from the mel) is added to the Gaussian's mean, and the excitation joins the upsampled conditioning:
+
+    p(x | mel) = prod_t N(x_t; h_t + mu_t(r_<t, mel, e), sigma_t^2),   r = x - h
+
+The stack reads the residual r, so every generation method above generates r unchanged and the audio is r + h
+(not clamped again: the sum is what the density scores when it is fed back); the likelihood stays exact (a shift
+by h, known from the mel, has unit Jacobian). Training
+uses the recording's pitch track, phase-locked to it; inference predicts the pitch and lets the phase run free.
+
 Speed: a cached sample is a fixed, small amount of arithmetic over every weight of the stack. At batch 1 the
 compiled loop reads all the weights from cache for every sample, so cache bandwidth bounds it, not arithmetic;
 issuing the same work as torch ops per step would instead be bound by per-op dispatch. A batch reuses each
@@ -38,6 +49,8 @@ from ..distributions import Distribution, build_distribution
 from ..errors import WavflowError
 from ..frontend import MelConfig
 from ..layers import MelUpsampler, WaveNetStack, dilations_for, flatten_stack, receptive_field
+from ..source import HarmonicAmplitudes, PitchPredictor, SourceTrack, free_track, harmonic_mean, locked_track
+from ..source import excitation as make_excitation
 from . import (
     ExportSpec,
     NoiseSpan,
@@ -55,6 +68,7 @@ from .wavenet_generation import CachedSteps, CompiledStream, NaiveStream, Stream
 
 METHODS = ("cached", "naive", "cached_torch")
 OUTPUTS = ("gaussian", "mixture", "mulaw")
+PHASES = ("recording", "free")
 
 
 @dataclass
@@ -73,6 +87,12 @@ class WaveNetConfig:
     mixture_components: int = 10
     mixture_bits: int = 16
     mulaw_channels: int = 256
+    # the source (module docstring): off at 0 harmonics, the teacher as published
+    source_harmonics: int = 0  # harmonics of F0 in the harmonic mean (48: the CPU WaveGlow's); needs output gaussian
+    source_channels: int = 64  # width of the pitch predictor's and the harmonic amplitudes' frame-rate convs
+    source_amplitude: float = 0.1  # RMS of the excitation in the conditioning, where voiced
+    source_phase: str = "recording"  # training excitation: phase-locked to the recording, or "free" from 0
+    pitch_weight: float = 1.0  # weight of the pitch predictor's loss beside the NLL
 
     def __post_init__(self) -> None:
         # Every value that cannot build a model is refused here, by name and value, before any layer exists
@@ -115,6 +135,19 @@ class WaveNetConfig:
                             f"in [-1, 1], float32 resolves 24 bits)")
         if not is_int(self.mulaw_channels) or self.mulaw_channels < 2:
             problems.append(f"mulaw_channels={self.mulaw_channels!r} must be an integer >= 2")
+        if not is_int(self.source_harmonics) or self.source_harmonics < 0:
+            problems.append(f"source_harmonics={self.source_harmonics!r} must be an integer >= 0 (0: no source)")
+        elif self.source_harmonics and self.output != "gaussian":
+            problems.append(f"source_harmonics={self.source_harmonics} needs output gaussian, not {self.output!r} "
+                            f"(the harmonic mean shifts a continuous density; a discrete one's levels would move)")
+        if not is_int(self.source_channels) or self.source_channels < 1:
+            problems.append(f"source_channels={self.source_channels!r} must be an integer >= 1")
+        if self.source_phase not in PHASES:
+            problems.append(f"source_phase={self.source_phase!r} is not one of {', '.join(PHASES)}")
+        for name in ("source_amplitude", "pitch_weight"):
+            value = getattr(self, name)
+            if not is_real(value) or value < 0:
+                problems.append(f"{name}={value!r} must be a number >= 0")
         if problems:
             raise WavflowError(f"invalid WaveNetConfig: {'; '.join(problems)}")
 
@@ -138,6 +171,11 @@ class WaveNet(nn.Module, Vocoder):
     half_by_cast: ClassVar[bool] = False
     # Noise drawn on the CPU on every device, so a GPU reproduces the CPU's samples (the benchmark's generator).
     cpu_noise: ClassVar[bool] = True
+    # The config keys a --init may change (adding a source grows the model, `grown`) and those a --resume may
+    # change (the objective's weight: no weight of the model depends on it).
+    GROWABLE: ClassVar[tuple[str, ...]] = ("source_harmonics", "source_channels", "source_amplitude", "source_phase",
+                                           "pitch_weight")
+    OBJECTIVE: ClassVar[tuple[str, ...]] = ("pitch_weight",)
     _NO_EXPORT: ClassVar[str] = ("the WaveNet teacher cannot be exported to ONNX: it is autoregressive (one network "
                                  "pass per audio sample), which a static graph would have to unroll; export a "
                                  "waveglow or a student")
@@ -161,6 +199,16 @@ class WaveNet(nn.Module, Vocoder):
         # skip sum -> ReLU -> 1x1 -> ReLU -> 1x1 -> distribution parameters
         self.out1 = nn.Conv1d(config.skip_channels, config.skip_channels, 1)
         self.out2 = nn.Conv1d(config.skip_channels, self.dist.num_params, 1)
+        # The source: pitch and harmonic amplitudes per mel frame, and the excitation's projection into the
+        # conditioning. The amplitudes' and the projection's weights start at zero, so a teacher grown a source
+        # computes what it did (`grown`).
+        n_mels, k = mel_config.n_mels, config.source_harmonics
+        self.source = PitchPredictor(n_mels, config.source_channels) if k else None
+        self.harmonics = HarmonicAmplitudes(n_mels, k, config.source_channels) if k else None
+        self.excite = nn.Conv1d(1, config.upsample_channels, 1) if k else None
+        if self.excite is not None:
+            nn.init.zeros_(self.excite.weight)
+            nn.init.zeros_(self.excite.bias)
 
     @property
     def receptive_field(self) -> int:
@@ -169,10 +217,55 @@ class WaveNet(nn.Module, Vocoder):
     # ------------------------------------------------------------------------------------------------------------
     # Teacher forcing
 
-    def conditioning(self, mel: torch.Tensor, length: int) -> torch.Tensor:
-        """mel [B, n_mels, F] -> upsampled conditioning [B, upsample_channels, length] (F * hop >= length)."""
+    def conditioning(self, mel: torch.Tensor, length: int, track: SourceTrack | None = None) -> torch.Tensor:
+        """mel [B, n_mels, F] -> upsampled conditioning [B, upsample_channels, length] (F * hop >= length); with a
+        source, plus the projected excitation of `track` (the source's frames from the mel's first)."""
         validate_mel(mel, self.mel_config, length)
-        return self.upsampler(mel)[..., :length]
+        return self.with_excitation(self.upsampler(mel)[..., :length], track)
+
+    # -- the source ----------------------------------------------------------------------------------------------
+
+    @property
+    def needs_pitch(self) -> bool:
+        """Training needs the recordings' pitch tracks (the trainer attaches them to the data)."""
+        return self.source is not None
+
+    def source_track(self, mel: torch.Tensor) -> SourceTrack:
+        """The inference source of a mel [B, n_mels, F]: predicted F0 and voicing, the phase running free from 0,
+        and the harmonic mean's amplitudes."""
+        f0, voiced = self.source.predict(mel.to(self.source.inp.weight.dtype))
+        track = free_track(f0, voiced, self.mel_config.hop_length, self.mel_config.sample_rate)
+        return track.with_amplitudes(self.harmonics(mel.to(self.harmonics.inp.weight.dtype)))
+
+    def with_excitation(self, c: torch.Tensor, track: SourceTrack | None) -> torch.Tensor:
+        """Conditioning c [B, C, n] of a track's first n samples, plus the projected excitation (c without a
+        source)."""
+        if self.source is None:
+            return c
+        e = make_excitation(track, self.mel_config.hop_length, self.mel_config.sample_rate,
+                            self.config.source_amplitude, c.shape[-1])
+        return c + self.excite(e[:, None].to(c.dtype))
+
+    def mean_of(self, track: SourceTrack | None, length: int) -> torch.Tensor | None:
+        """The harmonic mean h [B, length] of a track's first `length` samples (None without a source)."""
+        if self.source is None:
+            return None
+        return harmonic_mean(track, self.mel_config.hop_length, self.mel_config.sample_rate, length)
+
+    def grown(self, config: WaveNetConfig) -> WaveNet:
+        """This teacher with `config`'s source (config may differ only in GROWABLE keys): the same weights and the
+        new parts at their zero start, so it computes exactly the likelihood and the audio it did."""
+        mine, theirs = vars(self.config), vars(config)
+        changed = sorted(k for k in mine if mine[k] != theirs[k])
+        allowed = self.OBJECTIVE if self.source is not None else self.GROWABLE  # a source is added, never changed
+        if any(k not in allowed for k in changed):
+            raise WavflowError(f"cannot grow this WaveNet into one that differs in {', '.join(changed)}: only a "
+                               f"source can be added ({', '.join(self.GROWABLE)})")
+        new = type(self)(config, self.mel_config).to(next(self.parameters()).device)
+        missing, unexpected = new.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or any(k.split(".")[0] not in ("source", "harmonics", "excite") for k in missing):
+            raise WavflowError(f"cannot grow this WaveNet: its weights do not fit ({', '.join(unexpected + missing)})")
+        return new
 
     def head(self, skips: torch.Tensor) -> torch.Tensor:
         """skip sum [B, S, T] -> distribution parameters [B, P, T], in float32 even under autocast: a bf16 mean
@@ -182,19 +275,48 @@ class WaveNet(nn.Module, Vocoder):
                 skips = skips.float()
             return self.out2(F.relu(self.out1(F.relu(skips))))
 
-    def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        """audio [B, T], mel [B, n_mels, F] -> parameters [B, P, T] of p(x_t | x_<t, mel) at every t."""
-        c = self.conditioning(mel, audio.shape[-1])
+    def forward(self, audio: torch.Tensor, mel: torch.Tensor, track: SourceTrack | None = None) -> torch.Tensor:
+        """audio [B, T], mel [B, n_mels, F] -> parameters [B, P, T] of p(x_t | x_<t, mel) at every t.
+
+        With a source the stack reads the residual x - h and the Gaussian's mean includes h; track: the source
+        (None: `source_track(mel)`, as the model samples)."""
+        T = audio.shape[-1]
+        if self.source is not None and track is None:
+            track = self.source_track(mel)
+        c = self.conditioning(mel, T, track)
+        h = self.mean_of(track, T)
+        if h is not None:
+            audio = audio - h.to(audio.dtype)
         x = F.pad(self.dist.prepare_input(audio), (1, -1))  # shift right: position t sees x[t-1], x[0] sees 0
-        return self.head(self.stack(x.unsqueeze(1), c))
+        params = self.head(self.stack(x.unsqueeze(1), c))
+        if h is None:
+            return params
+        return torch.cat([params[:, :1] + h[:, None].to(params.dtype), params[:, 1:]], 1)
 
-    def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    def log_likelihood(self, audio: torch.Tensor, mel: torch.Tensor, track: SourceTrack | None = None
+                       ) -> torch.Tensor:
         """[B] mean log-density per sample in nats, density of amplitude in [-1, 1] (design.md section 2)."""
-        return self.dist.log_prob(self(audio, mel), audio).mean(dim=-1)
+        return self.dist.log_prob(self(audio, mel, track), audio).mean(dim=-1)
 
-    def training_loss(self, audio: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        nll = -self.log_likelihood(audio, mel).mean()
-        return nll, {"nll": nll.item(), "bits_per_sample": nll.item() / math.log(2)}
+    def training_loss(self, audio: torch.Tensor, mel: torch.Tensor, pitch: tuple[torch.Tensor, torch.Tensor] |
+                      None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """NLL in nats per sample, plus, with a source, the pitch predictor's loss. pitch: (f0, voiced) [B, >= F]
+        of the recording's pitch track at the mel's frames (the trainer supplies it to a model that needs_pitch)."""
+        track, extra, logs = None, audio.new_zeros(()), {}
+        if self.source is not None:
+            if pitch is None:
+                raise WavflowError("a WaveNet with a source trains on pitch tracks of the recordings (the trainer "
+                                   "supplies them: wavflow.pitch)")
+            f0, voiced = (p[:, : mel.shape[-1]].to(audio.device) for p in pitch)
+            hop, rate = self.mel_config.hop_length, self.mel_config.sample_rate
+            with torch.no_grad():
+                track = (locked_track(audio, f0, voiced, hop, rate) if self.config.source_phase == "recording"
+                         else free_track(f0, voiced, hop, rate))
+            track = track.with_amplitudes(self.harmonics(mel))  # with gradients: the likelihood trains them
+            pitch_loss, logs = self.source.loss(mel, f0, voiced)
+            extra = self.config.pitch_weight * pitch_loss
+        nll = -self.log_likelihood(audio, mel, track).mean()
+        return nll + extra, {"nll": nll.item(), "bits_per_sample": nll.item() / math.log(2), **logs}
 
     def remove_weight_norm(self) -> None:
         """No weight norm in the teacher: nothing to fold."""
@@ -260,6 +382,8 @@ class WaveNet(nn.Module, Vocoder):
         self.eval()
         try:
             c = self.upsampler(mel)  # [B, C, T]
+            track = self.source_track(mel) if self.source is not None else None
+            c = self.with_excitation(c, track)
             if method == "naive":
                 audio = self._generate_naive(c, noise, temperature, lens, progress)
             elif method == "cached" and c.device.type == "cpu":
@@ -267,6 +391,9 @@ class WaveNet(nn.Module, Vocoder):
             else:
                 audio = self._generate_cached_torch(c, noise, temperature, lens, progress,
                                                     graph=method == "cached" and c.device.type == "cuda")
+            h = self.mean_of(track, T)
+            if h is not None:  # the methods generated the residual
+                audio = audio + h.to(audio)
         finally:
             self.train(was_training)
         mask = torch.arange(T, device=audio.device)[None, :] < lens.to(audio.device)[:, None]

@@ -109,11 +109,18 @@ class WaveNetStreamer(Streamer):
         super().__init__(model, mel, noise, options)
         self.gen = model.generation_stream(self.frames * self.hop, method=options.get("method", "cached"),
                                            temperature=float(options.get("temperature", 1.0)), device=mel.device)
+        # A teacher with a source: the pitch of every frame (a small frame-rate pass) and the phase at each frame
+        # centre are worked out once, so each chunk's excitation and harmonic mean continue the whole utterance's.
+        self.track = model.source_track(mel) if model.source is not None else None
 
     def chunk(self, f0: int, f1: int) -> torch.Tensor:
         cond = self.model.upsampler.window(self.mel, f0, f1)
         noise = self.noise.span(f0 * self.hop, f1 * self.hop).to(cond.device)
-        return self.gen.run(cond, noise)[0]
+        if self.track is None:
+            return self.gen.run(cond, noise)[0]
+        track, n = self.track.frames(f0, f1), (f1 - f0) * self.hop
+        residual = self.gen.run(self.model.with_excitation(cond, track), noise)[0]
+        return residual + self.model.mean_of(track, n)[0].to(residual)
 
     def close(self) -> None:
         self.gen.close()
