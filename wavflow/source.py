@@ -25,14 +25,18 @@ from 0, which changes only the absolute phase of the harmonics, not what the ear
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import WavflowError
 from .pitch import FMAX, FMIN
 
 LOG_FMIN, LOG_RANGE = math.log(FMIN), math.log(FMAX / FMIN)
@@ -260,3 +264,87 @@ def excitation(track: SourceTrack, hop: int, sample_rate: int, amplitude: float 
                                                                                      half)) - 0.5)
     e = (amplitude * torch.sqrt(2.0 / k) * dirichlet * gate).flatten(1).float()
     return e if num_samples is None else e[:, :num_samples]
+
+
+def predicted_pitch_error(predictor: PitchPredictor, mel: Tensor, f0: np.ndarray, voiced: np.ndarray) -> float:
+    """How far F0 and voicing [B, F] (an exported graph's) are from `predictor`'s on `mel`: 1 where a voicing
+    decision differs, else the largest relative difference of F0 (floored at 1 Hz)."""
+    with torch.no_grad():
+        mine, mine_voiced = predictor.predict(mel)
+    if not torch.equal(mine_voiced.cpu(), torch.from_numpy(voiced).float()):
+        return 1.0
+    return float(((torch.from_numpy(f0) - mine.cpu()).abs() / mine.cpu().clamp_min(1)).max())
+
+
+class HarmonicSource:
+    """The harmonic source of the WaveNet-style vocoders (the teacher and the student; design.md section 9), mixed
+    into the model: a pitch predictor (`source`), the harmonic mean's amplitudes (`harmonics`) and a 1x1
+    projection of the excitation into the upsampled mel's channels (`excite`), all None without a source.
+    The host has `config.source_amplitude` and `mel_config`. The amplitudes' output conv and the projection start
+    at zero, so a model grown a source computes what it did."""
+
+    source: PitchPredictor | None
+    harmonics: HarmonicAmplitudes | None
+    excite: nn.Conv1d | None
+
+    def build_source(self, n_mels: int, harmonics: int, channels: int, cond_channels: int) -> None:
+        on = harmonics > 0
+        self.source = PitchPredictor(n_mels, channels) if on else None
+        self.harmonics = HarmonicAmplitudes(n_mels, harmonics, channels) if on else None
+        self.excite = nn.Conv1d(1, cond_channels, 1) if on else None
+        if self.excite is not None:
+            nn.init.zeros_(self.excite.weight)
+            nn.init.zeros_(self.excite.bias)
+
+    def source_track(self, mel: Tensor) -> SourceTrack:
+        """The inference source of a mel [B, n_mels, F]: predicted F0 and voicing, the phase running free from 0,
+        and the harmonic mean's amplitudes (with gradients, when enabled)."""
+        f0, voiced = self.source.predict(mel.to(self.source.inp.weight.dtype))
+        return self.track_of(f0, voiced, mel)
+
+    def with_excitation(self, c: Tensor, track: SourceTrack | None) -> Tensor:
+        """Conditioning c [B, C, n] of a track's first n samples, plus the projected excitation (c without a
+        source)."""
+        if self.source is None:
+            return c
+        e = excitation(track, self.mel_config.hop_length, self.mel_config.sample_rate, self.config.source_amplitude,
+                       c.shape[-1])
+        return c + self.excite(e[:, None].to(c.dtype))
+
+    def track_of(self, f0: Tensor, voiced: Tensor, mel: Tensor) -> SourceTrack:
+        """The inference source of given F0 and voicing [B, F] (phase running free from 0) for a mel."""
+        hop, rate = self.mel_config.hop_length, self.mel_config.sample_rate
+        amplitudes = self.harmonics(mel.to(self.harmonics.inp.weight.dtype))
+        return free_track(f0, voiced, hop, rate).with_amplitudes(amplitudes)
+
+    def mean_of(self, track: SourceTrack | None, length: int) -> Tensor | None:
+        """The harmonic mean h [B, length] of a track's first `length` samples (None without a source)."""
+        if self.source is None:
+            return None
+        return harmonic_mean(track, self.mel_config.hop_length, self.mel_config.sample_rate, length)
+
+    def export_options(self, mel: Tensor, outputs: Sequence[np.ndarray]) -> dict[str, Any]:
+        """With a source, the track of the F0 and voicing an exported graph predicted (outputs[1:3])."""
+        if self.source is None:
+            return {}
+        f0, voiced = (torch.from_numpy(o).to(mel.device) for o in outputs[1:3])
+        return {"source_track": self.track_of(f0, voiced, mel)}
+
+    def export_output_error(self, mel: Tensor, outputs: Sequence[np.ndarray]) -> float:
+        """With a source, how far an exported graph's F0 and voicing (outputs[1:3]) are from the predictor's."""
+        return 0.0 if self.source is None else predicted_pitch_error(self.source, mel, outputs[1], outputs[2])
+
+    def grown_copy(self, config: Any, allowed: tuple[str, ...]) -> Any:
+        """This model with `config` (which may differ only in `allowed` keys): the same weights, the source's new
+        parts at their start (`build_source`), so it computes what it did."""
+        mine, theirs = dataclasses.asdict(self.config), dataclasses.asdict(config)
+        changed = sorted(k for k in mine if mine[k] != theirs[k])
+        if any(k not in allowed for k in changed):
+            raise WavflowError(f"cannot grow this {self.model_type} into one that differs in {', '.join(changed)}: "
+                               f"only a source can be added ({', '.join(allowed)})")
+        new = type(self)(config, self.mel_config).to(next(self.parameters()).device)
+        missing, unexpected = new.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or any(k.split(".")[0] not in ("source", "harmonics", "excite") for k in missing):
+            raise WavflowError(f"cannot grow this {self.model_type}: its weights do not fit "
+                               f"({', '.join(unexpected + missing)})")
+        return new

@@ -20,6 +20,11 @@ multi-resolution STFT loss between x and the real audio, without which students 
 
 Real audio goes the other way, x -> z_0, one step at a time (`invert`): slow but exact, so the student gets a
 held-out log-likelihood on the shared scale of design.md section 2 too.
+
+Source (`source_harmonics` > 0; design.md section 9): the teacher's harmonic source, taken over from a teacher
+with one when distillation starts (`attach_teacher`). The excitation joins the conditioning and the harmonic
+mean h is added to the flows' output, x = z_0 * S + M + h: still one Gaussian per step, with mean M + h, which
+the KL matches against the teacher's mean (its own h included).
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from ..losses import (
     sample_base,
     stft_loss,
 )
+from ..source import HarmonicSource, SourceTrack
 from . import (
     ExportSpec,
     NoiseSpan,
@@ -80,6 +86,10 @@ class StudentConfig:
     # --- mel conditioning: one design.md section 4 upsampler shared by all flows (computed once per utterance) ---
     upsample_channels: int = 80
     upsample_factors: tuple[int, ...] | None = None  # product = the mel hop; None: derived from it (256: 4 x 4 x 4 x 4)
+    # --- the source (module docstring): 0 harmonics, none; otherwise the teacher's, which must have one alike ---
+    source_harmonics: int = 0  # harmonics of F0 in the harmonic mean
+    source_channels: int = 64  # width of the pitch predictor's and the harmonic amplitudes' convs
+    source_amplitude: float = 0.1  # RMS of the excitation in the conditioning, where voiced
     # --- distillation loss ---
     kl_weight: float = 1.0  # per-step KL(student || teacher), nats per sample
     scale_regularizer: float = 4.0  # ClariNet's lambda on (log sigma_teacher - log sigma_student)^2
@@ -110,6 +120,12 @@ class StudentConfig:
             value = getattr(self, name)
             if not is_real(value) or value < 0:
                 problems.append(f"{name}={value!r} must be a finite number >= 0")
+        if not is_int(self.source_harmonics) or self.source_harmonics < 0:
+            problems.append(f"source_harmonics={self.source_harmonics!r} must be an integer >= 0 (0: no source)")
+        if not is_int(self.source_channels) or self.source_channels < 1:
+            problems.append(f"source_channels={self.source_channels!r} must be an integer >= 1")
+        if not is_real(self.source_amplitude) or self.source_amplitude < 0:
+            problems.append(f"source_amplitude={self.source_amplitude!r} must be a number >= 0")
         if is_real(self.kl_weight) and is_real(self.stft_weight) and self.kl_weight == 0 == self.stft_weight:
             problems.append("kl_weight=0 and stft_weight=0 leave nothing to train on")
 
@@ -199,7 +215,7 @@ class IAFFlow(nn.Module):
         return h[:, 0], torch.clamp(h[:, 1], min=self.log_scale_min)
 
 
-class IAFStudent(nn.Module, Vocoder):
+class IAFStudent(nn.Module, HarmonicSource, Vocoder):
     """K inverse autoregressive flows with a shared mel upsampler; see the module docstring."""
 
     model_type: ClassVar[str] = "student"
@@ -207,6 +223,8 @@ class IAFStudent(nn.Module, Vocoder):
     needs_teacher: ClassVar[bool] = True  # distilled: trains only with attach_teacher
     # Real audio goes back through the flows one sample at a time (`invert`): evaluation scores its first seconds.
     sequential_likelihood: ClassVar[bool] = True
+    # The config keys a --init may change: adding a source grows the student (`grown`).
+    GROWABLE: ClassVar[tuple[str, ...]] = ("source_harmonics", "source_channels", "source_amplitude")
 
     def __init__(self, config: StudentConfig = StudentConfig(), mel_config: MelConfig = MelConfig()):
         super().__init__()
@@ -217,6 +235,8 @@ class IAFStudent(nn.Module, Vocoder):
         self.mel_config = mel_config
         self.upsampler = MelUpsampler(mel_config.n_mels, config.upsample_channels, factors)
         self.flows = nn.ModuleList(IAFFlow(config, n) for n in config.flow_layers)
+        self.build_source(mel_config.n_mels, config.source_harmonics, config.source_channels,
+                          config.upsample_channels)  # wavflow.source.HarmonicSource
         self.teacher_sha256: str | None = None  # the teacher file's hash, saved in the student's checkpoints
         self.teacher_weights_sha256: str | None = None  # weights_sha256 of the teacher when it was attached
         self._teacher: list[nn.Module] = []  # a list, so nn.Module does not register (save, move, optimise) it
@@ -224,10 +244,16 @@ class IAFStudent(nn.Module, Vocoder):
     # ------------------------------------------------------------------------------------------------------------
     # Conditioning and the parallel pass
 
-    def conditioning(self, mel: torch.Tensor, length: int) -> torch.Tensor:
-        """mel [B, n_mels, F] -> audio-rate conditioning [B, C, length], computed once and shared by every flow."""
+    def conditioning(self, mel: torch.Tensor, length: int, track: SourceTrack | None = None) -> torch.Tensor:
+        """mel [B, n_mels, F] -> audio-rate conditioning [B, C, length], computed once and shared by every flow;
+        with a source, plus the projected excitation of `track`."""
         validate_mel(mel, self.mel_config, length)
-        return self.upsampler(mel)[..., :length]
+        return self.with_excitation(self.upsampler(mel)[..., :length], track)
+
+    def grown(self, config: StudentConfig) -> IAFStudent:
+        """This student with `config`'s source added (config may differ only in GROWABLE keys): the same weights,
+        the new parts at their zero start, so it computes what it did until it takes a teacher's source."""
+        return self.grown_copy(config, () if self.source is not None else self.GROWABLE)
 
     def flow(self, z: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All flows in parallel: z_0 [B, T], cond [B, C, T] -> (x [B, T], M [B, T], log S [B, T])."""
@@ -289,11 +315,12 @@ class IAFStudent(nn.Module, Vocoder):
         return FlowStream(self, batch, dtype, device, block)
 
     def sample(self, mel: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
-               z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               z: torch.Tensor | None = None, source_track: SourceTrack | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One parallel pass: mel [B, n_mels, F] -> (x, M, log S), each [B, F * hop]; x is not clipped.
 
         z [B, F * hop] is the base noise (None: draw_noise from `generator`); temperature scales it, so
-        x = temperature * z * S + M.
+        x = temperature * z * S + M. source_track: the source, for a student with one (None: `source_track(mel)`).
         """
         length = mel.shape[-1] * self.mel_config.hop_length
         if z is None:
@@ -301,10 +328,22 @@ class IAFStudent(nn.Module, Vocoder):
         elif z.shape != (mel.shape[0], length):
             raise WavflowError(f"noise of shape {tuple(z.shape)}: expected {(mel.shape[0], length)} for this mel")
         z = z.to(mel.device, mel.dtype)
-        cond = self.conditioning(mel, length)
-        if torch.is_grad_enabled():
-            return self.flow(z * temperature, cond)
-        return self.fast_flow(z * temperature, cond)
+        return self._sample(z * temperature, mel, fast=not torch.is_grad_enabled(), track=source_track)
+
+    def _sample(self, z: torch.Tensor, mel: torch.Tensor, fast: bool, track: SourceTrack | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z_0 [B, T] -> (x, M, log S) [B, T] through the flows (`fast_flow` or `flow`), the harmonic mean added to
+        x and M."""
+        length = z.shape[-1]
+        if self.source is not None and track is None:
+            track = self.source_track(mel)
+        cond = self.conditioning(mel, length, track)
+        x, mean, log_scale = (self.fast_flow if fast else self.flow)(z, cond)
+        h = self.mean_of(track, length)
+        if h is None:
+            return x, mean, log_scale
+        h = h.to(x.dtype)
+        return x + h, mean + h, log_scale
 
     def log_likelihood_of_own_sample(self, z: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
         """Student log-density of x = flow(z): mean_t [log p0(z_t) - log S_t], nats per sample [B]."""
@@ -318,11 +357,12 @@ class IAFStudent(nn.Module, Vocoder):
     @torch.no_grad()
     def infer(self, mel: torch.Tensor, *, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
               frames: Sequence[int] | torch.Tensor | None = None, temperature: float = 1.0,
-              **unknown: Any) -> torch.Tensor:
+              source_track: SourceTrack | None = None, **unknown: Any) -> torch.Tensor:
         """mel [B, n_mels, F] -> audio [B, F * hop] in [-1, 1], one parallel pass from the base noise [B, F * hop]
-        (`noise`, or drawn from `generator`). frames is not needed: the whole batch costs one pass."""
+        (`noise`, or drawn from `generator`). frames is not needed: the whole batch costs one pass.
+        source_track: for a student with a source (None: predicted from the mel)."""
         refuse_options(self, unknown)
-        x, _, _ = self.sample(mel, temperature=temperature, generator=generator, z=noise)
+        x, _, _ = self.sample(mel, temperature=temperature, generator=generator, z=noise, source_track=source_track)
         return x.clamp(-1.0, 1.0)
 
     def remove_weight_norm(self) -> None:
@@ -333,8 +373,11 @@ class IAFStudent(nn.Module, Vocoder):
         return StudentStreamer(self, mel, noise, options)
 
     def export_spec(self) -> ExportSpec:
-        """Inputs mel, the base noise z [B, T] and the temperature (default 1)."""
-        return ExportSpec("temperature", 1.0, 1, metadata={"base_noise": self.config.base})
+        """Inputs mel, the base noise z [B, T] and the temperature (default 1); with a source, f0 and voiced [B, F]
+        come out beside the audio."""
+        outputs = ("audio", "f0", "voiced") if self.source is not None else ("audio",)
+        return ExportSpec("temperature", 1.0, 1, outputs, {"base_noise": self.config.base,
+                                                           "source": self.source is not None})
 
     def export_graph(self) -> nn.Module:
         return StudentGraph(self)
@@ -401,7 +444,12 @@ class IAFStudent(nn.Module, Vocoder):
     def invert(self, audio: torch.Tensor, mel: torch.Tensor,
                progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact inverse, one step at a time: audio [B, T] -> (z_0 [B, T], log S [B, T]). O(T * layers), slow."""
-        z, _, log_scale = self._sequential(audio, self.conditioning(mel, audio.shape[-1]), invert=True,
+        length = audio.shape[-1]
+        track = self.source_track(mel) if self.source is not None else None
+        h = self.mean_of(track, length)
+        if h is not None:
+            audio = audio - h.to(audio.dtype)
+        z, _, log_scale = self._sequential(audio, self.conditioning(mel, length, track), invert=True,
                                            progress=progress)
         return z, log_scale
 
@@ -431,11 +479,31 @@ class IAFStudent(nn.Module, Vocoder):
         t_mel = getattr(teacher, "mel_config", None)
         if t_mel is not None and t_mel != self.mel_config:
             raise WavflowError(f"teacher mel settings {t_mel} differ from the student's {self.mel_config}")
+        if self.source is not None:
+            self._take_source(teacher)
         teacher.eval()
         teacher.requires_grad_(False)
         self._teacher = [teacher]
         self.teacher_sha256 = sha256
         self.teacher_weights_sha256 = weights_sha256(teacher)
+
+    def _take_source(self, teacher: nn.Module) -> None:
+        """A student whose harmonic amplitudes are still at their zero start (new, or just grown) takes the
+        teacher's pitch predictor and amplitudes: distillation trains the amplitudes further but not the pitch
+        predictor (no pitch loss reaches it), so it must come from a teacher that learnt it."""
+        if getattr(teacher, "source", None) is None:
+            raise WavflowError("a student with a source distils from a teacher with one (its pitch predictor comes "
+                               "from the teacher): give a teacher trained with model_config.source_harmonics")
+        if any(p.any() for p in self.harmonics.out.parameters()):
+            return  # trained: its own
+        mine, theirs = self.config, teacher.config
+        if (mine.source_harmonics, mine.source_channels) != (theirs.source_harmonics, theirs.source_channels):
+            raise WavflowError(f"the student's source (source_harmonics={mine.source_harmonics}, source_channels="
+                               f"{mine.source_channels}) must match the teacher's ({theirs.source_harmonics}, "
+                               f"{theirs.source_channels}) to take it over")
+        with torch.no_grad():
+            for name in ("source", "harmonics"):
+                getattr(self, name).load_state_dict(getattr(teacher, name).state_dict())
 
     def distillation_kl(self, mean: torch.Tensor, log_scale: torch.Tensor,
                         params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -472,7 +540,7 @@ class IAFStudent(nn.Module, Vocoder):
                                "set 'teacher: PATH' in the config)")
         c = self.config
         z = sample_base(audio.shape, c.base, dtype=audio.dtype, device=audio.device)
-        x, mean, log_scale = self.flow(z, self.conditioning(mel, audio.shape[-1]))
+        x, mean, log_scale = self._sample(z, mel, fast=False)
         params = teacher(x, mel)
         kl, reg = self.distillation_kl(mean, log_scale, params)
         sc, mag = stft_loss(x, audio, c.stft_resolutions)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import RES_SCALE, flatten_stack
+from ..source import excitation, free_track, harmonic_mean
 from . import NoiseSpan, Streamer, folded_copy
 
 if TYPE_CHECKING:  # annotations only: student.py imports this module
@@ -136,23 +137,34 @@ class StudentStreamer(Streamer):
         super().__init__(model, mel, noise, options)
         self.temperature = float(options.get("temperature", 1.0))
         self.flows = model.flow_stream(1, mel.dtype, mel.device)
+        # with a source, the pitch and the phase at each frame centre are worked out once for the whole mel, so
+        # each chunk's excitation and harmonic mean continue the whole utterance's
+        self.track = model.source_track(mel) if model.source is not None else None
 
     def chunk(self, f0: int, f1: int) -> Tensor:
         cond = self.model.upsampler.window(self.mel, f0, f1)
         z = self.noise.span(f0 * self.hop, f1 * self.hop).to(cond.device, cond.dtype)
-        x, _, _ = self.flows.run(z * self.temperature, cond)
-        return x[0].clamp(-1.0, 1.0)
+        if self.track is None:
+            x, _, _ = self.flows.run(z * self.temperature, cond)
+            return x[0].clamp(-1.0, 1.0)
+        track = self.track.frames(f0, f1)
+        x, _, _ = self.flows.run(z * self.temperature, self.model.with_excitation(cond, track))
+        return (x + self.model.mean_of(track, x.shape[-1]).to(x.dtype))[0].clamp(-1.0, 1.0)
 
 
 class StudentGraph(nn.Module):
     """The IAF student's parallel pass (IAFStudent.infer) for export:
-    (mel [B, n_mels, F], z [B, T], temperature []) -> audio [B, T] in [-1, 1], T = F * hop."""
+    (mel [B, n_mels, F], z [B, T], temperature []) -> audio [B, T] in [-1, 1], T = F * hop; with a source, also
+    the predicted f0 [B, F] (Hz, 0 where unvoiced) and voiced [B, F] the excitation came from."""
 
     def __init__(self, model: IAFStudent):
         super().__init__()
         model = folded_copy(model)
         self.upsampler, self.flows = model.upsampler, model.flows
         self.log_scale_min = float(model.config.log_scale_min)
+        self.source, self.harmonics, self.excite = model.source, model.harmonics, model.excite
+        self.hop, self.rate = model.mel_config.hop_length, model.mel_config.sample_rate
+        self.amplitude = float(model.config.source_amplitude)
 
     def forward(self, mel: Tensor, z: Tensor, temperature: Tensor) -> Tensor:
         up = self.upsampler  # MelUpsampler.forward, with the nearest-neighbour stretch as expand + reshape
@@ -161,10 +173,22 @@ class StudentGraph(nn.Module):
             b, c = h.shape[0], h.shape[1]
             h = h.unsqueeze(-1).expand(-1, -1, -1, factor).reshape(b, c, -1)
             h = F.leaky_relu(conv(h), 0.4)
+        track = f0 = voiced = None
+        if self.source is not None:  # HarmonicSource.source_track and with_excitation, the running sum traced
+            log_f0, logit = self.source(mel)
+            voiced = (logit > 0).to(mel.dtype)
+            f0 = torch.exp(log_f0) * voiced
+            track = free_track(f0, voiced, self.hop, self.rate, traceable=True)
+            track = track.with_amplitudes(self.harmonics(mel))
+            h = h + self.excite(excitation(track, self.hop, self.rate, self.amplitude)[:, None])
         x = z * temperature
         for flow in self.flows:  # IAFFlow.forward, the one-step shift as a concatenation
             shifted = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1).unsqueeze(1)
             out = flow.out(F.relu(flow.hidden(F.relu(flow.stack(shifted, h)))))
             log_s = torch.clamp(out[:, 1], min=self.log_scale_min)
             x = x * torch.exp(log_s) + out[:, 0]
-        return x.clamp(-1.0, 1.0)
+        if track is None:
+            return x.clamp(-1.0, 1.0)
+        # the harmonic mean, all frames in one block (a traced loop would not follow the dynamic length)
+        x = x + harmonic_mean(track, self.hop, self.rate, block=None)
+        return x.clamp(-1.0, 1.0), f0, voiced

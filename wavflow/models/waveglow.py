@@ -37,7 +37,15 @@ from ..errors import WavflowError
 from ..flows import AffineCoupling, Invertible1x1Conv, squeeze, unsqueeze
 from ..frontend import MelConfig
 from ..losses import stft_loss
-from ..source import HarmonicAmplitudes, PitchPredictor, SourceTrack, free_track, harmonic_mean, locked_track
+from ..source import (
+    HarmonicAmplitudes,
+    PitchPredictor,
+    SourceTrack,
+    free_track,
+    harmonic_mean,
+    locked_track,
+    predicted_pitch_error,
+)
 from ..source import excitation as make_excitation
 from . import ExportSpec, NoiseSpan, Streamer, Vocoder, noise_device, refuse_options
 from .waveglow_config import WaveGlowConfig
@@ -516,13 +524,7 @@ class WaveGlow(nn.Module, Vocoder):
     def export_output_error(self, mel: Tensor, outputs: Sequence[np.ndarray]) -> float:
         """With a source: 1 where a voicing decision differs from the pitch predictor's, else the largest relative
         difference of F0 (floored at 1 Hz)."""
-        if self.source is None:
-            return 0.0
-        with torch.no_grad():
-            f0, voiced = self.source.predict(mel)
-        if not torch.equal(voiced.cpu(), torch.from_numpy(outputs[2]).float()):
-            return 1.0
-        return float(((torch.from_numpy(outputs[1]) - f0.cpu()).abs() / f0.cpu().clamp_min(1)).max())
+        return 0.0 if self.source is None else predicted_pitch_error(self.source, mel, outputs[1], outputs[2])
 
     # The config keys a --init may change (wavflow.models.waveglow_growth): the source's switches and the objective.
     GROWABLE: ClassVar[tuple[str, ...]] = GROWABLE

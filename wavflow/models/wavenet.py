@@ -49,8 +49,7 @@ from ..distributions import Distribution, build_distribution
 from ..errors import WavflowError
 from ..frontend import MelConfig
 from ..layers import MelUpsampler, WaveNetStack, dilations_for, flatten_stack, receptive_field
-from ..source import HarmonicAmplitudes, PitchPredictor, SourceTrack, free_track, harmonic_mean, locked_track
-from ..source import excitation as make_excitation
+from ..source import HarmonicSource, SourceTrack, free_track, locked_track
 from . import (
     ExportSpec,
     NoiseSpan,
@@ -160,7 +159,7 @@ class WaveNetConfig:
         return cls(**d)
 
 
-class WaveNet(nn.Module, Vocoder):
+class WaveNet(nn.Module, HarmonicSource, Vocoder):
     """The WaveNet teacher, a `wavflow.models.Vocoder`. See the module docstring."""
 
     model_type: ClassVar[str] = "wavenet"
@@ -199,16 +198,10 @@ class WaveNet(nn.Module, Vocoder):
         # skip sum -> ReLU -> 1x1 -> ReLU -> 1x1 -> distribution parameters
         self.out1 = nn.Conv1d(config.skip_channels, config.skip_channels, 1)
         self.out2 = nn.Conv1d(config.skip_channels, self.dist.num_params, 1)
-        # The source: pitch and harmonic amplitudes per mel frame, and the excitation's projection into the
-        # conditioning. The amplitudes' and the projection's weights start at zero, so a teacher grown a source
-        # computes what it did (`grown`).
-        n_mels, k = mel_config.n_mels, config.source_harmonics
-        self.source = PitchPredictor(n_mels, config.source_channels) if k else None
-        self.harmonics = HarmonicAmplitudes(n_mels, k, config.source_channels) if k else None
-        self.excite = nn.Conv1d(1, config.upsample_channels, 1) if k else None
-        if self.excite is not None:
-            nn.init.zeros_(self.excite.weight)
-            nn.init.zeros_(self.excite.bias)
+        # The source (wavflow.source.HarmonicSource): pitch and harmonic amplitudes per mel frame, and the
+        # excitation's projection into the conditioning.
+        self.build_source(mel_config.n_mels, config.source_harmonics, config.source_channels,
+                          config.upsample_channels)
 
     @property
     def receptive_field(self) -> int:
@@ -230,42 +223,11 @@ class WaveNet(nn.Module, Vocoder):
         """Training needs the recordings' pitch tracks (the trainer attaches them to the data)."""
         return self.source is not None
 
-    def source_track(self, mel: torch.Tensor) -> SourceTrack:
-        """The inference source of a mel [B, n_mels, F]: predicted F0 and voicing, the phase running free from 0,
-        and the harmonic mean's amplitudes."""
-        f0, voiced = self.source.predict(mel.to(self.source.inp.weight.dtype))
-        track = free_track(f0, voiced, self.mel_config.hop_length, self.mel_config.sample_rate)
-        return track.with_amplitudes(self.harmonics(mel.to(self.harmonics.inp.weight.dtype)))
-
-    def with_excitation(self, c: torch.Tensor, track: SourceTrack | None) -> torch.Tensor:
-        """Conditioning c [B, C, n] of a track's first n samples, plus the projected excitation (c without a
-        source)."""
-        if self.source is None:
-            return c
-        e = make_excitation(track, self.mel_config.hop_length, self.mel_config.sample_rate,
-                            self.config.source_amplitude, c.shape[-1])
-        return c + self.excite(e[:, None].to(c.dtype))
-
-    def mean_of(self, track: SourceTrack | None, length: int) -> torch.Tensor | None:
-        """The harmonic mean h [B, length] of a track's first `length` samples (None without a source)."""
-        if self.source is None:
-            return None
-        return harmonic_mean(track, self.mel_config.hop_length, self.mel_config.sample_rate, length)
-
     def grown(self, config: WaveNetConfig) -> WaveNet:
-        """This teacher with `config`'s source (config may differ only in GROWABLE keys): the same weights and the
-        new parts at their zero start, so it computes exactly the likelihood and the audio it did."""
-        mine, theirs = vars(self.config), vars(config)
-        changed = sorted(k for k in mine if mine[k] != theirs[k])
-        allowed = self.OBJECTIVE if self.source is not None else self.GROWABLE  # a source is added, never changed
-        if any(k not in allowed for k in changed):
-            raise WavflowError(f"cannot grow this WaveNet into one that differs in {', '.join(changed)}: only a "
-                               f"source can be added ({', '.join(self.GROWABLE)})")
-        new = type(self)(config, self.mel_config).to(next(self.parameters()).device)
-        missing, unexpected = new.load_state_dict(self.state_dict(), strict=False)
-        if unexpected or any(k.split(".")[0] not in ("source", "harmonics", "excite") for k in missing):
-            raise WavflowError(f"cannot grow this WaveNet: its weights do not fit ({', '.join(unexpected + missing)})")
-        return new
+        """This teacher with `config`'s source (config may differ only in GROWABLE keys; a source is added, never
+        changed): the same weights, the new parts at their zero start, so it computes exactly the likelihood and
+        the audio it did."""
+        return self.grown_copy(config, self.OBJECTIVE if self.source is not None else self.GROWABLE)
 
     def head(self, skips: torch.Tensor) -> torch.Tensor:
         """skip sum [B, S, T] -> distribution parameters [B, P, T], in float32 even under autocast: a bf16 mean
