@@ -79,6 +79,41 @@ def test_continues_grows_resumes_and_judges(tmp_path):
     assert len((out / "history.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
+def test_the_teacher_continues_grown_the_harmonic_source(tmp_path):
+    """--model wavenet: the teacher's CPU config grows a plain teacher the source (48 harmonics), trains it on the
+    recordings' pitch, and judges it against the file it started from."""
+    from wavflow.models.wavenet import WaveNetConfig
+
+    torch.manual_seed(0)
+    shipped = tmp_path / "wavenet.pt"
+    save_checkpoint(shipped, model_payload(build_model("wavenet", WaveNetConfig.tiny()), 0))
+    out = tmp_path / "run"
+    run = subprocess.run(["bash", str(SCRIPT), "5", "--model", "wavenet", "--shipped", str(shipped), "--out", str(out),
+                          "--data-root", str(LJSPEECH), "--threads", "1", "--metrics", "pitch", "--judge-args",
+                          JUDGE_ARGS, "--train-args", "train.max_steps=2 data.batch_size=1 data.segment_length=2048 "
+                          "data.n_valid=2 train.progress=false"],
+                         env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr + (out / "train.log").read_text()[-3000:]
+    state = read_checkpoint(out / "last.pt")
+    assert state["step"] == 2 and state["model_type"] == "wavenet"
+    assert (state["model_config"]["source_harmonics"], state["model_config"]["layers"]) == (48, 8)  # grown, tiny
+    settings = yaml.safe_load((out / "config.yaml").read_text())["train"]
+    assert settings["lr"] == 2e-4 and settings["warmup_steps"] == 300 and settings["grad_clip"] == 1.0
+    judged = json.loads((out / "judge.json").read_text())
+    assert [r["name"] for r in judged["systems"] if r["kind"] == "vocoder"] == ["shipped", "continued"]
+    assert json.loads((out / "history.jsonl").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize("args,message", [(["--model", "wavernn"], "--model is waveglow or wavenet, not wavernn"),
+                                          (["--model", "wavenet", "--sigma", "0.3"], "--sigma is the WaveGlow's")])
+def test_unknown_model_or_a_teachers_sigma_exits_2(tmp_path, args, message):
+    run = subprocess.run(["bash", str(SCRIPT), "1", "--out", str(tmp_path / "run"), *args], env=ENV, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and message in run.stderr and len(run.stderr.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_shipped_checkpoint_exits_2(tmp_path):
     run = subprocess.run(["bash", str(SCRIPT), "1", "--shipped", str(tmp_path / "nothing.pt"), "--out",
                           str(tmp_path / "run")], env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=60)

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Continue the shipped WaveGlow on this CPU for MINUTES, in the background of other work, and ship it when it is
-# better on the held-out clips (design.md section 9).
+# Continue a shipped model (the WaveGlow, or with --model wavenet the WaveNet teacher) on this CPU for MINUTES, in
+# the background of other work, and ship it when it is better on the held-out clips (design.md section 9).
 #
 #   bash recipes/ljspeech/cpu_continue.sh 120                       # train 120 CPU-minutes, then judge
 #   bash recipes/ljspeech/cpu_continue.sh 0 --judge                 # judge the run's last.pt now
 #   bash recipes/ljspeech/cpu_continue.sh 120 --install             # ... and replace the shipped file if better
+#   bash recipes/ljspeech/cpu_continue.sh 120 --model wavenet       # the teacher, grown the harmonic source
 #
 # Stages:
-#   1 train  python -m wavflow.train recipes/ljspeech/conf/waveglow.cpu.yaml (the architecture and switches come
-#            from the starting checkpoint) at nice 19, for MINUTES of the process's CPU time (--clock), bf16
+#   1 train  python -m wavflow.train recipes/ljspeech/conf/MODEL.cpu.yaml (the architecture comes from the
+#            starting checkpoint; the teacher's config adds the source, which grows it) at nice 19, for MINUTES of the process's CPU time (--clock), bf16
 #            autocast where the CPU has native bf16: resumed from OUT/last.pt when it exists (the run goes on exactly
 #            where it stopped, with its own settings), else started from the shipped checkpoint with --init (a fresh
-#            optimizer: Adam 5e-5 after a 300-step warm-up)
+#            optimizer: the WaveGlow at Adam 5e-5, the teacher at its config's rate, after a 300-step warm-up)
 #   2 judge  OUT/last.pt as the file that would ship (OUT/judged.pt: fp16 weights, --sigma as its default sigma),
 #            then python -m wavflow.evaluate on the 20 validation clips, whole, the shipped file and that one with
 #            the same noise seeds: DNSMOS P.808, pitch errors, MR-STFT, log-mel L1, held-out NLL, Griffin-Lim, and the
@@ -19,21 +20,24 @@
 #   3 ship   OUT/candidate.pt (the judged file) when it beats the shipped model on BOTH DNSMOS P.808 and gross pitch
 #            error (a model with no voiced frame counts as 100%); with --install it replaces the shipped file.
 #            OUT/history.jsonl gets one line per judgement: CPU minutes, steps, samples seen, every figure.
-# Options: --out DIR (default exp/cpu_continue), --data-root DIR (default ../shared/data/LJSpeech-1.1-mini),
+# Options: --model waveglow|wavenet (default waveglow), --out DIR (default exp/cpu_continue, the teacher's
+#          exp/cpu_continue_wavenet), --data-root DIR (default ../shared/data/LJSpeech-1.1-mini),
 #          --threads N|auto (torch threads; default auto: one, plus the cores other processes leave idle, back to
 #          one the moment they are wanted: wavflow/train/threads.py), --judge (skip training), --install,
 #          --train-args "K=V ...",
-#          --shipped FILE (the model to beat and to start from; default checkpoints/waveglow-ljspeech-mini.pt),
+#          --shipped FILE (the model to beat and to start from; default checkpoints/MODEL-ljspeech-mini.pt),
 #          --metrics M (evaluate's optional metrics, default dnsmos,pitch; DNSMOS needs wavflow[metrics]: without
-#          it no model counts as better), --judge-args "..." (more evaluate options, e.g. --max-clips 4),
-#          --sigma S (the continued model's default sampling sigma, chosen on training clips, never on these),
+#          it no model counts as better), --judge-args "..." (more evaluate options, e.g. --max-clips 4; the
+#          teacher's default, as its generation is sequential),
+#          --sigma S (the continued WaveGlow's default sampling sigma, chosen on training clips, never on these),
 #          --clock cpu|wall (what MINUTES counts, default cpu: the process's CPU time, which on two threads runs up
 #          to twice as fast as the wall clock; wall: to end by a given time)
 set -euo pipefail
 
 MINUTES=${1:?usage: cpu_continue.sh MINUTES [--out DIR] [--data-root DIR] [--threads N] [--judge] [--install]}
 shift
-OUT=exp/cpu_continue
+OUT=""
+MODEL=waveglow
 DATA=../shared/data/LJSpeech-1.1-mini
 THREADS=auto
 JUDGE_ONLY=0
@@ -41,12 +45,13 @@ INSTALL=0
 TRAIN_ARGS=""
 SHIPPED=""
 METRICS=dnsmos,pitch
-JUDGE_ARGS=""
+JUDGE_ARGS="-"
 SIGMA=""
 CLOCK=cpu
 while [ $# -gt 0 ]; do
   case $1 in
     --out) OUT=$2; shift 2 ;;
+    --model) MODEL=$2; shift 2 ;;
     --data-root) DATA=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
     --judge) JUDGE_ONLY=1; shift ;;
@@ -62,9 +67,15 @@ while [ $# -gt 0 ]; do
 done
 case $CLOCK in cpu) what=CPU-minutes ;; wall) what=minutes ;;
   *) echo "cpu_continue.sh: --clock is cpu or wall, not $CLOCK" >&2; exit 2 ;; esac
+case $MODEL in
+  waveglow) OUT=${OUT:-exp/cpu_continue}; [ "$JUDGE_ARGS" = - ] && JUDGE_ARGS="" ;;
+  wavenet) OUT=${OUT:-exp/cpu_continue_wavenet}; [ "$JUDGE_ARGS" = - ] && JUDGE_ARGS="--max-clips 4"
+    if [ -n "$SIGMA" ]; then echo "cpu_continue.sh: --sigma is the WaveGlow's; the teacher has none" >&2; exit 2; fi ;;
+  *) echo "cpu_continue.sh: --model is waveglow or wavenet, not $MODEL" >&2; exit 2 ;;
+esac
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-SHIPPED=${SHIPPED:-$REPO/checkpoints/waveglow-ljspeech-mini.pt}
+SHIPPED=${SHIPPED:-$REPO/checkpoints/$MODEL-ljspeech-mini.pt}
 if [ ! -f "$SHIPPED" ]; then echo "cpu_continue.sh: no checkpoint at $SHIPPED" >&2; exit 2; fi
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
@@ -73,13 +84,16 @@ if [ "$JUDGE_ONLY" = 0 ]; then
   if [ -f "$OUT/last.pt" ]; then
     conf=$OUT/config.yaml; start=(--resume)  # the run's own settings, written when it started
   else
-    # the run's settings without model_config: the architecture and its switches are the checkpoint's. A trained
-    # model goes on at Adam 5e-5 after a 300-step warm-up of the fresh optimizer (docs/quality.md: 5e-5 beat 2e-4
-    # on the trainer's validation NLL and on voicing after 600 steps from the same state)
+    # The WaveGlow: the run's settings without model_config (the experiment's architecture and switches; the
+    # shipped file's are kept). A trained model goes on at Adam 5e-5 after a 300-step warm-up of the fresh
+    # optimizer (docs/quality.md: 5e-5 beat 2e-4 on the trainer's validation NLL and on voicing after 600 steps
+    # from the same state). The teacher: its config's model_config holds only the source, which grows it.
     conf=$OUT/continue.yaml; start=(--init "$SHIPPED")
-    "$PY" -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); c.pop("model_config"); c["mel"] = {}
-c["train"].update(lr=5e-5, warmup_steps=300)
-yaml.safe_dump(c, open(sys.argv[2], "w"), sort_keys=False)' "$HERE/conf/waveglow.cpu.yaml" "$conf"
+    "$PY" -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); c["mel"] = {}
+if sys.argv[3] == "waveglow":
+    c.pop("model_config"); c["train"]["lr"] = 5e-5
+c["train"]["warmup_steps"] = 300
+yaml.safe_dump(c, open(sys.argv[2], "w"), sort_keys=False)' "$HERE/conf/$MODEL.cpu.yaml" "$conf" "$MODEL"
   fi
   if [ "$THREADS" = auto ]; then threads=(train.threads=0 train.adaptive_threads=true)
   else threads=(train.threads="$THREADS" train.adaptive_threads=false); fi
