@@ -200,6 +200,16 @@ def locked_track(audio: Tensor, f0: Tensor, voiced: Tensor, hop: int, sample_rat
     return SourceTrack(f0, voiced, detune.float().to(f0.device), anchors.to(f0.device))
 
 
+@torch.no_grad()
+def training_track(audio: Tensor, f0: Tensor, voiced: Tensor, phase: str, mel_config: Any) -> SourceTrack:
+    """The training source of crops audio [B, T] from their recordings' pitch tracks f0 / voiced [B, F]: phase
+    "recording" locks it to the recording (`locked_track`), "free" runs it from 0 (`free_track`)."""
+    hop, rate = mel_config.hop_length, mel_config.sample_rate
+    if phase == "recording":
+        return locked_track(audio, f0, voiced, hop, rate)
+    return free_track(f0, voiced, hop, rate)
+
+
 def _phase(track: SourceTrack, hop: int, sample_rate: int) -> tuple[Tensor, Tensor, Tensor]:
     """(phi, freq, gate), each [B, F, hop] float64: the phase (mod 2 pi), the interpolated F0 and voicing of every
     sample of the track's frames (module docstring)."""

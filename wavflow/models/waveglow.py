@@ -26,7 +26,6 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -39,12 +38,12 @@ from ..frontend import MelConfig
 from ..losses import stft_loss
 from ..source import (
     HarmonicAmplitudes,
+    HarmonicSource,
     PitchPredictor,
     SourceTrack,
     free_track,
     harmonic_mean,
-    locked_track,
-    predicted_pitch_error,
+    training_track,
 )
 from ..source import excitation as make_excitation
 from . import ExportSpec, NoiseSpan, Streamer, Vocoder, noise_device, refuse_options
@@ -359,10 +358,7 @@ class WaveGlow(nn.Module, Vocoder):
                 raise WavflowError("a WaveGlow with a source trains on pitch tracks of the recordings (the trainer "
                                    "supplies them: wavflow.pitch)")
             f0, voiced = (p[:, : mel.shape[-1]].to(audio.device) for p in pitch)
-            hop, rate = self.mel_config.hop_length, self.mel_config.sample_rate
-            with torch.no_grad():
-                track = (locked_track(audio, f0, voiced, hop, rate) if cfg.source_phase == "recording"
-                         else free_track(f0, voiced, hop, rate))
+            track = training_track(audio, f0, voiced, cfg.source_phase, self.mel_config)
             track = self.with_amplitudes(track, mel)  # with gradients: the likelihood trains them
             pitch_loss, pitch_logs = self.source.loss(mel, f0, voiced)
             extra = extra + cfg.pitch_weight * pitch_loss
@@ -514,17 +510,10 @@ class WaveGlow(nn.Module, Vocoder):
     def export_graph(self) -> nn.Module:
         return WaveGlowGraph(self)
 
-    def export_options(self, mel: Tensor, outputs: Sequence[np.ndarray]) -> dict[str, Any]:
-        """With a source, the track of the F0 and voicing the graph predicted (outputs[1:3])."""
-        if self.source is None:
-            return {}
-        f0, voiced = (torch.from_numpy(o).to(mel.device) for o in outputs[1:3])
-        return {"source_track": self.track_of(f0, voiced, mel)}
-
-    def export_output_error(self, mel: Tensor, outputs: Sequence[np.ndarray]) -> float:
-        """With a source: 1 where a voicing decision differs from the pitch predictor's, else the largest relative
-        difference of F0 (floored at 1 Hz)."""
-        return 0.0 if self.source is None else predicted_pitch_error(self.source, mel, outputs[1], outputs[2])
+    # With a source: the track of the F0 and voicing an exported graph predicted, and how far those are from the
+    # pitch predictor's (the same as the teacher's and the student's: they read only `source` and `track_of`).
+    export_options = HarmonicSource.export_options
+    export_output_error = HarmonicSource.export_output_error
 
     # The config keys a --init may change (wavflow.models.waveglow_growth): the source's switches and the objective.
     GROWABLE: ClassVar[tuple[str, ...]] = GROWABLE

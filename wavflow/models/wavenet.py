@@ -49,7 +49,7 @@ from ..distributions import Distribution, build_distribution
 from ..errors import WavflowError
 from ..frontend import MelConfig
 from ..layers import MelUpsampler, WaveNetStack, dilations_for, flatten_stack, receptive_field
-from ..source import HarmonicSource, SourceTrack, free_track, locked_track
+from ..source import HarmonicSource, SourceTrack, training_track
 from . import (
     ExportSpec,
     NoiseSpan,
@@ -270,10 +270,7 @@ class WaveNet(nn.Module, HarmonicSource, Vocoder):
                 raise WavflowError("a WaveNet with a source trains on pitch tracks of the recordings (the trainer "
                                    "supplies them: wavflow.pitch)")
             f0, voiced = (p[:, : mel.shape[-1]].to(audio.device) for p in pitch)
-            hop, rate = self.mel_config.hop_length, self.mel_config.sample_rate
-            with torch.no_grad():
-                track = (locked_track(audio, f0, voiced, hop, rate) if self.config.source_phase == "recording"
-                         else free_track(f0, voiced, hop, rate))
+            track = training_track(audio, f0, voiced, self.config.source_phase, self.mel_config)
             track = track.with_amplitudes(self.harmonics(mel))  # with gradients: the likelihood trains them
             pitch_loss, logs = self.source.loss(mel, f0, voiced)
             extra = self.config.pitch_weight * pitch_loss
