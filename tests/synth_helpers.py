@@ -88,3 +88,14 @@ def run_in_process(main: Callable[[Sequence[str] | None], object], argv: Sequenc
 def snapshot(root: Path) -> set[str]:
     """Every path under root (files, directories, temporaries), to prove a failed run created nothing."""
     return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def live_source(model: torch.nn.Module) -> torch.nn.Module:
+    """A teacher's or student's harmonic source moved off its zero start (wavflow.source.HarmonicSource): voiced
+    throughout (so a phase must carry across chunks), a loud harmonic mean, an excitation that reaches the gates."""
+    with torch.no_grad():
+        model.source.out.bias.copy_(torch.tensor([0.0, 3.0]))
+        model.harmonics.out.weight.normal_(0.0, 0.02)
+        model.harmonics.out.bias.fill_(0.05)
+        model.excite.weight.normal_(0.0, 1.0)
+    return model

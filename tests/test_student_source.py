@@ -19,7 +19,7 @@ from wavflow.models.student import IAFStudent, StudentConfig
 from wavflow.models.wavenet import WaveNet, WaveNetConfig
 from wavflow.streaming import stream
 
-from synth_helpers import REPO
+from synth_helpers import REPO, live_source
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HOP = 256
@@ -28,13 +28,7 @@ SOURCE = {"source_harmonics": 4, "source_channels": 8}
 
 def _teacher(seed: int = 0) -> WaveNet:
     torch.manual_seed(seed)
-    teacher = WaveNet(WaveNetConfig.tiny(**SOURCE)).eval()
-    with torch.no_grad():
-        teacher.source.out.bias.copy_(torch.tensor([0.0, 3.0]))  # voiced throughout
-        teacher.harmonics.out.weight.normal_(0.0, 0.02)
-        teacher.harmonics.out.bias.fill_(0.05)
-        teacher.excite.weight.normal_(0.0, 1.0)
-    return teacher
+    return live_source(WaveNet(WaveNetConfig.tiny(**SOURCE)).eval())
 
 
 def _student(seed: int = 1) -> IAFStudent:
@@ -44,11 +38,7 @@ def _student(seed: int = 1) -> IAFStudent:
     with torch.no_grad():
         for f in student.flows:
             f.out.weight.normal_(0, 0.3)
-        student.source.out.bias.copy_(torch.tensor([0.0, 3.0]))
-        student.harmonics.out.weight.normal_(0.0, 0.02)
-        student.harmonics.out.bias.fill_(0.05)
-        student.excite.weight.normal_(0.0, 1.0)
-    return student
+    return live_source(student)
 
 
 def _mel(batch: int, frames: int, seed: int = 0) -> torch.Tensor:

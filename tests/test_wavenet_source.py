@@ -19,7 +19,7 @@ from wavflow.models.wavenet import WaveNet, WaveNetConfig
 from wavflow.pitch import PitchTrack
 from wavflow.streaming import stream
 
-from synth_helpers import REPO
+from synth_helpers import REPO, live_source
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HOP = 256
@@ -32,11 +32,7 @@ def _teacher(seed: int = 0, **kw) -> WaveNet:
     model = WaveNet(WaveNetConfig.tiny(source_harmonics=4, source_channels=8, **kw)).eval()
     with torch.no_grad():
         model.out2.weight.mul_(4)
-        model.source.out.bias.copy_(torch.tensor([0.0, 3.0]))  # voiced: the phase must carry across chunks
-        model.harmonics.out.weight.normal_(0.0, 0.02)
-        model.harmonics.out.bias.fill_(0.05)
-        model.excite.weight.normal_(0.0, 1.0)
-    return model
+    return live_source(model)
 
 
 def _mel(batch: int, frames: int, seed: int = 0) -> torch.Tensor:
