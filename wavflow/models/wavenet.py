@@ -23,8 +23,8 @@ amplitudes from the mel) is added to the Gaussian's mean, and the excitation joi
 
 The stack reads the residual r, so every generation method above generates r unchanged and the audio is r + h
 (not clamped again: the sum is what the density scores when it is fed back); the likelihood stays exact (a shift
-by h, known from the mel, has unit Jacobian). Training
-uses the recording's pitch track, phase-locked to it; inference predicts the pitch and lets the phase run free.
+by h, known from the mel, has unit Jacobian). Training uses the recording's pitch track, phase-locked to it;
+inference predicts the pitch and lets the phase run free.
 
 Speed: a cached sample is a fixed, small amount of arithmetic over every weight of the stack. At batch 1 the
 compiled loop reads all the weights from cache for every sample, so cache bandwidth bounds it, not arithmetic;
