@@ -1,6 +1,7 @@
 """recipes/ljspeech/cpu_continue.sh, the CPU continuation of the shipped WaveGlow: the whole script on a tiny
 checkpoint (grown into a source model, two steps, judged on one short clip, resumed), and its ship rule
-(cpu_experiment.py decide: better on BOTH DNSMOS P.808 and gross pitch error, else nothing is written)."""
+(cpu_experiment.py decide: DNSMOS P.808 better beyond the noise of the per-clip paired difference AND pitch better,
+or within its target, else nothing is written)."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -129,10 +131,19 @@ def test_unknown_clock_exits_2(tmp_path):
     assert len(run.stderr.splitlines()) == 1 and not (tmp_path / "run" / "train.log").exists()
 
 
-@pytest.mark.parametrize("dnsmos,gpe,ships", [((2.9, 2.8), (0.05, None), True),   # better on both
-                                             ((2.7, 2.8), (0.05, None), False),  # pitch but a lower DNSMOS
-                                             ((2.9, 2.8), (0.30, 0.20), False)])  # DNSMOS up, pitch worse
-def test_ships_only_when_better_on_dnsmos_and_pitch(tmp_path, dnsmos, gpe, ships):
+# Per-clip DNSMOS of three clips (continued, shipped): a steady gain, and a mean gain smaller than its noise.
+STEADY = ([3.1, 3.2, 3.3], [3.0, 3.1, 3.2])
+NOISY = ([3.3, 2.9, 3.35], [3.1, 3.2, 3.2])
+
+
+@pytest.mark.parametrize("dnsmos,gpe,ships,per_clip", [
+    ((2.9, 2.8), (0.05, None), True, None),     # better on both (means only)
+    ((2.7, 2.8), (0.05, None), False, None),    # pitch but a lower DNSMOS
+    ((2.9, 2.8), (0.30, 0.20), False, None),    # DNSMOS up, pitch worse
+    ((3.2, 3.1), (0.002, 0.001), True, STEADY),  # DNSMOS up by 0.1 on every clip; pitch within its target
+    ((3.18, 3.17), (0.0, 0.001), False, NOISY),  # the mean up by 0.01, per clip +0.2, -0.3, +0.15: noise
+    ((3.2, 3.1), (0.12, 0.05), False, STEADY)])  # DNSMOS up, pitch past its target
+def test_ships_only_when_better_on_dnsmos_and_pitch(tmp_path, dnsmos, gpe, ships, per_clip):
     torch.manual_seed(0)
     out = tmp_path / "run"
     out.mkdir()
@@ -143,11 +154,18 @@ def test_ships_only_when_better_on_dnsmos_and_pitch(tmp_path, dnsmos, gpe, ships
     (out / "log.jsonl").write_text(json.dumps({"step": 7, "run/end": "max_steps", "run/samples": 7 * 2048,
                                              "run/cpu_seconds": 90.0}) + "\n")
     judge = out / "judge.json"
-    judge.write_text(json.dumps({"systems": [
-        {"name": "continued", "kind": "vocoder", "dnsmos_p808": dnsmos[0], "gpe": gpe[0]},
-        {"name": "shipped", "kind": "vocoder", "dnsmos_p808": dnsmos[1], "gpe": gpe[1]}]}))
+    rows = [{"name": "continued", "kind": "vocoder", "dnsmos_p808": dnsmos[0], "gpe": gpe[0]},
+            {"name": "shipped", "kind": "vocoder", "dnsmos_p808": dnsmos[1], "gpe": gpe[1]}]
+    if per_clip is not None:
+        for row, values in zip(rows, per_clip, strict=True):
+            row["per_clip"] = [{"id": f"LJ{i}", "dnsmos_p808": v} for i, v in enumerate(values)]
+    judge.write_text(json.dumps({"systems": rows}))
     assert _decide()(out, judge, shipped, True) is ships
     record = json.loads((out / "history.jsonl").read_text())
+    if per_clip is not None:  # the paired change and its standard error are recorded
+        diffs = [a - b for a, b in zip(*per_clip, strict=True)]
+        assert record["dnsmos_p808_change"] == pytest.approx(sum(diffs) / 3)
+        assert record["dnsmos_p808_change_se"] == pytest.approx(float(np.std(diffs, ddof=1)) / 3 ** 0.5)
     assert record["better"] is ships and record["steps"] == 7 and record["cpu_minutes"] == 1.5
     assert (out / "candidate.pt").exists() is ships
     if ships:  # installed: the fp16 candidate, which loads as the same model

@@ -186,10 +186,40 @@ def _sigma(row: dict) -> float | None:
     return read_checkpoint(row["checkpoint"])["model_config"].get("infer_sigma")
 
 
+PITCH_TARGET = 0.10  # issue 22's gross pitch error target for the WaveGlow
+
+
+def paired(new: dict, old: dict, key: str) -> tuple[float, float] | None:
+    """Mean and standard error of the per-clip difference new - old of figure `key` over the clips both rows score
+    (evaluate's per_clip, same clips and noise seeds); None without two such clips."""
+    a = {c["id"]: c.get(key) for c in new.get("per_clip") or []}
+    b = {c["id"]: c.get(key) for c in old.get("per_clip") or []}
+    diffs = [a[i] - b[i] for i in a if i in b and a[i] is not None and b[i] is not None
+             and math.isfinite(a[i]) and math.isfinite(b[i])]
+    if len(diffs) < 2:
+        return None
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, math.sqrt(var / len(diffs))
+
+
+def beats(new: dict, old: dict) -> bool:
+    """The ship rule. DNSMOS P.808 better by more than two standard errors of the per-clip paired difference (by
+    the mean where evaluate gave no per-clip figures); and gross pitch error lower (a file with no voiced frame
+    counts as 100%) or, where the shipped file already meets the pitch target, still within it."""
+    change = paired(new, old, "dnsmos_p808")
+    if change is None:
+        dnsmos = (new.get("dnsmos_p808") or 0.0) > (old.get("dnsmos_p808") or 0.0)
+    else:
+        dnsmos = change[0] > 2 * change[1]
+    pitch = _gpe(new) < _gpe(old) or _gpe(new) <= PITCH_TARGET >= _gpe(old)
+    return dnsmos and pitch
+
+
 def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
-    """Ship the continued model when it beats the shipped one on both DNSMOS P.808 and GPE; record the judgement.
-    The candidate is the file that was judged (OUT/judged.pt, cpu_continue.sh's stage 2) where there is one, else
-    OUT/last.pt with fp16 weights."""
+    """Ship the continued model when it beats the shipped one (`beats`); record the judgement. The candidate is the
+    file that was judged (OUT/judged.pt, cpu_continue.sh's stage 2) where there is one, else OUT/last.pt with fp16
+    weights."""
     import datetime
     import shutil
 
@@ -198,16 +228,20 @@ def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
 
     rows = {r["name"]: r for r in json.loads(judge.read_text())["systems"]}
     old, new = rows["shipped"], rows["continued"]
-    better = (new.get("dnsmos_p808") or 0.0) > (old.get("dnsmos_p808") or 0.0) and _gpe(new) < _gpe(old)
+    better = beats(new, old)
+    change = paired(new, old, "dnsmos_p808")
     steps, samples, cpu = _run_totals(out)
     keys = ("nll_nats", "dnsmos_p808", "gpe", "vde", "f0_rmse_cents", "mrstft", "logmel_l1")
     record = {"date": datetime.date.today().isoformat(), "cpu_minutes": round(cpu / 60, 1), "steps": steps,
               "samples": samples, "better": better,
               **{f"{name}/{k}": rows[name].get(k) for name in rows for k in keys},
               **{f"{name}/sigma": _sigma(rows[name]) for name in rows}}
+    if change is not None:
+        record["dnsmos_p808_change"], record["dnsmos_p808_change_se"] = change
     with open(out / "history.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
-    print(f"continued: DNSMOS P.808 {_num(new.get('dnsmos_p808'), 2)} (shipped {_num(old.get('dnsmos_p808'), 2)}), "
+    print(f"continued: DNSMOS P.808 {_num(new.get('dnsmos_p808'), 2)} (shipped {_num(old.get('dnsmos_p808'), 2)}"
+          f"{'' if change is None else f'; per clip {change[0]:+.3f} +- {change[1]:.3f}'}), "
           f"GPE {_pct(new.get('gpe'))} (shipped {_pct(old.get('gpe'))}), after {cpu / 60:.0f} CPU-minutes in all, "
           f"step {steps}: {'better' if better else 'not better'}")
     if better:
