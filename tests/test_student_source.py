@@ -1,7 +1,7 @@
 """The IAF student with a source (`StudentConfig.source_harmonics`): the excitation in the conditioning, the harmonic
 mean added to the flows' output, the source taken over from the teacher when distillation starts. Exact checks:
-x = z S + M with M including h, the step-by-step inverse recovers z, the parallel passes agree, chunked == whole,
-ONNX == PyTorch, a grown student computes what it did."""
+x = z S + M with M including h, the step-by-step inverse recovers z, the parallel passes agree, chunked == whole
+(the teacher's stream too), ONNX == PyTorch, a grown student computes what it did."""
 from __future__ import annotations
 
 import math
@@ -76,12 +76,23 @@ def test_the_step_by_step_inverse_recovers_the_noise():
     torch.testing.assert_close(log_back, log_scale, atol=1e-4, rtol=0)
 
 
+def _lively_teacher() -> WaveNet:
+    teacher = _teacher(seed=8)
+    with torch.no_grad():  # a livelier head, so the samples depend visibly on the past
+        teacher.out2.weight.mul_(4)
+    return teacher
+
+
 @pytest.mark.parametrize("chunk", [0.0116, 0.0813])
-def test_a_source_student_streams_like_the_whole_utterance(chunk):
-    student = _student(seed=7)
-    mel = _mel(1, 12, seed=8)
-    whole = synthesize(mel[0].numpy(), model=student, seed=3)
-    streamed = torch.cat(list(stream(mel[0].numpy(), chunk, model=student, seed=3)))
+@pytest.mark.parametrize("family,make,mel_seed", [("teacher", _lively_teacher, 9),
+                                                   ("student", lambda: _student(seed=7), 8)])
+def test_a_source_model_streams_like_the_whole_utterance(chunk, family, make, mel_seed):
+    """The teacher's and the student's streams make each chunk's excitation and harmonic mean from the whole
+    utterance's track: chunked == whole."""
+    model = make()
+    mel = _mel(1, 12, seed=mel_seed)
+    whole = synthesize(mel[0].numpy(), model=model, seed=3)
+    streamed = torch.cat(list(stream(mel[0].numpy(), chunk, model=model, seed=3)))
     assert streamed.shape == whole.shape == (12 * HOP,) and whole.abs().max() > 0.05
     torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-4)
 

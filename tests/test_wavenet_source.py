@@ -1,7 +1,8 @@
 """The WaveNet teacher with a source (`WaveNetConfig.source_harmonics`): the harmonic mean shifts the Gaussian's mean
 and the excitation joins the conditioning. Exact checks: generated audio is what the density's inverse gives for
-the same noise, causality by gradient, naive == cached == cached_torch, chunked == whole, a grown teacher computes
-what it did, and the trainer feeds it pitch tracks."""
+the same noise, causality by gradient, naive == cached == cached_torch, a grown teacher computes what it did, and
+the trainer feeds it pitch tracks. Its stream (chunked == whole) is tested beside the student's, in
+test_student_source.py."""
 from __future__ import annotations
 
 import math
@@ -14,10 +15,8 @@ import yaml
 from wavflow import pitch as pitch_module
 from wavflow.checkpoint import load, model_from_payload, model_payload, save_checkpoint
 from wavflow.errors import WavflowError
-from wavflow.inference import synthesize
 from wavflow.models.wavenet import WaveNet, WaveNetConfig
 from wavflow.pitch import PitchTrack
-from wavflow.streaming import stream
 
 from synth_helpers import REPO, live_source
 
@@ -84,16 +83,6 @@ def test_naive_cached_and_batched_generation_agree():
     alone = model.generate(mel[1:], method="cached", temperature=0.8,
                            noise=model.draw_noise(2, 3 * HOP, torch.Generator().manual_seed(7))[1:])
     torch.testing.assert_close(alone[0], runs["cached"][1], atol=1e-4, rtol=0)
-
-
-@pytest.mark.parametrize("chunk", [0.0116, 0.0813])
-def test_a_source_teacher_streams_like_the_whole_utterance(chunk):
-    model = _teacher(seed=8)
-    mel = _mel(1, 12, seed=9)
-    whole = synthesize(mel[0].numpy(), model=model, seed=3)
-    streamed = torch.cat(list(stream(mel[0].numpy(), chunk, model=model, seed=3)))
-    assert streamed.shape == whole.shape == (12 * HOP,) and whole.abs().max() > 0.05
-    torch.testing.assert_close(streamed, whole, rtol=0, atol=1e-4)
 
 
 def test_a_plain_teacher_grows_a_source_and_computes_what_it_did():

@@ -312,6 +312,13 @@ class HarmonicSource:
         f0, voiced = self.source.predict(mel.to(self.source.inp.weight.dtype))
         return self.track_of(f0, voiced, mel)
 
+    def source_of(self, mel: Tensor, track: SourceTrack | None = None) -> SourceTrack | None:
+        """The source for `mel`: `track` where one is given (the recording's in training, a stream's window of the
+        whole utterance's), else the predicted one (`source_track`); None for a model without a source."""
+        if self.source is None:
+            return None
+        return self.source_track(mel) if track is None else track
+
     def with_excitation(self, c: Tensor, track: SourceTrack | None) -> Tensor:
         """Conditioning c [B, C, n] of a track's first n samples, plus the projected excitation (c without a
         source)."""

@@ -203,11 +203,11 @@ def paired(new: dict, old: dict, key: str) -> tuple[float, float] | None:
     return mean, math.sqrt(var / len(diffs))
 
 
-def beats(new: dict, old: dict) -> bool:
-    """The ship rule. DNSMOS P.808 better by more than two standard errors of the per-clip paired difference (by
-    the mean where evaluate gave no per-clip figures); and gross pitch error lower (a file with no voiced frame
-    counts as 100%) or, where the shipped file already meets the pitch target, still within it."""
-    change = paired(new, old, "dnsmos_p808")
+def beats(new: dict, old: dict, change: tuple[float, float] | None) -> bool:
+    """The ship rule. DNSMOS P.808 better by more than two standard errors of the per-clip paired difference
+    (`change`, from `paired`; by the mean where evaluate gave no per-clip figures); and gross pitch error lower (a
+    file with no voiced frame counts as 100%) or, where the shipped file already meets the pitch target, still
+    within it."""
     if change is None:
         dnsmos = (new.get("dnsmos_p808") or 0.0) > (old.get("dnsmos_p808") or 0.0)
     else:
@@ -228,8 +228,8 @@ def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
 
     rows = {r["name"]: r for r in json.loads(judge.read_text())["systems"]}
     old, new = rows["shipped"], rows["continued"]
-    better = beats(new, old)
     change = paired(new, old, "dnsmos_p808")
+    better = beats(new, old, change)
     steps, samples, cpu = _run_totals(out)
     keys = ("nll_nats", "dnsmos_p808", "gpe", "vde", "f0_rmse_cents", "mrstft", "logmel_l1")
     record = {"date": datetime.date.today().isoformat(), "cpu_minutes": round(cpu / 60, 1), "steps": steps,

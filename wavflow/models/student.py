@@ -335,8 +335,7 @@ class IAFStudent(nn.Module, HarmonicSource, Vocoder):
         """z_0 [B, T] -> (x, M, log S) [B, T] through the flows (`fast_flow` or `flow`), the harmonic mean added to
         x and M."""
         length = z.shape[-1]
-        if self.source is not None and track is None:
-            track = self.source_track(mel)
+        track = self.source_of(mel, track)
         cond = self.conditioning(mel, length, track)
         x, mean, log_scale = (self.fast_flow if fast else self.flow)(z, cond)
         h = self.mean_of(track, length)
@@ -445,7 +444,7 @@ class IAFStudent(nn.Module, HarmonicSource, Vocoder):
                progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact inverse, one step at a time: audio [B, T] -> (z_0 [B, T], log S [B, T]). O(T * layers), slow."""
         length = audio.shape[-1]
-        track = self.source_track(mel) if self.source is not None else None
+        track = self.source_of(mel)
         h = self.mean_of(track, length)
         if h is not None:
             audio = audio - h.to(audio.dtype)

@@ -139,7 +139,7 @@ class StudentStreamer(Streamer):
         self.flows = model.flow_stream(1, mel.dtype, mel.device)
         # with a source, the pitch and the phase at each frame centre are worked out once for the whole mel, so
         # each chunk's excitation and harmonic mean continue the whole utterance's
-        self.track = model.source_track(mel) if model.source is not None else None
+        self.track = model.source_of(mel)
 
     def chunk(self, f0: int, f1: int) -> Tensor:
         cond = self.model.upsampler.window(self.mel, f0, f1)

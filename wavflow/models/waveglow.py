@@ -191,8 +191,7 @@ class WaveGlow(nn.Module, Vocoder):
                                  num_samples // self.config.n_group, weight_matrix)
         if self.source is None:
             return cond
-        if track is None:
-            track = self.source_track(mel)
+        track = self.source_of(mel, track)
         e = squeeze(self.excitation(track, num_samples)[:, None].to(cond.dtype), self.config.n_group)
         return torch.cat([cond, e], 1)
 
@@ -201,11 +200,10 @@ class WaveGlow(nn.Module, Vocoder):
         """Training needs the recordings' pitch tracks (the trainer attaches them to the data)."""
         return self.source is not None
 
-    def source_track(self, mel: Tensor) -> SourceTrack:
-        """The inference source of a mel [B, n_mels, F]: predicted F0 and voicing, phase running free from 0, and
-        the harmonic mean's amplitudes."""
-        f0, voiced = self.source.predict(mel.to(self.source.inp.weight.dtype))
-        return self.track_of(f0, voiced, mel)
+    # The inference source of a mel (predicted F0 and voicing, the phase running free from 0, the harmonic mean's
+    # amplitudes), and the source to use: the teacher's and the student's, which read `source` and `track_of`.
+    source_track = HarmonicSource.source_track
+    source_of = HarmonicSource.source_of
 
     def track_of(self, f0: Tensor, voiced: Tensor, mel: Tensor) -> SourceTrack:
         """The inference source of given F0 and voicing [B, F] (phase running free from 0) for a mel."""
@@ -266,8 +264,7 @@ class WaveGlow(nn.Module, Vocoder):
         """
         g = self.config.n_group
         t = audio.shape[-1] // g * g
-        if self.source is not None and track is None:
-            track = self.source_track(mel)
+        track = self.source_of(mel, track)
         cond = self.condition(mel, t, track=track)
         audio = audio[:, :t]
         mean = self.harmonic_mean(track, t)
@@ -295,8 +292,7 @@ class WaveGlow(nn.Module, Vocoder):
         -> audio [B, G * n_group]."""
         cfg = self.config
         t = z.shape[-1] * cfg.n_group
-        if self.source is not None and track is None:
-            track = self.source_track(mel)
+        track = self.source_of(mel, track)
         cond = self.condition(mel, t, track=track)
         audio = self._inverse(z, lambda k, x: self.coupling[k].inverse(x, cond), cond)
         mean = self.harmonic_mean(track, t)
@@ -418,8 +414,7 @@ class WaveGlow(nn.Module, Vocoder):
         # fp16 model runs its coupling networks in that dtype, the cheap affine and 1x1 updates in float32, so the
         # state is not rounded to 8 or 11 bits twelve times over.
         state_dtype = torch.promote_types(mel.dtype, torch.float32)
-        if self.source is not None and source_track is None:
-            source_track = self.source_track(mel)
+        source_track = self.source_of(mel, source_track)
         cond_in = self.condition(mel.to(plan.dtype), t, plan.upsample, track=source_track)
         backend = plan.backend_for(mel.device, t // cfg.n_group, check_backend(backend) or self.backend).backend
         x = torch.empty(shape, device=mel.device, dtype=state_dtype)

@@ -43,7 +43,7 @@ class WaveGlowStreamer(Streamer):
         self.before, self.after = stream_margins(model)
         # A model with a source: the pitch of every frame (a small frame-rate pass) and the phase at each frame
         # centre are worked out once, so each window's excitation continues the whole utterance's.
-        self.track = model.source_track(mel) if model.source is not None else None
+        self.track = model.source_of(mel)
 
     def chunk(self, f0: int, f1: int) -> torch.Tensor:
         w0, w1 = max(0, f0 - self.before), min(self.frames, f1 + self.after)

@@ -243,8 +243,7 @@ class WaveNet(nn.Module, HarmonicSource, Vocoder):
         With a source the stack reads the residual x - h and the Gaussian's mean includes h; track: the source
         (None: `source_track(mel)`, as the model samples)."""
         T = audio.shape[-1]
-        if self.source is not None and track is None:
-            track = self.source_track(mel)
+        track = self.source_of(mel, track)
         c = self.conditioning(mel, T, track)
         h = self.mean_of(track, T)
         if h is not None:
@@ -341,7 +340,7 @@ class WaveNet(nn.Module, HarmonicSource, Vocoder):
         self.eval()
         try:
             c = self.upsampler(mel)  # [B, C, T]
-            track = self.source_track(mel) if self.source is not None else None
+            track = self.source_of(mel)
             c = self.with_excitation(c, track)
             if method == "naive":
                 audio = self._generate_naive(c, noise, temperature, lens, progress)

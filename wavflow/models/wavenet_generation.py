@@ -111,7 +111,7 @@ class WaveNetStreamer(Streamer):
                                            temperature=float(options.get("temperature", 1.0)), device=mel.device)
         # A teacher with a source: the pitch of every frame (a small frame-rate pass) and the phase at each frame
         # centre are worked out once, so each chunk's excitation and harmonic mean continue the whole utterance's.
-        self.track = model.source_track(mel) if model.source is not None else None
+        self.track = model.source_of(mel)
 
     def chunk(self, f0: int, f1: int) -> torch.Tensor:
         cond = self.model.upsampler.window(self.mel, f0, f1)
