@@ -28,7 +28,7 @@ from wavflow.losses import stft_loss
 from wavflow.metrics import clip_metrics, griffin_lim, logmel_l1, pooled_nll
 from wavflow.models import build_model
 from wavflow.models.waveglow import WaveGlowConfig
-from wavflow.pitch import PitchSettings
+from wavflow.pitch import PitchSettings, PitchTrack
 
 from synth_helpers import clip as fixture_clip
 from synth_helpers import snapshot
@@ -493,3 +493,28 @@ def test_unwritable_report_dir_is_refused_before_any_work(waveglow_ckpt, ljspeec
         assert "locked" in err
     finally:
         locked.chmod(0o700)
+
+
+def test_a_source_model_is_also_scored_given_the_recordings_pitch(waveglow_ckpt, ljspeech_root, tmp_path):
+    """With the recordings' pitch tracks, a model with a source gets a second NLL, given them as it trains
+    (metrics.pooled_nll's `pitch`); the row's NLL stays the one it samples by; a plain model gets no second."""
+    import wavflow.evaluate as ev
+
+    torch.manual_seed(0)
+    source = build_model("waveglow", WaveGlowConfig(**{**WaveGlowConfig.tiny().__dict__, "source": True,
+                                                       "source_channels": 8, "source_harmonics": 4}))
+    with torch.no_grad():
+        source.harmonics.out.weight.normal_(0.0, 0.02)
+    save_checkpoint(tmp_path / "source.pt", model_payload(source, step=3))
+    clips = ev.load_clips(ljspeech_root, 20, 2, SECONDS, MelConfig())
+    frames = {c.id: MelConfig().num_frames(c.audio.shape[0]) for c in clips}
+    pitch = {i: PitchTrack(np.full(n, 140.0, np.float32), np.arange(n) % 4 != 0) for i, n in frames.items()}
+    run = {"device": torch.device("cpu"), "metric_mel": MelConfig(), "optional": {}, "nll_cap": None,
+           "skip_nll": False, "seed": 0, "infer_options": {}, "log": lambda msg: None, "reference_pitch": pitch}
+    checkpoint = ev.load_model(tmp_path / "source.pt", torch.device("cpu"))
+    row = ev.evaluate_checkpoint(checkpoint, clips, **run).summary()
+    total, count = pooled_nll(checkpoint.model, [c.audio for c in clips], pitch=[pitch[c.id] for c in clips])
+    assert row["nll_samples"] == count and row["nll_given_pitch_nats"] == pytest.approx(total / count, rel=1e-6)
+    assert abs(row["nll_given_pitch_nats"] - row["nll_nats"]) > 1e-4
+    plain = ev.evaluate_checkpoint(ev.load_model(waveglow_ckpt, torch.device("cpu")), clips, **run).summary()
+    assert plain["nll_nats"] is not None and "nll_given_pitch_nats" not in plain

@@ -3,6 +3,7 @@ the phase-locked training track against a known phase, the source-conditioned an
 inverse, log-determinant and likelihood, sampling, streaming, checkpoints and the training data path."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -15,8 +16,10 @@ from wavflow.data import CropSampler, DeviceCrops, LJSpeech
 from wavflow.errors import WavflowError
 from wavflow.frontend import MelConfig, mel_spectrogram
 from wavflow.inference import synthesize
+from wavflow.metrics import pooled_nll
 from wavflow.models.waveglow import WaveGlow, WaveGlowConfig
-from wavflow.pitch import PitchTrack
+from wavflow.models.wavenet import WaveNet, WaveNetConfig
+from wavflow.pitch import PitchTrack, tracks_at
 from wavflow.source import (
     PitchPredictor,
     SourceTrack,
@@ -30,7 +33,7 @@ from wavflow.source import (
 )
 from wavflow.streaming import stream
 
-from synth_helpers import REPO
+from synth_helpers import REPO, live_source
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -375,6 +378,32 @@ def test_phase_locked_training_excitation_differs_from_the_free_one():
     assert losses["recording"] != losses["free"]
 
 
+def _source_teacher() -> WaveNet:
+    torch.manual_seed(0)
+    return live_source(WaveNet(WaveNetConfig.tiny(source_harmonics=4, source_channels=8)))
+
+
+@pytest.mark.parametrize("family", ["waveglow", "wavenet"])
+def test_nll_given_the_recordings_pitch_is_the_held_out_training_nll(family):
+    """pooled_nll with the recordings' pitch tracks scores a source model as its training loss does (phase-locked
+    to the recording); without them, from its predicted pitch with the phase running free, as it samples."""
+    model = (source_model(dtype=torch.float32, source_harmonics=6) if family == "waveglow"
+             else _source_teacher()).eval()
+    audio, f0, _ = _harmonic_signal(0.5)
+    mel = mel_spectrogram(audio, model.mel_config)
+    frames = mel.shape[-1]
+    k = np.arange(frames)
+    track = PitchTrack(np.where(k % 5 != 0, 150.0, 0.0).astype(np.float32), k % 5 != 0)
+    total, count = pooled_nll(model, [audio[0]], pitch=[track])
+    assert count == audio.shape[-1]
+    with torch.no_grad():
+        _, logs = model.training_loss(audio, mel, pitch=tracks_at([track], [0], frames, HOP))
+    assert total / count == pytest.approx(logs["nll"], rel=1e-5, abs=1e-6)
+    free, _ = pooled_nll(model, [audio[0]])
+    assert abs(free - total) / count > 1e-3
+    assert free / count == pytest.approx(-model.log_likelihood(audio, mel).item(), rel=1e-5, abs=1e-6)
+
+
 def test_bad_switches_are_refused_by_name():
     for bad, name in (({"source_phase": "locked"}, "source_phase"), ({"spectral_weight": -1.0}, "spectral_weight"),
                       ({"source": 1}, "source"), ({"source_channels": 0}, "source_channels")):
@@ -439,7 +468,11 @@ def test_a_source_model_trains_on_crops_with_pitch(ljspeech_root, tmp_path, monk
         "train.max_steps=3", "train.valid_every=3", "train.valid_clips=1", "train.valid_max_seconds=0.5",
         "train.progress=false"], out_dir=tmp_path / "run")
     assert len(trainer.losses) == 3 and all(math.isfinite(v) for v in trainer.losses)
-    assert len(list((tmp_path / "pitch").glob("*.npz"))) == 30  # every training clip tracked once
+    # every clip tracked once: the 30 training clips, and the 3 validation clips for the NLL given their pitch
+    assert len(list((tmp_path / "pitch").glob("*.npz"))) == 33
+    valid = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())
+             if "valid/nll" in r]
+    assert valid and all(math.isfinite(r["valid/nll_given_pitch"]) for r in valid)
     model = load(tmp_path / "run" / "last.pt")
     assert model.config.source and isinstance(model.source_track(torch.randn(1, 80, 5)), SourceTrack)
 

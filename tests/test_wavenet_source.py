@@ -5,6 +5,7 @@ the trainer feeds it pitch tracks. Its stream (chunked == whole) is tested besid
 test_student_source.py."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -166,6 +167,10 @@ def test_init_from_a_plain_teacher_with_a_source_in_the_config_grows_and_trains_
         "train.progress=false"], out_dir=tmp_path / "run", init=tmp_path / "plain.pt")
     assert trainer.model.config.source_harmonics == 4 and trainer.state.init_from["step"] == 7
     assert len(trainer.losses) == 2 and all(math.isfinite(v) for v in trainer.losses)
-    assert len(list((tmp_path / "pitch").glob("*.npz"))) == 30  # every training clip tracked once
+    # every clip tracked once: the 30 training clips, and the 3 validation clips for the NLL given their pitch
+    assert len(list((tmp_path / "pitch").glob("*.npz"))) == 33
+    valid = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())
+             if "valid/nll" in r]
+    assert valid and all(math.isfinite(r["valid/nll_given_pitch"]) for r in valid)
     model = load(tmp_path / "run" / "last.pt")
     assert model.needs_pitch and model.generate(_mel(1, 2), noise=torch.zeros(1, 1, 2 * HOP)).shape == (1, 2 * HOP)

@@ -10,7 +10,9 @@ For every checkpoint, on the validation clips (the last --n-valid clips of metad
               WaveGlow and the WaveNet teacher, on the whole clips. The IAF student's density of real audio
               needs its flows inverted one sample at a time, far slower than a parallel pass, so for the
               student only the first --nll-max-seconds of each clip are scored (default 1; 0: whole clips);
-              the JSON's nll_seconds_per_clip says what each row used.
+              the JSON's nll_seconds_per_clip says what each row used. A model with a source is scored as
+              it samples (predicted pitch, the phase running free); with --metrics pitch also given the
+              recordings' pitch tracks, as it trains: the JSON's nll_given_pitch_nats.
   copy-synthesis from the ground-truth mel (model.infer), scored against the real recording, mean over clips:
     logmel_l1     mean |log-mel(vocoded) - log-mel(real)| over bands and frames (natural log, design.md section 1 mel)
     mrstft_sc     spectral convergence, multi-resolution (wavflow.losses.stft_loss, 3 resolutions)
@@ -161,6 +163,13 @@ def evaluate_checkpoint(checkpoint: Checkpoint, clips: list[Clip], *, device: to
         result.info["nll_seconds_per_clip"] = None if cap is None else cap / sr
         result.info["nll_wall_seconds"] = time.perf_counter() - t0
         log(f"  {path.stem}: NLL {result.nll_nats:.4f} nats/sample over {result.nll_samples} samples")
+        if getattr(model, "needs_pitch", False) and pitch and metric_mel == model.mel_config:
+            # a model with a source samples from its predicted pitch, the phase running free (the NLL above);
+            # given the recording's pitch and phase, as it trains, is the held-out twin of its training NLL
+            total, _ = pooled_nll(model, [c.audio for c in clips], max_samples=cap, device=device,
+                                  labels=[c.path for c in clips], pitch=[pitch[c.id] for c in clips])
+            result.info["nll_given_pitch_nats"] = total / samples
+            log(f"  {path.stem}: NLL given the recordings' pitch {total / samples:.4f} nats/sample")
     options = {k: v for k, v in infer_options.items() if k in model.infer_options}
     result.info["infer_options"] = options
     # One short untimed call first, so the RTF leaves out one-off costs (numba compilation, allocator warm-up).

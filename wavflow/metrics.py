@@ -1,7 +1,8 @@
 """How wavflow scores a vocoder: held-out likelihood, and the distance of vocoded audio to the recording.
 
     pooled_nll    negative log-likelihood of held-out clips, nats per sample (design.md section 2), pooled:
-                  total nats over total samples. The trainer's validation NLL and wavflow.evaluate's.
+                  total nats over total samples. The trainer's validation NLL and wavflow.evaluate's; for a
+                  model with a source also given the recordings' pitch tracks
     logmel_l1     mean |log-mel(vocoded) - log-mel(real)| over bands and frames (the design.md section 1 mel)
     mrstft        multi-resolution STFT distance: spectral convergence + L1 of log magnitudes (losses.stft_loss)
     pesq_wb, stoi, dnsmos_*   optional (`pip install 'wavflow[metrics]'`): PESQ wide band and DNSMOS at 16 kHz,
@@ -22,7 +23,7 @@ from .audio import resample
 from .errors import WavflowError
 from .frontend import MelConfig, mel_spectrogram
 from .losses import stft_loss
-from .pitch import PitchSettings, PitchTrack, pitch_errors, track_pitch
+from .pitch import PitchSettings, PitchTrack, pitch_errors, track_pitch, tracks_at
 
 OPTIONAL_METRICS = ("pesq", "stoi", "dnsmos", "pitch")
 DNSMOS_KEYS = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
@@ -38,7 +39,8 @@ PESQ_RATE = 16000  # PESQ wide band and DNSMOS are defined at 16 kHz
 @torch.no_grad()
 def pooled_nll(model: torch.nn.Module, clips: Iterable[torch.Tensor], mel_config: MelConfig | None = None, *,
                max_samples: int | None = None, device: torch.device | None = None,
-               labels: Sequence[object] | None = None) -> tuple[float, int]:
+               labels: Sequence[object] | None = None, pitch: Sequence[PitchTrack] | None = None
+               ) -> tuple[float, int]:
     """Total negative log-likelihood in nats over the clips, and the number of audio samples it covers.
 
     Each clip [T] (its first `max_samples` when given) is scored in one piece with `model.log_likelihood`, the
@@ -46,6 +48,10 @@ def pooled_nll(model: torch.nn.Module, clips: Iterable[torch.Tensor], mel_config
     total / samples then weighs every sample alike, however the clips' lengths differ. `device`: where to move
     the clips first. With `labels` (one per clip), a clip whose log-likelihood is not finite is refused by its
     label; without, a non-finite total is returned as it is.
+
+    A model with a source is scored as it samples, from its predicted pitch with the phase running free; with
+    `pitch` (each clip's recorded pitch track, from its first sample) it is scored given the recording's track
+    instead, as it trains (`recording_track`): the figure the training loss is an estimate of.
     """
     mel_config = mel_config if mel_config is not None else model.mel_config
     total, count = 0.0, 0
@@ -54,7 +60,12 @@ def pooled_nll(model: torch.nn.Module, clips: Iterable[torch.Tensor], mel_config
         audio = audio[:n].unsqueeze(0)
         if device is not None:
             audio = audio.to(device)
-        ll = float(model.log_likelihood(audio, mel_spectrogram(audio, mel_config)).double().sum())
+        mel = mel_spectrogram(audio, mel_config)
+        if pitch is None:
+            ll = float(model.log_likelihood(audio, mel).double().sum())
+        else:
+            f0, voiced = tracks_at([pitch[i]], [0], mel.shape[-1], mel_config.hop_length)
+            ll = float(model.log_likelihood(audio, mel, model.recording_track(audio, mel, f0, voiced)).double().sum())
         if labels is not None and not math.isfinite(ll):
             raise WavflowError(f"{labels[i]}: the model's log-likelihood is not finite ({ll}); "
                                f"is the checkpoint trained?")

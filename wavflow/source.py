@@ -319,6 +319,16 @@ class HarmonicSource:
             return None
         return self.source_track(mel) if track is None else track
 
+    def recording_track(self, audio: Tensor, mel: Tensor, f0: Tensor, voiced: Tensor) -> SourceTrack:
+        """The training source of audio [B, T] (mel [B, n_mels, F]) from its recording's pitch track f0 / voiced
+        [B, >= F]: phase-locked to the recording or running free as config.source_phase says (`training_track`),
+        with the harmonic mean's amplitudes of the mel (with gradients, when enabled: the likelihood trains them)."""
+        f0, voiced = (p[:, : mel.shape[-1]].to(audio.device) for p in (f0, voiced))
+        track = training_track(audio, f0, voiced, self.config.source_phase, self.mel_config)
+        if self.harmonics is None:
+            return track
+        return track.with_amplitudes(self.harmonics(mel.to(self.harmonics.inp.weight.dtype)))
+
     def with_excitation(self, c: Tensor, track: SourceTrack | None) -> Tensor:
         """Conditioning c [B, C, n] of a track's first n samples, plus the projected excitation (c without a
         source)."""

@@ -43,7 +43,6 @@ from ..source import (
     SourceTrack,
     free_track,
     harmonic_mean,
-    training_track,
 )
 from ..source import excitation as make_excitation
 from . import ExportSpec, NoiseSpan, Streamer, Vocoder, noise_device, refuse_options
@@ -201,9 +200,11 @@ class WaveGlow(nn.Module, Vocoder):
         return self.source is not None
 
     # The inference source of a mel (predicted F0 and voicing, the phase running free from 0, the harmonic mean's
-    # amplitudes), and the source to use: the teacher's and the student's, which read `source` and `track_of`.
+    # amplitudes), the source to use, and a recording's training source: the teacher's and the student's, which
+    # read `source`, `harmonics` and `track_of`.
     source_track = HarmonicSource.source_track
     source_of = HarmonicSource.source_of
+    recording_track = HarmonicSource.recording_track
 
     def track_of(self, f0: Tensor, voiced: Tensor, mel: Tensor) -> SourceTrack:
         """The inference source of given F0 and voicing [B, F] (phase running free from 0) for a mel."""
@@ -354,8 +355,7 @@ class WaveGlow(nn.Module, Vocoder):
                 raise WavflowError("a WaveGlow with a source trains on pitch tracks of the recordings (the trainer "
                                    "supplies them: wavflow.pitch)")
             f0, voiced = (p[:, : mel.shape[-1]].to(audio.device) for p in pitch)
-            track = training_track(audio, f0, voiced, cfg.source_phase, self.mel_config)
-            track = self.with_amplitudes(track, mel)  # with gradients: the likelihood trains them
+            track = self.recording_track(audio, mel, f0, voiced)
             pitch_loss, pitch_logs = self.source.loss(mel, f0, voiced)
             extra = extra + cfg.pitch_weight * pitch_loss
             logs.update(pitch_logs)

@@ -49,7 +49,7 @@ from ..distributions import Distribution, build_distribution
 from ..errors import WavflowError
 from ..frontend import MelConfig
 from ..layers import MelUpsampler, WaveNetStack, dilations_for, flatten_stack, receptive_field
-from ..source import HarmonicSource, SourceTrack, training_track
+from ..source import HarmonicSource, SourceTrack
 from . import (
     ExportSpec,
     NoiseSpan,
@@ -269,8 +269,7 @@ class WaveNet(nn.Module, HarmonicSource, Vocoder):
                 raise WavflowError("a WaveNet with a source trains on pitch tracks of the recordings (the trainer "
                                    "supplies them: wavflow.pitch)")
             f0, voiced = (p[:, : mel.shape[-1]].to(audio.device) for p in pitch)
-            track = training_track(audio, f0, voiced, self.config.source_phase, self.mel_config)
-            track = track.with_amplitudes(self.harmonics(mel))  # with gradients: the likelihood trains them
+            track = self.recording_track(audio, mel, f0, voiced)
             pitch_loss, logs = self.source.loss(mel, f0, voiced)
             extra = self.config.pitch_weight * pitch_loss
         nll = -self.log_likelihood(audio, mel, track).mean()

@@ -106,7 +106,8 @@ class Trainer:
         self.losses: list[float] = []
         self.stepper = TrainStep(self.state, settings, self.amp_dtype, self.mel_config, self.runtime, self.device)
         self.device_crops = self.data.keep_on(self.device) if config.data.device_resident else None
-        self.validation = Validation(self.data.valid_set, settings, self.mel_config, self.runtime, self.device)
+        self.validation = Validation(self.data.valid_set, settings, self.mel_config, self.runtime, self.device,
+                                     pitch=getattr(self.model, "needs_pitch", False))
         self.valid_history = self.validation.history
         self.budget = BudgetClock(settings.max_minutes, settings.budget_clock, self.started_at,
                                   sum(p.numel() for p in self.model.parameters()), bool(self.validation.clips),
@@ -155,11 +156,12 @@ class Trainer:
         which a later validation must beat for a best.pt (a continued model keeps its own figure to beat)."""
         with self.budget.timing("valid"):
             nll = self.validate()
+            given_pitch = self.validation.nll_given_pitch(self.model)
         if nll is None:
             return
         state = self.state
         self.validation.record(state.step, nll)
-        self.log.validation(state.step, nll, loss)
+        self.log.validation(state.step, nll, loss, given_pitch)
         if baseline:
             state.best_valid_nll = min(state.best_valid_nll, nll)
             if self.runtime.main:

@@ -119,9 +119,11 @@ class RunLog:
                   file=sys.stderr, flush=True)
         self.start_window()
 
-    def validation(self, step: int, nll: float, loss: float | None) -> None:
-        """A validation NLL, and the training `loss` beside it on the bar."""
-        self.write({"step": step, "valid/nll": nll})
+    def validation(self, step: int, nll: float, loss: float | None, given_pitch: float | None = None) -> None:
+        """A validation NLL (and a model with a source's NLL given the recordings' pitch), and the training
+        `loss` beside it on the bar."""
+        self.write({"step": step, "valid/nll": nll,
+                    **({} if given_pitch is None else {"valid/nll_given_pitch": given_pitch})})
         if self.bar is not None:
             self.bar.set_postfix(loss="-" if loss is None else f"{loss:.4f}", valid_nll=f"{nll:.4f}")
 

@@ -7,6 +7,7 @@ import torch
 from ..data import LJSpeech, validation_clips
 from ..frontend import MelConfig, mel_spectrogram
 from ..metrics import pooled_nll
+from ..pitch import PitchTrack
 from .config import TrainConfig
 from .runtime import Runtime, separate_rng
 
@@ -14,29 +15,45 @@ from .runtime import Runtime, separate_rng
 class Validation:
     """train.valid_clips clips of `valid_set` (each at most train.valid_max_seconds) on `device`; none when the
     run has no validation set or train.valid_every is 0. `history` holds the (step, NLL) pairs so far and
-    `validated_at` the step of the last one."""
+    `validated_at` the step of the last one. With `pitch` (a model with a source), the clips' recorded pitch
+    tracks too, for `nll_given_pitch`."""
 
     def __init__(self, valid_set: LJSpeech | None, settings: TrainConfig, mel_config: MelConfig, runtime: Runtime,
-                 device: torch.device):
+                 device: torch.device, pitch: bool = False):
         self.mel_config, self.runtime, self.device = mel_config, runtime, device
         self.clips: list[torch.Tensor] = []
+        self.pitch: list[PitchTrack] | None = None
         if valid_set is not None and settings.valid_every > 0:
+            clips = validation_clips(valid_set, settings.valid_clips, settings.valid_max_seconds)
             # A clip needs more than n_fft / 2 samples for a mel (reflect padding); shorter ones are left out.
-            self.clips = [clip.audio.to(device) for clip in
-                          validation_clips(valid_set, settings.valid_clips, settings.valid_max_seconds)
-                          if clip.audio.shape[0] > mel_config.n_fft // 2]
+            kept = [i for i, clip in enumerate(clips) if clip.audio.shape[0] > mel_config.n_fft // 2]
+            self.clips = [clips[i].audio.to(device) for i in kept]
+            if pitch and kept:
+                valid_set.attach_pitch()
+                self.pitch = [valid_set.pitch[i] for i in kept]
         self.history: list[tuple[int, float]] = []
         self.validated_at = -1
 
     def nll(self, model: torch.nn.Module) -> float | None:
-        """`model`'s NLL in nats per sample over the clips, each process scoring its share (a collective: every
-        process calls it); None without clips. The training run's random streams do not move."""
+        """`model`'s NLL in nats per sample over the clips, as it samples (a model with a source from its predicted
+        pitch, the phase running free), each process scoring its share (a collective: every process calls it);
+        None without clips. The training run's random streams do not move."""
+        return self._pooled(model, None)
+
+    def nll_given_pitch(self, model: torch.nn.Module) -> float | None:
+        """A model with a source: its NLL given the recordings' pitch tracks, as it trains (metrics.pooled_nll),
+        the held-out twin of the training loss's NLL; None for other models (a collective, as `nll`)."""
+        return None if self.pitch is None else self._pooled(model, self.pitch)
+
+    def _pooled(self, model: torch.nn.Module, pitch: list[PitchTrack] | None) -> float | None:
         if not self.clips:
             return None
         runtime = self.runtime
+        share = slice(runtime.rank, None, runtime.world_size)
         model.eval()
         with separate_rng(self.device):
-            total, count = pooled_nll(model, self.clips[runtime.rank::runtime.world_size], self.mel_config)
+            total, count = pooled_nll(model, self.clips[share], self.mel_config,
+                                      pitch=None if pitch is None else pitch[share])
         model.train()
         total, count = runtime.all_sum([total, float(count)], self.device)
         return total / int(count)
