@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from wavflow import commands
 from wavflow.checkpoint import read_checkpoint
@@ -220,4 +221,33 @@ def test_convert_sets_a_waveglows_default_sigma(tmp_path, capsys):
     code, _, err = run_in_process(convert_cmd.run, [student, tmp_path / "x.pt", "--sigma", "0.3"], capsys,
                                   "wavflow convert")
     assert code == 2 and "no noise scale" in err and len(err.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("family", ["wavenet", "student"])
+def test_convert_sets_a_default_temperature(family, tmp_path, capsys):
+    """--temperature writes a teacher's or student's default sampling temperature into the file (a file written
+    before it had one samples at 1): by default the converted model vocodes, whole and streamed, what the source
+    does at that temperature; a WaveGlow refuses it in one line, writing nothing."""
+    import wavflow
+    from wavflow.commands import convert as convert_cmd
+
+    source = REPO / "checkpoints" / f"{family}-ljspeech-mini.pt"
+    assert "infer_temperature" not in read_checkpoint(source)["model_config"]
+    code, _, err = run_in_process(convert_cmd.run, [source, tmp_path / "t.pt", "--temperature", "0.4"], capsys,
+                                  "wavflow convert")
+    assert code == 0, err
+    converted, original = wavflow.load(tmp_path / "t.pt"), wavflow.load(source)
+    assert converted.config.infer_temperature == 0.4 and original.config.infer_temperature == 1.0
+    mel = np.load(EXAMPLE)[:, :6]
+    at = wavflow.synthesize(mel, model=converted, seed=3)
+    assert torch.equal(at, wavflow.synthesize(mel, model=original, seed=3, temperature=0.4))
+    assert not torch.equal(at, wavflow.synthesize(mel, model=original, seed=3))
+    streamed = torch.cat(list(wavflow.stream(mel, 0.05, model=converted, seed=3)))
+    torch.testing.assert_close(streamed, at, rtol=0, atol=1e-5)
+    waveglow = save_tiny_waveglow(tmp_path / "tiny.pt")
+    before = snapshot(tmp_path)
+    code, _, err = run_in_process(convert_cmd.run, [waveglow, tmp_path / "x.pt", "--temperature", "0.5"], capsys,
+                                  "wavflow convert")
+    assert code == 2 and "no sampling temperature" in err and len(err.strip().splitlines()) == 1
     assert snapshot(tmp_path) == before

@@ -56,6 +56,9 @@ INVALID = [
     (WaveGlowConfig, {"sigma": math.inf}, "sigma=inf"),
     (WaveGlowConfig, {"infer_sigma": -0.1}, "infer_sigma=-0.1"),
     (WaveGlowConfig, {"infer_sigma": math.nan}, "infer_sigma=nan"),
+    (WaveNetConfig, {"infer_temperature": -0.5}, "infer_temperature=-0.5 must be a number >= 0"),
+    (WaveNetConfig, {"infer_temperature": math.nan}, "infer_temperature=nan"),
+    (StudentConfig, {"infer_temperature": -1.0}, "infer_temperature=-1.0"),
     # WaveNet teacher
     (WaveNetConfig, {"layers": 0}, "layers=0 must be an integer >= 1"),
     (WaveNetConfig, {"layers": -24}, "layers=-24"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -92,7 +93,8 @@ def test_the_teacher_continues_grown_the_harmonic_source(tmp_path):
     save_checkpoint(shipped, model_payload(build_model("wavenet", WaveNetConfig.tiny()), 0))
     out = tmp_path / "run"
     run = subprocess.run(["bash", str(SCRIPT), "5", "--model", "wavenet", "--shipped", str(shipped), "--out", str(out),
-                          "--data-root", str(LJSPEECH), "--threads", "1", "--metrics", "pitch", "--judge-args",
+                          "--data-root", str(LJSPEECH), "--threads", "1", "--metrics", "pitch", "--temperature", "0.5",
+                          "--judge-args",
                           JUDGE_ARGS, "--train-args", "train.max_steps=2 data.batch_size=1 data.segment_length=2048 "
                           "data.n_valid=2 train.progress=false"],
                          env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -104,12 +106,17 @@ def test_the_teacher_continues_grown_the_harmonic_source(tmp_path):
     assert settings["lr"] == 2e-4 and settings["warmup_steps"] == 300 and settings["grad_clip"] == 1.0
     judged = json.loads((out / "judge.json").read_text())
     assert [r["name"] for r in judged["systems"] if r["kind"] == "vocoder"] == ["shipped", "continued"]
-    assert json.loads((out / "history.jsonl").read_text())["steps"] == 2
+    record = json.loads((out / "history.jsonl").read_text())
+    assert record["steps"] == 2 and record["continued/temperature"] == 0.5 and record["shipped/temperature"] == 1.0
+    assert read_checkpoint(out / "judged.pt")["model_config"]["infer_temperature"] == 0.5
+    # the held-out NLL given the recordings' pitch, of the model with a source only
+    assert math.isfinite(record["continued/nll_given_pitch_nats"]) and record["shipped/nll_given_pitch_nats"] is None
 
 
 @pytest.mark.parametrize("args,message", [(["--model", "wavernn"], "--model is waveglow or wavenet, not wavernn"),
-                                          (["--model", "wavenet", "--sigma", "0.3"], "--sigma is the WaveGlow's")])
-def test_unknown_model_or_a_teachers_sigma_exits_2(tmp_path, args, message):
+                                          (["--model", "wavenet", "--sigma", "0.3"], "--sigma is the WaveGlow's"),
+                                          (["--temperature", "0.5"], "--temperature is the teacher's")])
+def test_unknown_model_a_teachers_sigma_or_a_waveglows_temperature_exits_2(tmp_path, args, message):
     run = subprocess.run(["bash", str(SCRIPT), "1", "--out", str(tmp_path / "run"), *args], env=ENV, cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and message in run.stderr and len(run.stderr.splitlines()) == 1

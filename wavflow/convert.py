@@ -1,5 +1,6 @@
 """Any checkpoint wavflow reads -> a native inference checkpoint, its weights in fp32, fp16 or bf16: `convert()`,
-and the command `wavflow convert CHECKPOINT OUT.pt [--dtype fp32|fp16|bf16] [--max-mib M] [--sigma S]`
+and the command `wavflow convert CHECKPOINT OUT.pt [--dtype fp32|fp16|bf16] [--max-mib M] [--sigma S]
+[--temperature T]`
 (wavflow.commands.convert; also `python -m wavflow.convert`).
 
     wavflow convert waveglow_256channels_universal_v5.pt waveglow_universal.pt      # NVIDIA's file, fp32
@@ -39,12 +40,19 @@ from .checkpoint import (
 from .errors import WavflowError
 from .fileio import check_writable_dir
 
+# A file's default sampling option, as `synthesize` uses it when a call names none: the config key that holds it,
+# and the families it belongs to.
+DEFAULT_OPTIONS = {"sigma": ("infer_sigma", "no noise scale (sigma is WaveGlow's)"),
+                   "temperature": ("infer_temperature", "no sampling temperature (the WaveNet teacher's and the "
+                                                        "student's)")}
+
 
 def convert(source: str | Path, out: str | Path, dtype: str = "fp32", max_mib: float | None = None,
-            sigma: float | None = None) -> dict[str, Any]:
+            sigma: float | None = None, temperature: float | None = None) -> dict[str, Any]:
     """Write the inference checkpoint of `source` to `out` with `dtype` weights (module docstring). `sigma`, for a
-    model with a noise scale (WaveGlow), becomes the file's default sampling sigma (its config's infer_sigma):
-    what `synthesize` uses when a call names none.
+    model with a noise scale (WaveGlow), becomes the file's default sampling sigma (its config's infer_sigma), and
+    `temperature`, for the WaveNet teacher or the student, its default temperature (infer_temperature): what
+    `synthesize` uses when a call names none.
 
     Returns what it wrote: path, model_type, origin ('wavflow' or 'nvidia'), step, parameters, dtype, bytes,
     sha256. Every refusal is a WavflowError raised before anything is written.
@@ -65,12 +73,15 @@ def convert(source: str | Path, out: str | Path, dtype: str = "fp32", max_mib: f
                             converted_from=origin)
     loaded = model_from_payload(obj, str(source))  # a file that does not load as a model is refused before anything
     payload = inference_payload(obj, dtype, str(source))
-    if sigma is not None:
-        if "sigma" not in loaded.infer_options or "infer_sigma" not in payload["model_config"]:
-            raise WavflowError(f"--sigma: a {payload['model_type']} model has no noise scale (sigma is WaveGlow's)")
-        if not sigma >= 0:
-            raise WavflowError(f"--sigma {sigma}: expected a number >= 0")
-        payload["model_config"] = {**payload["model_config"], "infer_sigma": float(sigma)}
+    for option, value in (("sigma", sigma), ("temperature", temperature)):
+        if value is None:
+            continue
+        key, missing = DEFAULT_OPTIONS[option]
+        if option not in loaded.infer_options or not hasattr(getattr(loaded, "config", None), key):
+            raise WavflowError(f"--{option}: a {payload['model_type']} model has {missing}")
+        if not value >= 0:
+            raise WavflowError(f"--{option} {value}: expected a number >= 0")
+        payload["model_config"] = {**payload["model_config"], key: float(value)}
     model = model_from_payload(payload, str(out))  # and the file as written (its weights rounded) loads too
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -81,7 +92,8 @@ def convert(source: str | Path, out: str | Path, dtype: str = "fp32", max_mib: f
     return {"path": str(out), "model_type": payload["model_type"], "origin": origin,
             "step": int(payload.get("step", 0)), "parameters": sum(p.numel() for p in model.parameters()),
             "dtype": dtype, "bytes": out.stat().st_size, "sha256": file_sha256(out),
-            "sigma": getattr(model.config, "infer_sigma", None)}
+            "sigma": getattr(model.config, "infer_sigma", None),
+            "temperature": getattr(model.config, "infer_temperature", None)}
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@
 #            autocast where the CPU has native bf16: resumed from OUT/last.pt when it exists (the run goes on exactly
 #            where it stopped, with its own settings), else started from the shipped checkpoint with --init (a fresh
 #            optimizer: the WaveGlow at Adam 5e-5, the teacher at its config's rate, after a 300-step warm-up)
-#   2 judge  OUT/last.pt as the file that would ship (OUT/judged.pt: fp16 weights, --sigma as its default sigma),
+#   2 judge  OUT/last.pt as the file that would ship (OUT/judged.pt: fp16 weights, --sigma or --temperature as
+#            its default),
 #            then python -m wavflow.evaluate on the 20 validation clips, whole, the shipped file and that one with
 #            the same noise seeds: DNSMOS P.808, pitch errors, MR-STFT, log-mel L1, held-out NLL, Griffin-Lim, and the
 #            HTML report OUT/judge-report/index.html
@@ -32,6 +33,7 @@
 #          it no model counts as better), --judge-args "..." (more evaluate options, e.g. --max-clips 4; the
 #          teacher's default, as its generation is sequential),
 #          --sigma S (the continued WaveGlow's default sampling sigma, chosen on training clips, never on these),
+#          --temperature T (the same for the continued teacher's sampling temperature),
 #          --clock cpu|wall (what MINUTES counts, default cpu: the process's CPU time, which on two threads runs up
 #          to twice as fast as the wall clock; wall: to end by a given time)
 set -euo pipefail
@@ -49,6 +51,7 @@ SHIPPED=""
 METRICS=dnsmos,pitch
 JUDGE_ARGS="-"
 SIGMA=""
+TEMPERATURE=""
 CLOCK=cpu
 while [ $# -gt 0 ]; do
   case $1 in
@@ -63,6 +66,7 @@ while [ $# -gt 0 ]; do
     --metrics) METRICS=$2; shift 2 ;;
     --judge-args) JUDGE_ARGS=$2; shift 2 ;;
     --sigma) SIGMA=$2; shift 2 ;;
+    --temperature) TEMPERATURE=$2; shift 2 ;;
     --clock) CLOCK=$2; shift 2 ;;
     *) echo "cpu_continue.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -70,7 +74,9 @@ done
 case $CLOCK in cpu) what=CPU-minutes ;; wall) what=minutes ;;
   *) echo "cpu_continue.sh: --clock is cpu or wall, not $CLOCK" >&2; exit 2 ;; esac
 case $MODEL in
-  waveglow) OUT=${OUT:-exp/cpu_continue}; [ "$JUDGE_ARGS" = - ] && JUDGE_ARGS="" ;;
+  waveglow) OUT=${OUT:-exp/cpu_continue}; [ "$JUDGE_ARGS" = - ] && JUDGE_ARGS=""
+    if [ -n "$TEMPERATURE" ]; then echo "cpu_continue.sh: --temperature is the teacher's; the WaveGlow has --sigma" >&2
+      exit 2; fi ;;
   wavenet) OUT=${OUT:-exp/cpu_continue_wavenet}; [ "$JUDGE_ARGS" = - ] && JUDGE_ARGS="--max-clips 4"
     if [ -n "$SIGMA" ]; then echo "cpu_continue.sh: --sigma is the WaveGlow's; the teacher has none" >&2; exit 2; fi ;;
   *) echo "cpu_continue.sh: --model is waveglow or wavenet, not $MODEL" >&2; exit 2 ;;
@@ -106,7 +112,8 @@ yaml.safe_dump(c, open(sys.argv[2], "w"), sort_keys=False)' "$HERE/conf/$MODEL.c
     --max-minutes "$MINUTES" >>"$OUT/train.log" 2>&1
 fi
 echo "stage 2: judge $OUT/last.pt against $SHIPPED"
-"$PY" -m wavflow.convert "$OUT/last.pt" "$OUT/judged.pt" --dtype fp16 ${SIGMA:+--sigma "$SIGMA"} >"$OUT/judge.log" 2>&1
+"$PY" -m wavflow.convert "$OUT/last.pt" "$OUT/judged.pt" --dtype fp16 ${SIGMA:+--sigma "$SIGMA"} \
+  ${TEMPERATURE:+--temperature "$TEMPERATURE"} >"$OUT/judge.log" 2>&1
 # shellcheck disable=SC2086
 nice -n 19 "$PY" -m wavflow.evaluate "$SHIPPED" "$OUT/judged.pt" --names shipped,continued --data-root "$DATA" \
   --metrics "$METRICS" --json "$OUT/judge.json" --plot "$OUT/judge.png" --report "$OUT/judge-report" $JUDGE_ARGS \

@@ -176,14 +176,17 @@ def figure(out: Path, variants: list[str], results: dict) -> None:
     print(f"wrote {out / 'spectrograms.png'}")
 
 
-def _sigma(row: dict) -> float | None:
-    """The sigma a WaveGlow row of evaluate's JSON sampled at: the one evaluate was given, else its file's own."""
+def _sampling(row: dict, option: str) -> float | None:
+    """The sigma (a WaveGlow row of evaluate's JSON) or temperature (a teacher's or student's) the row sampled at:
+    the one evaluate was given, else its file's own default (absent from a file written before it had one: 1)."""
     from wavflow.checkpoint import read_checkpoint
 
-    given = (row.get("infer_options") or {}).get("sigma")
-    if given is not None or row.get("model_type") != "waveglow" or not Path(row.get("checkpoint", "")).is_file():
+    families = {"sigma": ("waveglow",), "temperature": ("wavenet", "student")}[option]
+    given = (row.get("infer_options") or {}).get(option)
+    if given is not None or row.get("model_type") not in families or not Path(row.get("checkpoint", "")).is_file():
         return given
-    return read_checkpoint(row["checkpoint"])["model_config"].get("infer_sigma")
+    return read_checkpoint(row["checkpoint"])["model_config"].get(f"infer_{option}", 1.0 if option ==
+                                                                   "temperature" else None)
 
 
 PITCH_TARGET = 0.10  # issue 22's gross pitch error target for the WaveGlow
@@ -231,11 +234,12 @@ def decide(out: Path, judge: Path, shipped: Path, install: bool) -> bool:
     change = paired(new, old, "dnsmos_p808")
     better = beats(new, old, change)
     steps, samples, cpu = _run_totals(out)
-    keys = ("nll_nats", "dnsmos_p808", "gpe", "vde", "f0_rmse_cents", "mrstft", "logmel_l1")
+    keys = ("nll_nats", "nll_given_pitch_nats", "dnsmos_p808", "gpe", "vde", "f0_rmse_cents", "mrstft", "logmel_l1")
     record = {"date": datetime.date.today().isoformat(), "cpu_minutes": round(cpu / 60, 1), "steps": steps,
               "samples": samples, "better": better,
               **{f"{name}/{k}": rows[name].get(k) for name in rows for k in keys},
-              **{f"{name}/sigma": _sigma(rows[name]) for name in rows}}
+              **{f"{name}/{option}": _sampling(rows[name], option) for name in rows
+                 for option in ("sigma", "temperature")}}
     if change is not None:
         record["dnsmos_p808_change"], record["dnsmos_p808_change_se"] = change
     with open(out / "history.jsonl", "a", encoding="utf-8") as f:

@@ -6,7 +6,8 @@ hours and samples it has seen, kept as one JSON record per judgement in docs/qua
     python recipes/ljspeech/learning_curve.py show docs/quality_curve.jsonl --plot docs/quality_curve.png
 
 `show` prints the markdown table and draws DNSMOS P.808, gross pitch error and NLL against CPU hours, one line
-per model. A model with no voiced frame in its output has no pitch error: it is drawn at 100% with a hollow mark.
+per model. A model with a source has a second NLL, given the recordings' pitch tracks as it trains (design.md
+section 9). A model with no voiced frame in its output has no pitch error: it is drawn at 100% with a hollow mark.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import math
 import sys
 from pathlib import Path
 
-FIGURES = ("nll_nats", "dnsmos_p808", "gpe", "vde", "f0_rmse_cents", "logmel_l1", "mrstft")
+FIGURES = ("nll_nats", "nll_given_pitch_nats", "dnsmos_p808", "gpe", "vde", "f0_rmse_cents", "logmel_l1", "mrstft")
 
 
 def read(path: Path) -> list[dict]:
@@ -33,7 +34,8 @@ def add(curve: Path, history: Path, model: str, start_minutes: float, start_samp
     last = read(history)[-1]
     record = {"model": model, "date": last["date"], "cpu_minutes": round(start_minutes + last["cpu_minutes"], 1),
               "steps": last["steps"], "samples": start_samples + last["samples"],
-              "sigma": last.get("continued/sigma"), **{k: last.get(f"continued/{k}") for k in FIGURES}}
+              "sigma": last.get("continued/sigma"), "temperature": last.get("continued/temperature"),
+              **{k: last.get(f"continued/{k}") for k in FIGURES}}
     with open(curve, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     return record
@@ -47,14 +49,21 @@ def _pct(value) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
 
+def _sampling(r: dict) -> str:
+    """A WaveGlow's sigma, or a teacher's or student's temperature as "T 0.4"."""
+    if r.get("sigma") is not None:
+        return _num(r["sigma"], 2)
+    return "-" if r.get("temperature") is None else f"T {_num(r['temperature'], 2)}"
+
+
 def table(records: list[dict]) -> str:
-    lines = ["| model | date | CPU hours | steps | samples seen | sigma | NLL (nats) | DNSMOS P.808 | GPE | "
-             "V/UV error | log-mel L1 | MR-STFT |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | date | CPU hours | steps | samples seen | sigma / T | NLL (nats) | NLL given pitch | "
+             "DNSMOS P.808 | GPE | V/UV error | log-mel L1 | MR-STFT |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         lines.append(f"| {r['model']} | {r['date']} | {r['cpu_minutes'] / 60:.2f} | {r['steps']:,} | "
-                     f"{r['samples'] / 1e6:.1f} M | {_num(r.get('sigma'), 2)} | {_num(r.get('nll_nats'), 3)} | "
-                     f"{_num(r.get('dnsmos_p808'), 2)} | "
+                     f"{r['samples'] / 1e6:.1f} M | {_sampling(r)} | {_num(r.get('nll_nats'), 3)} | "
+                     f"{_num(r.get('nll_given_pitch_nats'), 3)} | {_num(r.get('dnsmos_p808'), 2)} | "
                      f"{_pct(r.get('gpe'))} | {_pct(r.get('vde'))} | {_num(r.get('logmel_l1'), 3)} | "
                      f"{_num(r.get('mrstft'), 3)} |")
     return "\n".join(lines)

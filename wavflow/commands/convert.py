@@ -33,12 +33,16 @@ def build_parser(prog: str = PROG, dtype: str = "fp32") -> ArgumentParser:
                         help="refuse to write a file larger than M MiB")
     parser.add_argument("--sigma", type=number(float, minimum=0, name="--sigma"), default=None, metavar="S",
                         help="a WaveGlow's default sampling sigma in the file (its infer_sigma; default: unchanged)")
+    parser.add_argument("--temperature", type=number(float, minimum=0, name="--temperature"), default=None,
+                        metavar="T", help="a WaveNet teacher's or student's default sampling temperature in the file "
+                                          "(its infer_temperature; default: unchanged)")
     return parser
 
 
 def run(argv: Sequence[str] | None, prog: str = PROG, dtype: str = "fp32") -> int:
     args = build_parser(prog, dtype).parse_args(argv)
-    info = convert(args.checkpoint, args.out, args.dtype, args.max_mib, sigma=args.sigma)
+    info = convert(args.checkpoint, args.out, args.dtype, args.max_mib, sigma=args.sigma,
+                   temperature=args.temperature)
     # The sha256 comes last, where a script reading the line takes it from.
     print(f"{info['path']}: {info['model_type']}, {info['parameters']:,} parameters as {info['dtype']}, "
           f"{info['bytes'] / 2**20:.2f} MiB, step {info['step']}, from a {info['origin']} checkpoint, "

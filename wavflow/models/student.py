@@ -90,6 +90,7 @@ class StudentConfig:
     source_harmonics: int = 0  # harmonics of F0 in the harmonic mean
     source_channels: int = 64  # width of the pitch predictor's and the harmonic amplitudes' convs
     source_amplitude: float = 0.1  # RMS of the excitation in the conditioning, where voiced
+    infer_temperature: float = 1.0  # sampling temperature when a call names none (a file's: convert --temperature)
     # --- distillation loss ---
     kl_weight: float = 1.0  # per-step KL(student || teacher), nats per sample
     scale_regularizer: float = 4.0  # ClariNet's lambda on (log sigma_teacher - log sigma_student)^2
@@ -116,7 +117,7 @@ class StudentConfig:
             problems.append(f"student base={self.base!r} must be 'gaussian' or 'logistic'")
         if not is_real(self.log_scale_min):
             problems.append(f"log_scale_min={self.log_scale_min!r} must be a finite number")
-        for name in ("kl_weight", "scale_regularizer", "stft_weight"):
+        for name in ("kl_weight", "scale_regularizer", "stft_weight", "infer_temperature"):
             value = getattr(self, name)
             if not is_real(value) or value < 0:
                 problems.append(f"{name}={value!r} must be a finite number >= 0")
@@ -355,12 +356,14 @@ class IAFStudent(nn.Module, HarmonicSource, Vocoder):
 
     @torch.no_grad()
     def infer(self, mel: torch.Tensor, *, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-              frames: Sequence[int] | torch.Tensor | None = None, temperature: float = 1.0,
+              frames: Sequence[int] | torch.Tensor | None = None, temperature: float | None = None,
               source_track: SourceTrack | None = None, **unknown: Any) -> torch.Tensor:
         """mel [B, n_mels, F] -> audio [B, F * hop] in [-1, 1], one parallel pass from the base noise [B, F * hop]
-        (`noise`, or drawn from `generator`). frames is not needed: the whole batch costs one pass.
-        source_track: for a student with a source (None: predicted from the mel)."""
+        (`noise`, or drawn from `generator`) at `temperature` (None: config.infer_temperature, the file's default).
+        frames is not needed: the whole batch costs one pass. source_track: for a student with a source (None:
+        predicted from the mel)."""
         refuse_options(self, unknown)
+        temperature = self.config.infer_temperature if temperature is None else temperature
         x, _, _ = self.sample(mel, temperature=temperature, generator=generator, z=noise, source_track=source_track)
         return x.clamp(-1.0, 1.0)
 
@@ -372,11 +375,11 @@ class IAFStudent(nn.Module, HarmonicSource, Vocoder):
         return StudentStreamer(self, mel, noise, options)
 
     def export_spec(self) -> ExportSpec:
-        """Inputs mel, the base noise z [B, T] and the temperature (default 1); with a source, f0 and voiced [B, F]
-        come out beside the audio."""
+        """Inputs mel, the base noise z [B, T] and the temperature (default the file's); with a source, f0 and
+        voiced [B, F] come out beside the audio."""
         outputs = ("audio", "f0", "voiced") if self.source is not None else ("audio",)
-        return ExportSpec("temperature", 1.0, 1, outputs, {"base_noise": self.config.base,
-                                                           "source": self.source is not None})
+        return ExportSpec("temperature", float(self.config.infer_temperature), 1, outputs,
+                          {"base_noise": self.config.base, "source": self.source is not None})
 
     def export_graph(self) -> nn.Module:
         return StudentGraph(self)

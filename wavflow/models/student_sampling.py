@@ -135,7 +135,8 @@ class StudentStreamer(Streamer):
 
     def __init__(self, model: IAFStudent, mel: Tensor, noise: NoiseSpan, options: dict[str, Any]):
         super().__init__(model, mel, noise, options)
-        self.temperature = float(options.get("temperature", 1.0))
+        temperature = options.get("temperature")
+        self.temperature = float(model.config.infer_temperature if temperature is None else temperature)
         self.flows = model.flow_stream(1, mel.dtype, mel.device)
         # with a source, the pitch and the phase at each frame centre are worked out once for the whole mel, so
         # each chunk's excitation and harmonic mean continue the whole utterance's

@@ -92,6 +92,7 @@ class WaveNetConfig:
     source_amplitude: float = 0.1  # RMS of the excitation in the conditioning, where voiced
     source_phase: str = "recording"  # training excitation: phase-locked to the recording, or "free" from 0
     pitch_weight: float = 1.0  # weight of the pitch predictor's loss beside the NLL
+    infer_temperature: float = 1.0  # sampling temperature when a call names none (a file's: convert --temperature)
 
     def __post_init__(self) -> None:
         # Every value that cannot build a model is refused here, by name and value, before any layer exists
@@ -143,7 +144,7 @@ class WaveNetConfig:
             problems.append(f"source_channels={self.source_channels!r} must be an integer >= 1")
         if self.source_phase not in PHASES:
             problems.append(f"source_phase={self.source_phase!r} is not one of {', '.join(PHASES)}")
-        for name in ("source_amplitude", "pitch_weight"):
+        for name in ("source_amplitude", "pitch_weight", "infer_temperature"):
             value = getattr(self, name)
             if not is_real(value) or value < 0:
                 problems.append(f"{name}={value!r} must be a number >= 0")
@@ -298,8 +299,8 @@ class WaveNet(nn.Module, HarmonicSource, Vocoder):
 
     @torch.no_grad()
     def infer(self, mel: torch.Tensor, *, noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-              frames: Sequence[int] | torch.Tensor | None = None, temperature: float = 1.0, method: str = "cached",
-              **unknown: Any) -> torch.Tensor:
+              frames: Sequence[int] | torch.Tensor | None = None, temperature: float | None = None,
+              method: str = "cached", **unknown: Any) -> torch.Tensor:
         """mel [B, n_mels, F] -> audio [B, F * hop] by `generate` (cached by default); frames: each item's
         length in frames, beyond which its output is zero and no time is spent on it."""
         refuse_options(self, unknown)
@@ -307,14 +308,15 @@ class WaveNet(nn.Module, HarmonicSource, Vocoder):
                              noise=noise)
 
     @torch.no_grad()
-    def generate(self, mel: torch.Tensor, method: str = "cached", temperature: float = 1.0,
+    def generate(self, mel: torch.Tensor, method: str = "cached", temperature: float | None = None,
                  generator: torch.Generator | None = None, lengths: Sequence[int] | torch.Tensor | None = None,
                  frames: Sequence[int] | torch.Tensor | None = None, noise: torch.Tensor | None = None,
                  progress: bool | None = None, threads: int | None = None) -> torch.Tensor:
         """Sample audio [B, F * hop] for mel [B, n_mels, F], one sample at a time.
 
         method: "cached" (compiled on CPU, torch elsewhere), "naive" (reference), "cached_torch".
-        temperature scales sigma / the logistic scales / divides the mu-law logits (0: the mean or the argmax).
+        temperature scales sigma / the logistic scales / divides the mu-law logits (0: the mean or the argmax;
+        None: config.infer_temperature, the file's default).
         lengths (samples) or frames (mel frames, times hop) per utterance for a padded batch: output beyond each
         length is zero. noise [B, N, F * hop] replaces the draw from `generator` (draw_noise).
         progress: tqdm bar on stderr; None shows it for long runs on a terminal.
@@ -324,6 +326,7 @@ class WaveNet(nn.Module, HarmonicSource, Vocoder):
         validate_mel(mel, self.mel_config)
         if method not in METHODS:
             raise WavflowError(f"unknown generation method '{method}'; known: {', '.join(METHODS)}")
+        temperature = self.config.infer_temperature if temperature is None else temperature
         if not temperature >= 0:
             raise WavflowError(f"temperature must be >= 0, got {temperature}")
         B, T = mel.shape[0], mel.shape[-1] * self.mel_config.hop_length
@@ -445,7 +448,7 @@ class WaveNet(nn.Module, HarmonicSource, Vocoder):
     # -- streams --------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generation_stream(self, length: int, method: str = "cached", temperature: float = 1.0,
+    def generation_stream(self, length: int, method: str = "cached", temperature: float | None = None,
                           device: torch.device | str = "cpu") -> Stream:
         """Generation of one utterance of `length` samples a chunk at a time (wavflow.streaming): the returned
         object's run(c [1, C, n], noise [1, N, n]) -> audio [1, n] takes the next n samples' upsampled mel and
@@ -453,6 +456,7 @@ class WaveNet(nn.Module, HarmonicSource, Vocoder):
         so nothing is recomputed and the chunks equal one `generate` over the utterance (same method)."""
         if method not in METHODS:
             raise WavflowError(f"unknown generation method '{method}'; known: {', '.join(METHODS)}")
+        temperature = self.config.infer_temperature if temperature is None else temperature
         if not temperature >= 0:
             raise WavflowError(f"temperature must be >= 0, got {temperature}")
         device = torch.device(device)

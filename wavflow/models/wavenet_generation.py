@@ -108,7 +108,7 @@ class WaveNetStreamer(Streamer):
     def __init__(self, model: WaveNet, mel: torch.Tensor, noise: NoiseSpan, options: dict[str, Any]):
         super().__init__(model, mel, noise, options)
         self.gen = model.generation_stream(self.frames * self.hop, method=options.get("method", "cached"),
-                                           temperature=float(options.get("temperature", 1.0)), device=mel.device)
+                                           temperature=options.get("temperature"), device=mel.device)
         # A teacher with a source: the pitch of every frame (a small frame-rate pass) and the phase at each frame
         # centre are worked out once, so each chunk's excitation and harmonic mean continue the whole utterance's.
         self.track = model.source_of(mel)
