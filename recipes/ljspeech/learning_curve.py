@@ -88,13 +88,17 @@ def plot(records: list[dict], out: Path, references: dict[str, float]) -> None:
         for h, g, ok in zip(hours, shown, voiced, strict=True):
             axes[1].plot([h], [g], "o", color=line.get_color(), markerfacecolor=line.get_color() if ok else "none")
         axes[2].plot(hours, [r.get("nll_nats") for r in rows], "o-", color=line.get_color())
+        given = [(h, r["nll_given_pitch_nats"]) for h, r in zip(hours, rows, strict=True)
+                 if r.get("nll_given_pitch_nats") is not None]
+        if given:
+            axes[2].plot(*zip(*given, strict=True), "x--", color=line.get_color())
     for name, value in references.items():
         axes[0].axhline(value, color="grey", lw=0.8, ls="--")
         axes[0].annotate(name, (0, value), fontsize=7, color="grey", va="bottom")
     axes[1].axhline(10, color="grey", lw=0.8, ls="--")
     axes[0].set_ylabel("DNSMOS P.808 (higher is better)")
     axes[1].set_ylabel("gross pitch error, %\n(hollow: no voiced frame)")
-    axes[2].set_ylabel("held-out NLL, nats/sample (lower is better)")
+    axes[2].set_ylabel("held-out NLL, nats/sample (lower is better)\n(x, dashed: given the recorded pitch)")
     for ax in axes:
         ax.set_xlabel("CPU hours of training")
         ax.grid(alpha=0.3)
