@@ -230,18 +230,21 @@ def test_convert_sets_a_default_temperature(family, tmp_path, capsys):
     before it had one samples at 1): by default the converted model vocodes, whole and streamed, what the source
     does at that temperature; a WaveGlow refuses it in one line, writing nothing."""
     import wavflow
+    from wavflow.checkpoint import model_from_payload
     from wavflow.commands import convert as convert_cmd
 
     source = REPO / "checkpoints" / f"{family}-ljspeech-mini.pt"
-    assert "infer_temperature" not in read_checkpoint(source)["model_config"]
-    code, _, err = run_in_process(convert_cmd.run, [source, tmp_path / "t.pt", "--temperature", "0.4"], capsys,
+    payload = read_checkpoint(source)
+    payload["model_config"].pop("infer_temperature", None)
+    assert model_from_payload(payload, "old").config.infer_temperature == 1.0
+    code, _, err = run_in_process(convert_cmd.run, [source, tmp_path / "t.pt", "--temperature", "0.35"], capsys,
                                   "wavflow convert")
     assert code == 0, err
     converted, original = wavflow.load(tmp_path / "t.pt"), wavflow.load(source)
-    assert converted.config.infer_temperature == 0.4 and original.config.infer_temperature == 1.0
+    assert converted.config.infer_temperature == 0.35 != original.config.infer_temperature
     mel = np.load(EXAMPLE)[:, :6]
     at = wavflow.synthesize(mel, model=converted, seed=3)
-    assert torch.equal(at, wavflow.synthesize(mel, model=original, seed=3, temperature=0.4))
+    assert torch.equal(at, wavflow.synthesize(mel, model=original, seed=3, temperature=0.35))
     assert not torch.equal(at, wavflow.synthesize(mel, model=original, seed=3))
     streamed = torch.cat(list(wavflow.stream(mel, 0.05, model=converted, seed=3)))
     torch.testing.assert_close(streamed, at, rtol=0, atol=1e-5)
