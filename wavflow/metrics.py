@@ -64,7 +64,7 @@ def pooled_nll(model: torch.nn.Module, clips: Iterable[torch.Tensor], mel_config
         if pitch is None:
             ll = float(model.log_likelihood(audio, mel).double().sum())
         else:
-            f0, voiced = tracks_at([pitch[i]], [0], mel.shape[-1], mel_config.hop_length)
+            f0, voiced = (p.to(audio.device) for p in tracks_at([pitch[i]], [0], mel.shape[-1], mel_config.hop_length))
             ll = float(model.log_likelihood(audio, mel, model.recording_track(audio, mel, f0, voiced)).double().sum())
         if labels is not None and not math.isfinite(ll):
             raise WavflowError(f"{labels[i]}: the model's log-likelihood is not finite ({ll}); "

@@ -321,10 +321,14 @@ class HarmonicSource:
 
     def recording_track(self, audio: Tensor, mel: Tensor, f0: Tensor, voiced: Tensor) -> SourceTrack:
         """The training source of audio [B, T] (mel [B, n_mels, F]) from its recording's pitch track f0 / voiced
-        [B, >= F]: phase-locked to the recording or running free as config.source_phase says (`training_track`),
-        with the harmonic mean's amplitudes of the mel (with gradients, when enabled: the likelihood trains them)."""
-        f0, voiced = (p[:, : mel.shape[-1]].to(audio.device) for p in (f0, voiced))
-        track = training_track(audio, f0, voiced, self.config.source_phase, self.mel_config)
+        [B, F] on the audio's device: phase-locked to the recording or running free as config.source_phase says
+        (`training_track`), with the harmonic mean's amplitudes of the mel (with gradients, when enabled: the
+        likelihood trains them)."""
+        return self.with_amplitudes(training_track(audio, f0, voiced, self.config.source_phase, self.mel_config), mel)
+
+    def with_amplitudes(self, track: SourceTrack, mel: Tensor) -> SourceTrack:
+        """The track with the harmonic mean's amplitudes of this mel (unchanged without harmonics: a WaveGlow's
+        source may have none)."""
         if self.harmonics is None:
             return track
         return track.with_amplitudes(self.harmonics(mel.to(self.harmonics.inp.weight.dtype)))
@@ -340,9 +344,8 @@ class HarmonicSource:
 
     def track_of(self, f0: Tensor, voiced: Tensor, mel: Tensor) -> SourceTrack:
         """The inference source of given F0 and voicing [B, F] (phase running free from 0) for a mel."""
-        hop, rate = self.mel_config.hop_length, self.mel_config.sample_rate
-        amplitudes = self.harmonics(mel.to(self.harmonics.inp.weight.dtype))
-        return free_track(f0, voiced, hop, rate).with_amplitudes(amplitudes)
+        return self.with_amplitudes(free_track(f0, voiced, self.mel_config.hop_length, self.mel_config.sample_rate),
+                                    mel)
 
     def mean_of(self, track: SourceTrack | None, length: int) -> Tensor | None:
         """The harmonic mean h [B, length] of a track's first `length` samples (None without a source)."""

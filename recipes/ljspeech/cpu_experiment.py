@@ -181,12 +181,11 @@ def _sampling(row: dict, option: str) -> float | None:
     the one evaluate was given, else its file's own default (absent from a file written before it had one: 1)."""
     from wavflow.checkpoint import read_checkpoint
 
-    families = {"sigma": ("waveglow",), "temperature": ("wavenet", "student")}[option]
+    families, default = {"sigma": (("waveglow",), None), "temperature": (("wavenet", "student"), 1.0)}[option]
     given = (row.get("infer_options") or {}).get(option)
     if given is not None or row.get("model_type") not in families or not Path(row.get("checkpoint", "")).is_file():
         return given
-    return read_checkpoint(row["checkpoint"])["model_config"].get(f"infer_{option}", 1.0 if option ==
-                                                                   "temperature" else None)
+    return read_checkpoint(row["checkpoint"])["model_config"].get(f"infer_{option}", default)
 
 
 PITCH_TARGET = 0.10  # issue 22's gross pitch error target for the WaveGlow

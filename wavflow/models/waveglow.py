@@ -41,7 +41,6 @@ from ..source import (
     HarmonicSource,
     PitchPredictor,
     SourceTrack,
-    free_track,
     harmonic_mean,
 )
 from ..source import excitation as make_excitation
@@ -200,22 +199,13 @@ class WaveGlow(nn.Module, Vocoder):
         return self.source is not None
 
     # The inference source of a mel (predicted F0 and voicing, the phase running free from 0, the harmonic mean's
-    # amplitudes), the source to use, and a recording's training source: the teacher's and the student's, which
-    # read `source`, `harmonics` and `track_of`.
+    # amplitudes), of given F0 and voicing, the source to use, and a recording's training source: the teacher's
+    # and the student's, which read `source`, `harmonics`, `config` and `mel_config`.
     source_track = HarmonicSource.source_track
+    track_of = HarmonicSource.track_of
     source_of = HarmonicSource.source_of
     recording_track = HarmonicSource.recording_track
-
-    def track_of(self, f0: Tensor, voiced: Tensor, mel: Tensor) -> SourceTrack:
-        """The inference source of given F0 and voicing [B, F] (phase running free from 0) for a mel."""
-        return self.with_amplitudes(free_track(f0, voiced, self.mel_config.hop_length, self.mel_config.sample_rate),
-                                    mel)
-
-    def with_amplitudes(self, track: SourceTrack, mel: Tensor) -> SourceTrack:
-        """The track with the harmonic mean's amplitudes of this mel (unchanged without harmonics)."""
-        if self.harmonics is None:
-            return track
-        return track.with_amplitudes(self.harmonics(mel.to(self.harmonics.inp.weight.dtype)))
+    with_amplitudes = HarmonicSource.with_amplitudes
 
     def harmonic_mean(self, track: SourceTrack | None, num_samples: int) -> Tensor | None:
         """The audio's harmonic mean [B, num_samples] from the track's amplitudes (None without harmonics)."""
