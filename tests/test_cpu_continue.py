@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from wavflow.checkpoint import file_sha256, model_payload, read_checkpoint, save_checkpoint
+from wavflow.checkpoint import file_sha256, load, model_payload, read_checkpoint, save_checkpoint
 from wavflow.models import build_model
 
 from synth_helpers import LJSPEECH, REPO, TINY_WAVEGLOW
@@ -113,8 +113,43 @@ def test_the_teacher_continues_grown_the_harmonic_source(tmp_path):
     assert math.isfinite(record["continued/nll_given_pitch_nats"]) and record["shipped/nll_given_pitch_nats"] is None
 
 
-@pytest.mark.parametrize("args,message", [(["--model", "wavernn"], "--model is waveglow or wavenet, not wavernn"),
+@pytest.mark.slow
+def test_the_student_is_redistilled_from_a_source_teacher(tmp_path):
+    """--model student: the student's CPU config grows a plain student the source, which takes the teacher's pitch
+    predictor and amplitudes, distils from --teacher, and is judged against the file it started from."""
+    from wavflow.models.student import StudentConfig
+    from wavflow.models.wavenet import WaveNetConfig
+
+    torch.manual_seed(0)
+    shipped, teacher = tmp_path / "student.pt", tmp_path / "teacher.pt"
+    save_checkpoint(shipped, model_payload(build_model("student", StudentConfig.tiny()), 0))
+    source = {"source_harmonics": 48, "source_channels": 64}  # the student's CPU config takes the teacher's alike
+    save_checkpoint(teacher, model_payload(build_model("wavenet", WaveNetConfig.tiny(**source)), 0))
+    out = tmp_path / "run"
+    run = subprocess.run(["bash", str(SCRIPT), "5", "--model", "student", "--shipped", str(shipped), "--teacher",
+                          teacher.name, "--out", str(out), "--data-root", str(LJSPEECH), "--threads", "1",
+                          "--metrics", "pitch", "--temperature", "0.5", "--judge-args", JUDGE_ARGS + " --no-nll",
+                          "--train-args", "train.max_steps=2 data.batch_size=1 data.segment_length=4096 "
+                          "data.n_valid=2 train.progress=false"],
+                         env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr + (out / "train.log").read_text()[-3000:]
+    state = read_checkpoint(out / "last.pt")
+    assert state["step"] == 2 and state["model_type"] == "student"
+    assert state["model_config"]["source_harmonics"] == 48 and len(state["model_config"]["flow_layers"]) == 2
+    assert state["teacher_sha256"] == file_sha256(teacher)  # the teacher named, by a path relative to the caller
+    grown, taught = load(out / "last.pt", "cpu"), load(teacher, "cpu")
+    # the pitch predictor came from the teacher (distillation never trains it)
+    assert all(torch.equal(a, b) for a, b in zip(grown.source.state_dict().values(),
+                                                 taught.source.state_dict().values()))
+    record = json.loads((out / "history.jsonl").read_text())
+    assert record["steps"] == 2 and record["continued/temperature"] == 0.5 and record["shipped/temperature"] == 1.0
+
+
+@pytest.mark.parametrize("args,message", [(["--model", "wavernn"],
+                                           "--model is waveglow, wavenet or student, not wavernn"),
                                           (["--model", "wavenet", "--sigma", "0.3"], "--sigma is the WaveGlow's"),
+                                          (["--model", "student", "--sigma", "0.3"], "--sigma is the WaveGlow's"),
+                                          (["--model", "wavenet", "--teacher", "t.pt"], "--teacher is the student's"),
                                           (["--temperature", "0.5"], "--temperature is the teacher's")])
 def test_unknown_model_a_teachers_sigma_or_a_waveglows_temperature_exits_2(tmp_path, args, message):
     run = subprocess.run(["bash", str(SCRIPT), "1", "--out", str(tmp_path / "run"), *args], env=ENV, cwd=tmp_path,

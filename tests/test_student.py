@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from wavflow.audio import load_audio
 from wavflow.errors import WavflowError
@@ -56,6 +57,23 @@ def test_jacobian_lower_triangular_with_diagonal_S(base):
     assert torch.allclose(torch.diagonal(jac), log_scale[0].exp(), rtol=1e-12, atol=0)
     assert torch.tril(jac, -1).abs().max() > 1e-3  # and does depend on the past
     assert (log_scale[0] - log_scale[0].mean()).abs().max() > 1e-3  # S really varies per step
+
+
+def test_flow_heads_stay_float32_under_bf16_autocast(mel):
+    """bf16 training autocasts the stacks, but each flow's (mu, log s), and so (M, log S) and the KL, stay float32:
+    the head is the float32 conv of the bf16 features."""
+    model = _student()
+    z = torch.randn(1, 4 * 256)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cond = model.conditioning(mel, z.shape[-1])
+        x, mean, log_scale = model.flow(z, cond)
+        flow = model.flows[0]
+        features = F.relu(flow.hidden(F.relu(flow.stack(F.pad(z, (1, -1)).unsqueeze(1), cond))))
+        mu, log_s = flow(z, cond)
+    assert features.dtype == torch.bfloat16
+    assert all(t.dtype == torch.float32 for t in (x, mean, log_scale, mu, log_s))
+    head = F.conv1d(features.float(), flow.out.weight, flow.out.bias)
+    assert torch.equal(mu, head[:, 0]) and torch.equal(log_s, head[:, 1].clamp(min=flow.log_scale_min))
 
 
 @pytest.mark.parametrize("base", ["gaussian", "logistic"])

@@ -205,8 +205,12 @@ class IAFFlow(nn.Module):
         return self.stack.receptive_field
 
     def forward(self, z_prev: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, log s) [B, T] in float32 even under autocast: the flows compose them into the (M, log S) whose KL
+        to the teacher's float32 head is the loss, and a bf16 mean is off by many sigmas of a sharp step."""
         shifted = F.pad(z_prev, (1, -1)).unsqueeze(1)  # input at t is z_prev[t - 1]: the flow never sees z_prev[t]
-        h = self.out(F.relu(self.hidden(F.relu(self.stack(shifted, cond)))))
+        h = F.relu(self.hidden(F.relu(self.stack(shifted, cond))))
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h = self.out(h.float() if h.dtype in (torch.float16, torch.bfloat16) else h)
         return h[:, 0], torch.clamp(h[:, 1], min=self.log_scale_min)
 
     def step_head(self, skips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
