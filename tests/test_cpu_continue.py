@@ -140,7 +140,7 @@ def test_the_student_is_redistilled_from_a_source_teacher(tmp_path):
     grown, taught = load(out / "last.pt", "cpu"), load(teacher, "cpu")
     # the pitch predictor came from the teacher (distillation never trains it)
     assert all(torch.equal(a, b) for a, b in zip(grown.source.state_dict().values(),
-                                                 taught.source.state_dict().values()))
+                                                 taught.source.state_dict().values(), strict=True))
     record = json.loads((out / "history.jsonl").read_text())
     assert record["steps"] == 2 and record["continued/temperature"] == 0.5 and record["shipped/temperature"] == 1.0
 

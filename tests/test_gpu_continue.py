@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
 import wavflow
 from wavflow.checkpoint import file_sha256, model_payload, read_checkpoint, save_checkpoint
@@ -46,7 +47,8 @@ def tiny_checkpoints(tmp_path_factory) -> Path:
     """Shipped-like tiny checkpoints (as the trainer would leave them, untrained) and the shipped configs/."""
     d = tmp_path_factory.mktemp("ckpts")
     torch.manual_seed(0)
-    teacher = build_model("wavenet", WaveNetConfig.tiny())
+    # like the shipped teacher, one with a source: the student's stage grows the student one alike
+    teacher = build_model("wavenet", WaveNetConfig.tiny(source_harmonics=4, source_channels=8))
     save_checkpoint(d / "wavenet-ljspeech-mini.pt", model_payload(teacher, 0))
     # like the shipped WaveGlow, one with a source (pitch predictor and harmonic mean): a continuation needs the
     # clips' pitch tracks
@@ -80,12 +82,17 @@ def test_smoke_run_on_the_cpu_keeps_only_what_improved(tiny_checkpoints, tmp_pat
         shipped = out / f"{r['model']}-ljspeech-mini.pt"
         assert shipped.exists() == r["replaced"]  # a checkpoint comes back only when it improved
         if r.get("new"):
-            improved = r["new"]["nll_nats"] < r["old"]["nll_nats"] and r["new"]["logmel_l1"] < r["old"]["logmel_l1"]
+            new, old = r["new"], r["old"]  # scored given the recordings' pitch where evaluate gives that
+            nll = "nll_nats" if None in (new["nll_given_pitch_nats"], old["nll_given_pitch_nats"]) else \
+                "nll_given_pitch_nats"
+            improved = (new[nll] < old[nll]
+                        and new["logmel_l1"] < old["logmel_l1"]
+                        and (None in (new["gpe"], old["gpe"]) or new["gpe"] <= old["gpe"]))  # None: nothing voiced
             assert r["replaced"] == improved, r
             assert r["griffin_lim"] is None or r["model"] == "waveglow"  # Griffin-Lim once, in the first evaluation
         if r["replaced"]:
             ck = read_checkpoint(shipped)
-            assert r["model"] != "waveglow" or ck["model_config"]["source_harmonics"] == 4
+            assert ck["model_config"]["source_harmonics"] == 4  # the WaveGlow's own; the student's the teacher's
             assert ck["weights_dtype"] == "fp16" and ck["init_from"]["path"].endswith(f"{r['model']}-ljspeech-mini.pt")
             model = wavflow.load(shipped)
             assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -95,6 +102,8 @@ def test_smoke_run_on_the_cpu_keeps_only_what_improved(tiny_checkpoints, tmp_pat
         assert student["teacher_sha256"] == before["wavenet-ljspeech-mini.pt"]
     with tarfile.open(out / "runs.tar.gz") as tar:
         names = tar.getnames()
+        student_config = yaml.safe_load(tar.extractfile("student/config.yaml").read())
+    assert student_config["model_config"]["source_harmonics"] == 4  # grown the teacher's source to distil from it
     assert {"waveglow/log.jsonl", "waveglow/config.yaml", "train-waveglow.log", "train-student.log"} <= set(names)
     assert not any(n.endswith(".pt") for n in names)
     assert (out / "results.md").read_text().count("| gpu-") == 2
@@ -131,7 +140,7 @@ def _eval_json(path: Path, old: tuple[float, float], new: tuple[float, float]) -
 
 
 @pytest.mark.parametrize("new, size, expected, reason", [
-    ((-4.2, 0.9), 1000, "replace", "both improved"),
+    ((-4.2, 0.9), 1000, "replace", "improved on nll_nats, logmel_l1"),
     ((-4.2, 1.1), 1000, "keep", "logmel_l1 did not improve"),
     ((-4.0, 0.9), 1000, "keep", "nll_nats did not improve"),
     ((-4.2, 0.9), 17 * 2**20, "keep", "over the 16 MiB"),
@@ -151,10 +160,41 @@ def test_a_model_is_replaced_only_when_nll_and_log_mel_l1_both_improve(tmp_path,
     printed = capsys.readouterr()
     assert printed.out.strip() == expected and reason in printed.err
     record = json.loads((tmp_path / "results.jsonl").read_text())
-    assert record["steps_total"] == 3550 and record["steps_total_at_best"] == 3510
+    assert record["steps_total"] == 3550 and record["steps_total_judged"] == 3510
     assert record["griffin_lim"]["logmel_l1"] == 0.11 and record["replaced"] == (expected == "replace")
     md = (tmp_path / "results.md").read_text()
     assert "| r1 | waveglow | 50 / 3,550 |" in md and "-4.1000 -> " in md and "Griffin-Lim" in md
+
+
+@pytest.mark.parametrize("nll_given_pitch, gpe, expected, reason", [
+    (-4.3, 0.05, "replace", "improved on nll_given_pitch_nats, logmel_l1, gpe"),
+    (-4.1, 0.05, "keep", "nll_given_pitch_nats did not improve"),  # the free-running NLL improved, this did not
+    (-4.3, 0.20, "keep", "gpe did not improve"),
+])
+def test_a_source_model_is_judged_on_its_nll_given_pitch_and_its_pitch(tmp_path, capsys, nll_given_pitch, gpe,
+                                                                       expected, reason):
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    (train_dir / "log.jsonl").write_text(json.dumps({"step": 50, "run/steps": 50}) + "\n")
+    report = json.loads(_eval_json(tmp_path / "e.json", (-4.1, 1.0), (-4.2, 0.9)).read_text())
+    for row, (given, error) in zip(report["systems"][2:], [(-4.2, 0.10), (nll_given_pitch, gpe)], strict=True):
+        row.update(nll_given_pitch_nats=given, gpe=error)
+    (tmp_path / "e.json").write_text(json.dumps(report))
+    candidate = tmp_path / "c.pt"
+    candidate.write_bytes(b"\0")
+    capsys.readouterr()
+    assert helper.main(["record", "--model", "waveglow", "--train-dir", str(train_dir), "--out", str(tmp_path),
+                        "--run", "r1", "--eval", str(tmp_path / "e.json"), "--candidate", str(candidate)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.strip() == expected and reason in printed.err
+
+
+def test_source_of_names_the_teachers_source_for_the_student(tiny_checkpoints, tmp_path, capsys):
+    assert helper.main(["source-of", str(tiny_checkpoints / "wavenet-ljspeech-mini.pt")]) == 0
+    assert capsys.readouterr().out.split() == ["model_config.source_harmonics=4", "model_config.source_channels=8"]
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(plain, model_payload(build_model("wavenet", WaveNetConfig.tiny()), 0))
+    assert helper.main(["source-of", str(plain)]) == 0 and capsys.readouterr().out == ""
 
 
 def test_budget_shares_flow_to_later_stages(capsys):

@@ -26,7 +26,7 @@ import yaml
 
 MIB = 2**20
 LIMIT_BYTES = 16 * MIB  # the largest file a GPU call brings back
-KEYS = ("nll_nats", "logmel_l1", "mrstft")
+KEYS = ("nll_nats", "nll_given_pitch_nats", "logmel_l1", "mrstft", "gpe")
 
 
 def atomic_text(path: Path, text: str) -> None:
@@ -67,6 +67,18 @@ def cmd_config(args: argparse.Namespace) -> int:
     for key in ("model_config", "mel", "teacher"):
         config.pop(key, None)
     atomic_text(Path(args.out), yaml.safe_dump(config, sort_keys=False))
+    return 0
+
+
+def cmd_source_of(args: argparse.Namespace) -> int:
+    """The student's overrides that grow it the source of the teacher at `teacher` (one per line; nothing for a
+    teacher without one): a student distils from a source teacher only with a source alike (IAFStudent)."""
+    from wavflow.checkpoint import read_checkpoint
+
+    config = read_checkpoint(args.teacher)["model_config"]
+    if config.get("source_harmonics"):
+        for key in ("source_harmonics", "source_channels"):
+            print(f"model_config.{key}={config[key]}")
     return 0
 
 
@@ -164,11 +176,11 @@ def cmd_record(args: argparse.Namespace) -> int:
     init = s.get("run/init_from") or {}
     if record["steps"] is not None and isinstance(init.get("steps_before"), int):
         record["steps_total"] = init["steps_before"] + record["steps"]
-        record["steps_total_at_best"] = None
+        record["steps_total_judged"] = None
     candidate = Path(args.candidate) if args.candidate else None
     decision, replace = "", False
     if candidate is None or not candidate.is_file():
-        decision = "no validation beat the starting weights (no best.pt)"
+        decision = "no continued checkpoint to judge"
     else:
         size = candidate.stat().st_size
         record["candidate_mib"] = size / MIB
@@ -180,12 +192,18 @@ def cmd_record(args: argparse.Namespace) -> int:
                       eval={"clips": len(report["clips"]), "seconds": sum(c["seconds"] for c in report["clips"]),
                             "settings": report["settings"]})
         if new and isinstance(init.get("steps_before"), int) and isinstance(new.get("step"), int):
-            record["steps_total_at_best"] = init["steps_before"] + new["step"]
-        better = {k: new[k] is not None and old[k] is not None and new[k] < old[k] for k in ("nll_nats", "logmel_l1")}
+            record["steps_total_judged"] = init["steps_before"] + new["step"]
+        # A model with a source samples at its predicted pitch, which the free-running NLL mostly scores: its
+        # likelihood is the one given the recordings' pitch, where both rows have it.
+        nll = ("nll_given_pitch_nats" if new.get("nll_given_pitch_nats") is not None
+               and old.get("nll_given_pitch_nats") is not None else "nll_nats")
+        better = {k: new[k] is not None and old[k] is not None and new[k] < old[k] for k in (nll, "logmel_l1")}
+        if new.get("gpe") is not None and old.get("gpe") is not None:
+            better["gpe"] = new["gpe"] <= old["gpe"]  # no worse: pitch is what the source is for
         if size > LIMIT_BYTES:
             decision = f"{size / MIB:.1f} MiB is over the 16 MiB a GPU call brings back"
         elif all(better.values()):
-            replace, decision = True, "held-out NLL and log-mel L1 both improved"
+            replace, decision = True, f"improved on {', '.join(better)} (gpe: no higher)"
         else:
             worse = [k for k, b in better.items() if not b]
             decision = f"{' and '.join(worse)} did not improve"
@@ -248,12 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         t.add_argument(name, required=True)
     t.add_argument("--device-name", default="")
     t.add_argument("--parameters", type=int)
+    sub.add_parser("source-of").add_argument("teacher")
     n = sub.add_parser("pending")
     for name in ("--model", "--out", "--run", "--reason"):
         n.add_argument(name, required=True)
     args = p.parse_args(argv)
     return {"config": cmd_config, "budget": cmd_budget, "record": cmd_record, "throughput": cmd_throughput,
-            "pending": cmd_pending}[args.cmd](args)
+            "pending": cmd_pending, "source-of": cmd_source_of}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,20 @@
 #                (clips listed in DATA_ROOT/reuse.txt are copied from the repository's tests/data/ljspeech)
 #   1 waveglow   python -m wavflow.train checkpoints/configs/waveglow.yaml (model_config/mel dropped: they come
 #                from the checkpoint) --init checkpoints/waveglow-ljspeech-mini.pt --max-minutes SHARE with
-#                data.device_resident, bf16 autocast, fused Adam, train.best_dtype=fp16; then
-#                python -m wavflow.evaluate shipped continued (held-out NLL, log-mel L1, MR-STFT, Griffin-Lim row)
+#                data.device_resident, bf16 autocast, fused Adam; the run's last.pt as fp16 weights (the file
+#                that would ship: a source model's validation NLL scores its predicted pitch, not its sound);
+#                then python -m wavflow.evaluate shipped continued (held-out NLL, given the recordings' pitch too,
+#                pitch errors, log-mel L1, MR-STFT, Griffin-Lim row)
 #   2 wavenet    the same for the teacher (evaluated on the first 4 clips x 1 s: its generation is sequential)
-#   3 student    the same, re-distilled from the teacher that ships after stage 2 (`--init student teacher=...`)
+#   3 student    the same, re-distilled from the teacher that ships after stage 2 (`--init student teacher=...`),
+#                grown the teacher's source when the teacher has one
 #   4 throughput the paper-size WaveGlow (recipes/ljspeech/conf/waveglow.yaml, 87.9M, NVIDIA's released layout)
 #                in bf16 with device-resident data for --throughput-seconds, when that much is left
-# A model is shipped only when its continued checkpoint beats the shipped one on BOTH held-out NLL and log-mel L1
-# (same clips, same noise seeds, same device). Time a stage does not use flows to the later ones.
+# A model is shipped only when its continued checkpoint beats the shipped one on BOTH held-out NLL (given the
+# recordings' pitch, for a model with a source) and log-mel L1, with a gross pitch error no higher (same clips,
+# same noise seeds, same device). The device has no DNSMOS: judge a returned file on the CPU as well
+# (cpu_continue.sh 0 --judge --shipped ...) before it replaces a shipped one. Time a stage does not use flows to
+# the later ones.
 #
 # Output folder (OUT: --out, else $OUT, else exp/gpu_continue), within what a GPU call brings back (at most 8
 # files of at most 16 MiB, 64 MiB in all):
@@ -228,14 +234,15 @@ for i in "${!model_list[@]}"; do
   dir="$work/$m"
   helper config "$ckpt_dir/configs/$m.yaml" "$work/$m.yaml"
   extra=()
-  [[ "$m" == student ]] && extra+=("teacher=$teacher")
+  # shellcheck disable=SC2207  # one override per line
+  [[ "$m" == student ]] && extra+=("teacher=$teacher" $(helper source-of "$teacher"))
   (( compile )) && extra+=(train.compile=true)
   # shellcheck disable=SC2206  # word-splitting of the per-model overrides is the point
   extra+=(${model_args[$m]})
   echo "gpu_continue: $m: training for at most $budget min from $shipped"
   if ! run_logged "train-$m" "$PYTHON" -m wavflow.train "$work/$m.yaml" --init "$shipped" --out-dir "$dir" \
         --max-minutes "$budget" "data.root=$data_root" data.device_resident=true data.num_workers=0 \
-        data.cache_audio=false train.device="$device" train.fused_adam=true train.best_dtype=fp16 \
+        data.cache_audio=false train.device="$device" train.fused_adam=true \
         train.max_steps=1000000000 train.tensorboard=false train.progress=true "${common[@]}" "${extra[@]}"; then
     helper pending --model "$m" --out "$out" --run "$run_id" --reason "training failed (see runs.tar.gz)"
     continue
@@ -243,16 +250,16 @@ for i in "${!model_list[@]}"; do
   tail -n 2 "$work/train-$m.log"
   candidate=""
   eval_json=""
-  if [[ -f "$dir/best.pt" ]]; then
+  if [[ -f "$dir/last.pt" ]] && run_logged "convert-$m" "$PYTHON" -m wavflow.convert "$dir/last.pt" \
+       "$dir/$m-ljspeech-mini.pt" --dtype fp16; then
     candidate="$dir/$m-ljspeech-mini.pt"
-    cp "$dir/best.pt" "$candidate"  # best.pt is already an inference checkpoint with fp16 weights
     eval_json="$dir/eval.json"
     gl=0; (( first_eval )) && gl=$gl_iters
     sequential=()
     [[ "$m" != waveglow ]] && sequential=("${eval_sequential[@]}")
     # shellcheck disable=SC2206
     if run_logged "eval-$m" "$PYTHON" -m wavflow.evaluate "$shipped" "$candidate" --names shipped,continued \
-          --data-root "$data_root" --device "$device" --json "$eval_json" --griffin-lim-iters "$gl" \
+          --data-root "$data_root" --device "$device" --json "$eval_json" --griffin-lim-iters "$gl" --metrics pitch \
           "${eval_common[@]}" "${sequential[@]}" $eval_args; then
       first_eval=0
       cat "$work/eval-$m.log" | grep '^|' || true
