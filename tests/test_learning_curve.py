@@ -37,7 +37,8 @@ def test_add_takes_the_newest_judgement_with_its_sigma_and_offsets(tmp_path):
     teacher = {**_judgement(30.0, 400, 2.4, 0.01, None), "continued/temperature": 0.4,
                "continued/nll_given_pitch_nats": -1.5}
     history.write_text(json.dumps(teacher) + "\n")
-    record = lc.add(curve, history, "teacher", start_minutes=0.0, start_samples=0)
+    record = lc.add(curve, history, "teacher", start_minutes=0.0, start_samples=0, start_steps=1833)
+    assert record["steps"] == 1833 + 400  # a fresh run from a shipped file that CPU runs had trained
     assert record["temperature"] == 0.4 and record["sigma"] is None and record["nll_given_pitch_nats"] == -1.5
 
 

@@ -26,14 +26,16 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def add(curve: Path, history: Path, model: str, start_minutes: float, start_samples: int) -> dict:
+def add(curve: Path, history: Path, model: str, start_minutes: float, start_samples: int,
+        start_steps: int = 0) -> dict:
     """Append the newest judgement in a cpu_continue.sh history.jsonl (its "continued" row) to the curve.
 
-    start_minutes/start_samples: the CPU minutes and samples the run's starting point had already cost (a run
-    resumed from an experiment's state), added to the run's own."""
+    start_minutes/start_samples/start_steps: what the run's starting point had already cost (a run resumed from an
+    experiment's state, or started afresh from a shipped file that earlier CPU runs trained), added to the run's
+    own."""
     last = read(history)[-1]
     record = {"model": model, "date": last["date"], "cpu_minutes": round(start_minutes + last["cpu_minutes"], 1),
-              "steps": last["steps"], "samples": start_samples + last["samples"],
+              "steps": start_steps + last["steps"], "samples": start_samples + last["samples"],
               "sigma": last.get("continued/sigma"), "temperature": last.get("continued/temperature"),
               **{k: last.get(f"continued/{k}") for k in FIGURES}}
     with open(curve, "a", encoding="utf-8") as f:
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--model", required=True)
     a.add_argument("--start-minutes", type=float, default=0.0)
     a.add_argument("--start-samples", type=int, default=0)
+    a.add_argument("--start-steps", type=int, default=0)
     s = sub.add_parser("show", help="print the table; --plot draws the curve")
     s.add_argument("curve", type=Path)
     s.add_argument("--plot", type=Path)
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "add":
         if not args.history.is_file():
             sys.exit(f"learning_curve.py: no history at {args.history}")
-        print(json.dumps(add(args.curve, args.history, args.model, args.start_minutes, args.start_samples)))
+        print(json.dumps(add(args.curve, args.history, args.model, args.start_minutes, args.start_samples,
+                             args.start_steps)))
         return
     records = read(args.curve)
     if not records:
