@@ -176,13 +176,19 @@ Prose between the tables | with a pipe.
 | system | DNSMOS P.808 |
 |---|---:|
 | WaveGlow | 8.88 |
+
+| judgement | model | DNSMOS P.808 | shipped |
+|---|---|---:|---|
+| 5 | WaveNet teacher 4.0M | 2.41 | yes (sha256 `914ffbc9...`) |
+| 6 | WaveNet teacher 4.0M | 2.50 | no: DNSMOS within noise |
 """
 
 
 def test_parse_dnsmos_takes_each_models_newest_figure():
     # The first table's 9.99 is a file row with a figure, replaced by the history's later rows; the reference
-    # rows, "all three" and the last table (no model column) name no shipped model; "-" and "pending" are none.
-    assert resources.parse_dnsmos(SAMPLE) == {"waveglow": 2.45, "wavenet": 1.5, "student": 1.75}
+    # rows, "all three" and the "system" table (no model column) name no shipped model; "-" and "pending" are
+    # none; in a table with a "shipped" column only a row that shipped speaks for the shipped file.
+    assert resources.parse_dnsmos(SAMPLE) == {"waveglow": 2.45, "wavenet": 2.41, "student": 1.75}
     assert resources.parse_dnsmos("no tables here") == {}
 
 
@@ -213,4 +219,4 @@ def test_held_out_dnsmos_reads_the_wheels_readme(tmp_path, monkeypatch):
     assert resources.held_out_dnsmos() == {}
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "README.md").write_text(SAMPLE)
-    assert resources.held_out_dnsmos() == {"waveglow": 2.45, "wavenet": 1.5, "student": 1.75}
+    assert resources.held_out_dnsmos() == {"waveglow": 2.45, "wavenet": 2.41, "student": 1.75}

@@ -105,8 +105,9 @@ def _is_model(cell: str, model: ShippedModel) -> bool:
 def parse_dnsmos(text: str, column: str = "DNSMOS P.808") -> dict[str, float]:
     """The held-out DNSMOS P.808 of each shipped model in a README's markdown: in every table with a 'model' (or
     'file') column and a `column` column, each row that names a shipped model (_is_model) and holds a number
-    there; a later row replaces an earlier one (the README's history tables put the newest run last). A model
-    with no such row is left out (not measured)."""
+    there; a later row replaces an earlier one (the README's history tables put the newest run last). In a table
+    with a 'shipped' column only the rows whose cell there says "yes" count: a judgement that did not ship says
+    nothing of the shipped file. A model with no such row is left out (not measured)."""
     found: dict[str, float] = {}
     header: list[str] | None = None
     for line in text.splitlines():
@@ -121,6 +122,9 @@ def parse_dnsmos(text: str, column: str = "DNSMOS P.808") -> dict[str, float]:
             continue
         keys = [k for k in ("model", "file") if k in header]
         if column.lower() not in header or not keys:
+            continue
+        if "shipped" in header and len(cells) == len(header) \
+                and not cells[header.index("shipped")].lower().startswith("yes"):
             continue
         value_cell = cells[header.index(column.lower())] if len(cells) == len(header) else ""
         number = _NUMBER.match(value_cell)
