@@ -203,7 +203,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         if size > LIMIT_BYTES:
             decision = f"{size / MIB:.1f} MiB is over the 16 MiB a GPU call brings back"
         elif all(better.values()):
-            replace, decision = True, f"improved on {', '.join(better)} (gpe: no higher)"
+            replace, decision = True, f"improved on {', '.join(better)}{' (gpe: no higher)' * ('gpe' in better)}"
         else:
             worse = [k for k, b in better.items() if not b]
             decision = f"{' and '.join(worse)} did not improve"
